@@ -1,0 +1,1 @@
+"""The fp16guard command line (installed as the package fp16guard_cli)."""

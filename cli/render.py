@@ -1,0 +1,80 @@
+"""Terminal output: the only module that imports rich. Everything goes to stderr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fp16guard.report import Report
+from fp16guard.runner import Progress as LibraryProgress
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def error(console: Console, message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+
+
+class LiveProgress(LibraryProgress):
+    """Renders the library's progress callbacks as rich progress bars."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bars = Progress(
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tokens"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = None
+
+    def __enter__(self) -> "LiveProgress":
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.stop()
+
+    def stage(self, message: str) -> None:
+        self.bars.console.print(f"[dim]{message}[/]")
+
+    def warn(self, message: str) -> None:
+        self.bars.console.print(f"[yellow]warning:[/] {message}")
+
+    def pass_started(self, label: str, total_tokens: int) -> None:
+        self.task = self.bars.add_task(label, total=total_tokens)
+
+    def advance(self, tokens: int) -> None:
+        if self.task is not None:
+            self.bars.advance(self.task, tokens)
+
+    def pass_finished(self) -> None:
+        self.task = None
+
+
+# The terminal shows the essentials; report.md has every column.
+TERMINAL_COLUMNS = ("policy", "min cos", "mean cos", "worst sequence", "NaN/Inf", "tokens/s", "speed-up", "peak memory", "verdict")
+
+
+def summary(console: Console, report: Report, paths: list[Path]) -> None:
+    """The per-attempt table, the verdict line and where the report went."""
+    rows = report.summary_rows()
+    table = Table(title=f"{report.model['name']} on {report.environment['device_name']}", title_justify="left")
+    for header in TERMINAL_COLUMNS:
+        left = header in ("policy", "worst sequence", "verdict")
+        table.add_column(header, justify="left" if left else "right", no_wrap=header in ("policy", "verdict"))
+    for row in rows:
+        style = {"PASS": "green", "FAIL": "red"}.get(row["verdict"])
+        table.add_row(*(row[h] for h in TERMINAL_COLUMNS), style=style)
+    console.print(table)
+    colour = "green" if report.passed else "red"
+    console.print(f"[bold {colour}]{report.summary}[/]")
+    console.print(f"report: {', '.join(str(p) for p in paths)}")

@@ -1,0 +1,37 @@
+"""Frozen settings of one validation run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What an attempt must meet to pass.
+
+    ``min_cosine`` applies to every sequence's pooled embedding; any NaN or Inf fails.
+    """
+
+    min_cosine: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_cosine <= 1.0:
+            from .errors import InputError
+
+            raise InputError(f"--min-cosine must lie in [-1, 1], got {self.min_cosine}")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Everything that shapes a run apart from the model and the sequences."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    device: str = "auto"
+    max_tokens: int = 8192
+    max_length: int | None = None  # residues; None means the target's own limit
+    layer: int | None = None  # None means the last layer
+    policies: tuple[str, ...] | None = None  # None means the whole fallback ladder
+    stop_at_first_pass: bool = True
+    # Per-token metrics need the FP32 reference's token states kept on the host; beyond this
+    # many bytes they are kept for the first batches only, and the report says how many.
+    token_reference_budget_bytes: int = 4 * 1024**3

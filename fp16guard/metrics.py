@@ -1,0 +1,102 @@
+"""Pure tensor -> number functions. Nothing here knows about models."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def cosine_rows(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of matching rows, in float64; NaN where a row is not finite.
+
+    Two zero rows count as identical (1.0); a zero row against a non-zero one as 0.0.
+    """
+    a = reference.double()
+    b = candidate.double()
+    dot = (a * b).sum(-1)
+    norms = a.norm(dim=-1) * b.norm(dim=-1)
+    both_zero = (a.abs().amax(-1) == 0) & (b.abs().amax(-1) == 0)
+    cos = torch.where(norms > 0, dot / norms.clamp_min(1e-300), torch.zeros_like(dot))
+    cos = torch.where(both_zero, torch.ones_like(cos), cos)
+    finite = torch.isfinite(a).all(-1) & torch.isfinite(b).all(-1)
+    return torch.where(finite, cos.clamp(-1.0, 1.0), torch.full_like(cos, math.nan))
+
+
+def count_nonfinite(x: torch.Tensor) -> tuple[int, int]:
+    """Numbers of NaN and of +-Inf elements."""
+    return int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is True, accumulated in FP32: [B, T, D] -> [B, D]."""
+    weights = mask.to(torch.float32).unsqueeze(-1)
+    total = (hidden.float() * weights).sum(1)
+    return total / weights.sum(1).clamp_min(1.0)
+
+
+def percentile(values: torch.Tensor, q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
+    if values.numel() == 0:
+        return math.nan
+    return float(torch.quantile(values.double(), q / 100.0))
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Token-level agreement accumulated over batches; merge with ``+``."""
+
+    tokens: int = 0
+    sequences: int = 0
+    nonfinite_tokens: int = 0
+    min_cosine: float = math.inf  # inf until a finite token is seen
+    max_abs_error: float = math.nan  # nan until a finite token is seen
+    squared_error: float = 0.0
+    squared_reference: float = 0.0
+
+    @classmethod
+    def of_batch(cls, reference: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> "TokenStats":
+        """Stats over the masked positions of [B, T, D] tensors; non-finite tokens are counted
+        and left out of the cosine and error sums."""
+        ref = reference[mask].double()
+        cand = candidate[mask].double()
+        finite = torch.isfinite(cand).all(-1)
+        ref, cand = ref[finite], cand[finite]
+        cos = cosine_rows(ref, cand)
+        diff = cand - ref
+        return cls(
+            tokens=int(mask.sum()),
+            sequences=int(mask.shape[0]),
+            nonfinite_tokens=int((~finite).sum()),
+            min_cosine=float(cos.min()) if cos.numel() else math.inf,
+            max_abs_error=float(diff.abs().max()) if diff.numel() else math.nan,
+            squared_error=float((diff**2).sum()),
+            squared_reference=float((ref**2).sum()),
+        )
+
+    def __add__(self, other: "TokenStats") -> "TokenStats":
+        return TokenStats(
+            tokens=self.tokens + other.tokens,
+            sequences=self.sequences + other.sequences,
+            nonfinite_tokens=self.nonfinite_tokens + other.nonfinite_tokens,
+            min_cosine=min(self.min_cosine, other.min_cosine),
+            max_abs_error=_nanmax(self.max_abs_error, other.max_abs_error),
+            squared_error=self.squared_error + other.squared_error,
+            squared_reference=self.squared_reference + other.squared_reference,
+        )
+
+    @property
+    def relative_l2_error(self) -> float:
+        """||candidate - reference|| / ||reference|| over the finite tokens."""
+        if self.squared_reference == 0:
+            return math.nan
+        return math.sqrt(self.squared_error / self.squared_reference)
+
+
+def _nanmax(a: float, b: float) -> float:
+    if math.isnan(a):
+        return b
+    if math.isnan(b):
+        return a
+    return max(a, b)

@@ -1,0 +1,209 @@
+"""Precision policies as data, FP32 islands, and ``apply_policy`` for a user's own model.
+
+A policy names a compute dtype and which numerically fragile parts stay in FP32. The fallback
+ladder adds one part per rung. Islands never rely on ``module.float()``: on CUDA an FP32 layer
+norm fed an FP16 tensor raises, so every island casts its inputs up and its output back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError, UnsupportedPolicyError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Where a model computes in reduced precision and what it keeps in FP32.
+
+    ``fp32_layer_norms``: every layer norm is an FP32 island.
+    ``fp32_positional``: positional tables (rotary cos/sin, ALiBi) and attention softmax in FP32.
+    ``fp32_residual``: the residual stream is carried and summed in FP32; it reads through
+    layer-norm islands, so it requires ``fp32_layer_norms``.
+    """
+
+    name: str
+    dtype: str = "float16"
+    fp32_layer_norms: bool = False
+    fp32_positional: bool = False
+    fp32_residual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InputError(f"policy {self.name!r}: unknown dtype {self.dtype!r} ({', '.join(DTYPES)})")
+        if self.fp32_residual and not self.fp32_layer_norms:
+            raise InputError(
+                f"policy {self.name!r}: fp32_residual needs fp32_layer_norms (the layer norms read "
+                "the FP32 residual stream)"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def is_full_precision(self) -> bool:
+        return self.dtype == "float32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Policy":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"policy has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def describe(self) -> str:
+        """One line for humans: what runs in which precision."""
+        if self.is_full_precision:
+            return "everything in FP32"
+        parts = [f"{self.dtype} compute"]
+        if self.fp32_layer_norms:
+            parts.append("FP32 layer norms")
+        if self.fp32_positional:
+            parts.append("FP32 positional tables and softmax")
+        if self.fp32_residual:
+            parts.append("FP32 residual stream")
+        return ", ".join(parts)
+
+
+FP32 = Policy("fp32", "float32")
+FP16 = Policy("fp16")
+FP16_LN32 = Policy("fp16+ln32", fp32_layer_norms=True)
+FP16_POS32 = Policy("fp16+pos32", fp32_layer_norms=True, fp32_positional=True)
+FP16_RES32 = Policy("fp16+res32", fp32_layer_norms=True, fp32_positional=True, fp32_residual=True)
+
+#: The fallback ladder, tried in order after the FP32 reference; each rung adds to the one before.
+LADDER: tuple[Policy, ...] = (FP16, FP16_LN32, FP16_POS32, FP16_RES32)
+POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER)}
+
+
+def get_policy(spec: "str | Path | Policy | dict") -> Policy:
+    """A policy from a built-in name, a JSON file, a dict or a Policy."""
+    if isinstance(spec, Policy):
+        return spec
+    if isinstance(spec, dict):
+        return Policy.from_dict(spec)
+    if isinstance(spec, str) and spec in POLICIES:
+        return POLICIES[spec]
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: not a readable policy file ({exc})") from None
+        return Policy.from_dict(data.get("policy", data))
+    raise InputError(f"unknown policy {str(spec)!r}; choose from {', '.join(POLICIES)} or a .json file")
+
+
+@dataclass(frozen=True)
+class AppliedPolicy:
+    """The outcome of applying a policy: which modules were kept in FP32, and notes."""
+
+    policy: Policy
+    fp32_modules: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def is_layer_norm(module: nn.Module) -> bool:
+    """True for torch's LayerNorm and look-alikes (apex FusedLayerNorm, *LayerNorm classes)."""
+    if isinstance(module, nn.LayerNorm):
+        return True
+    return (
+        type(module).__name__.endswith("LayerNorm")
+        and hasattr(module, "normalized_shape")
+        and hasattr(module, "eps")
+    )
+
+
+class Fp32LayerNorm(nn.Module):
+    """A layer norm computed in FP32 whatever its input dtype, returning ``output_dtype``.
+
+    The input is cast up, normalised with FP32 weights, and cast to ``output_dtype``: the
+    compute dtype, so that the next FP16 matmul receives what it expects.
+    """
+
+    def __init__(self, source: nn.Module, output_dtype: torch.dtype):
+        super().__init__()
+        self.normalized_shape = tuple(source.normalized_shape)
+        self.eps = float(source.eps)
+        weight = getattr(source, "weight", None)
+        bias = getattr(source, "bias", None)
+        self.weight = None if weight is None else nn.Parameter(weight.detach().float().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
+        self.output_dtype = output_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+        return out.to(self.output_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, FP32 island -> {self.output_dtype}"
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` (dotted path) sits."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def layer_norm_islands(model: nn.Module, output_dtype: torch.dtype) -> list[str]:
+    """Replace every layer norm in ``model`` by an FP32 island; returns their names."""
+    names = [name for name, module in model.named_modules() if name and is_layer_norm(module)]
+    for name in names:
+        replace_module(model, name, Fp32LayerNorm(model.get_submodule(name), output_dtype))
+    return names
+
+
+def cast_except(model: nn.Module, dtype: torch.dtype, keep: Iterable[nn.Module]) -> None:
+    """Cast floating parameters and buffers to ``dtype``, leaving ``keep`` (and below) alone.
+
+    Parameters are converted in place (``param.data``), so tied weights stay tied.
+    """
+    kept = {id(m) for island in keep for m in island.modules()}
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    for module in model.modules():
+        if id(module) not in kept:
+            module._apply(cast, recurse=False)
+
+
+def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
+    """Apply a policy to any model: only layer-norm islands are architecture-independent."""
+    if policy.fp32_positional or policy.fp32_residual:
+        raise UnsupportedPolicyError(
+            f"policy {policy.name!r} needs architecture-specific support, and fp16guard does not "
+            f"know {type(model).__name__}; layer-norm islands ('fp16+ln32') work on any model"
+        )
+    if policy.is_full_precision:
+        model.float()
+        return AppliedPolicy(policy)
+    names = layer_norm_islands(model, policy.torch_dtype) if policy.fp32_layer_norms else []
+    cast_except(model, policy.torch_dtype, [model.get_submodule(n) for n in names])
+    return AppliedPolicy(policy, tuple(names))
+
+
+def apply_policy(model: nn.Module, policy: "str | Path | Policy | dict") -> AppliedPolicy:
+    """Convert ``model`` in place to ``policy`` (a name, a JSON file, a dict or a Policy).
+
+    Use it on an FP32 model, on the device it will run on, and do not cast the model
+    afterwards (``.half()`` would round the FP32 islands). Returns the modules kept in FP32.
+    """
+    from .targets import adapter_for
+
+    return adapter_for(model)(model, get_policy(policy))

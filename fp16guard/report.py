@@ -1,0 +1,299 @@
+"""The report of a validation run and its writers: JSON, Markdown, JUnit (atomic writes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def finite_or_none(value):
+    """Replace NaN/Inf floats (recursively) by None, so the JSON is valid and round-trips."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+@dataclass
+class Attempt:
+    """One pass: the FP32 reference (``role`` "reference") or a policy under test."""
+
+    policy: dict
+    description: str
+    role: str
+    fp32_modules: list[str]
+    notes: list[str]
+    timing: dict
+    peak_memory_bytes: int | None
+    speedup_vs_fp32: float | None
+    memory_ratio_vs_fp32: float | None
+    passed: bool | None
+    reason: str
+    metrics: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return self.policy["name"]
+
+    @property
+    def fp32_module_count(self) -> int:
+        return len(self.fp32_modules)
+
+
+@dataclass
+class Report:
+    """Everything a run found; ``passed`` and ``passing_policy`` are the verdict."""
+
+    tool: dict
+    created: str
+    environment: dict
+    model: dict
+    dataset: dict
+    thresholds: dict
+    attempts: list[Attempt]
+    passed: bool
+    passing_policy: str | None
+    summary: str
+    notes: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return finite_or_none(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"report schema version {version} is not {SCHEMA_VERSION}")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["attempts"] = [Attempt(**a) for a in data["attempts"]]
+        return cls(**values)
+
+    def summary_rows(self) -> list[dict[str, str]]:
+        """One row of formatted cells per pass, shared by the Markdown and terminal tables."""
+        rows = []
+        previous = None
+        for attempt in self.attempts:
+            m = attempt.metrics or {}
+            worst = m.get("worst") or []
+            delta = ""
+            if attempt.role != "reference" and previous is not None and m:
+                delta = _delta(previous.get("min_cosine"), m.get("min_cosine"))
+            rows.append(
+                {
+                    "policy": attempt.name + (" (ref)" if attempt.role == "reference" else ""),
+                    "min cos": fmt_cos(m.get("min_cosine")) if m else "-",
+                    "mean cos": fmt_cos(m.get("mean_cosine")) if m else "-",
+                    "vs previous": delta,
+                    "worst sequence": worst[0][0] if worst else "-",
+                    "NaN/Inf": f"{m.get('nan_count', 0)}/{m.get('inf_count', 0)}" if m else "-",
+                    "FP32 modules": "all" if attempt.role == "reference" else str(attempt.fp32_module_count),
+                    "tokens/s": fmt_rate(attempt.timing.get("tokens_per_second")),
+                    "speed-up": fmt_ratio(attempt.speedup_vs_fp32),
+                    "peak memory": fmt_bytes(attempt.peak_memory_bytes),
+                    "memory ratio": fmt_ratio(attempt.memory_ratio_vs_fp32),
+                    "verdict": _verdict(attempt),
+                }
+            )
+            if m:
+                previous = m
+        return rows
+
+
+def _verdict(attempt: Attempt) -> str:
+    if attempt.passed is None:
+        return "reference"
+    return "PASS" if attempt.passed else "FAIL"
+
+
+def _delta(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "n/a"
+    return f"{after - before:+.2e}"
+
+
+def fmt_cos(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.6f}"
+
+
+def fmt_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 1024**3:.2f} GiB"
+
+
+class JsonFormat:
+    """report.json: the machine-readable report with a versioned schema."""
+
+    filename = "report.json"
+
+    def render(self, report: Report) -> str:
+        return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+class MarkdownFormat:
+    """report.md: for a human, fit to paste into a pull request."""
+
+    filename = "report.md"
+
+    def render(self, report: Report) -> str:
+        model, data, env = report.model, report.dataset, report.environment
+        status = "PASS" if report.passed else "FAIL"
+        lines = [
+            f"# fp16guard {status}: {model['name']}",
+            "",
+            report.summary,
+            "",
+            f"- **Model**: `{model['name']}` ({model['target']}, {model['parameters']:,} parameters, "
+            f"layer {model['layer']} of {model['num_layers']}), weights sha256 `{model['weights_sha256'][:16]}`",
+            f"- **Sequences**: `{data['name']}`, {data['sequences']} sequences, "
+            f"{data['lengths']['min']}-{data['lengths']['max']} residues (median {data['lengths']['median']}), "
+            f"sha256 `{data['sha256'][:16]}`; {len(data['truncated'])} truncated to {data['max_length']}",
+            f"- **Device**: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
+            f"CUDA {env.get('cuda') or 'none'}",
+            f"- **Threshold**: every sequence at cosine >= {report.thresholds['min_cosine']}, no NaN/Inf",
+            "",
+        ]
+        rows = report.summary_rows()
+        headers = list(rows[0])
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "|".join("---" for _ in headers) + "|")
+        for row in rows:
+            lines.append("| " + " | ".join(row[h] for h in headers) + " |")
+        lines += ["", "'vs previous' is the change in minimum cosine from the rung before.", ""]
+        lines.append("## Attempts")
+        lines.append("")
+        for attempt in report.attempts:
+            lines.append(f"### {attempt.name}: {attempt.description}")
+            lines.append("")
+            lines.append(f"- Verdict: {_verdict(attempt)}. {attempt.reason}")
+            m = attempt.metrics
+            if m:
+                tokens = m.get("tokens") or {}
+                lines.append(
+                    f"- Pooled: min {fmt_cos(m['min_cosine'])}, mean {fmt_cos(m['mean_cosine'])}, "
+                    f"1st percentile {fmt_cos(m['p1_cosine'])}, max abs error {_num(m['max_abs_error'])}, "
+                    f"relative L2 {_num(m['relative_l2_error'])}"
+                )
+                if tokens:
+                    lines.append(
+                        f"- Per token ({tokens['sequences']} sequences): min cosine "
+                        f"{fmt_cos(tokens['min_cosine'])}, max abs error {_num(tokens['max_abs_error'])}, "
+                        f"relative L2 {_num(tokens['relative_l2_error'])}, non-finite tokens {tokens['nonfinite_tokens']}"
+                    )
+                worst = ", ".join(f"`{i}` {fmt_cos(c)}" for i, c in m["worst"])
+                lines.append(f"- Worst sequences: {worst}")
+            if attempt.role != "reference":
+                shown = ", ".join(f"`{n}`" for n in attempt.fp32_modules[:8])
+                more = f" and {attempt.fp32_module_count - 8} more" if attempt.fp32_module_count > 8 else ""
+                lines.append(f"- Kept in FP32: {attempt.fp32_module_count} modules" + (f": {shown}{more}" if shown else ""))
+            for note in attempt.notes:
+                lines.append(f"- Note: {note}")
+            lines.append("")
+        if data["truncated"]:
+            lines.append("## Truncated sequences")
+            lines.append("")
+            lines.append(", ".join(f"`{i}`" for i in data["truncated"]))
+            lines.append("")
+        if report.notes:
+            lines.append("## Notes")
+            lines.append("")
+            lines += [f"- {note}" for note in report.notes]
+            lines.append("")
+        lines.append(f"_fp16guard {report.tool['version']}, report schema {report.schema_version}, {report.created}_")
+        return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.3e}"
+
+
+class JUnitFormat:
+    """junit.xml: one test case per attempt, so CI systems show each policy."""
+
+    filename = "junit.xml"
+
+    def render(self, report: Report) -> str:
+        attempts = [a for a in report.attempts if a.role != "reference"]
+        suite = ET.Element(
+            "testsuite",
+            name=f"fp16guard.{report.model['target']}",
+            tests=str(len(attempts)),
+            failures=str(sum(1 for a in attempts if not a.passed)),
+            errors="0",
+            timestamp=report.created,
+        )
+        for attempt in attempts:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"fp16guard.{report.model['target']}.{report.model['name']}",
+                name=attempt.name,
+                time=f"{attempt.timing.get('seconds') or 0:.3f}",
+            )
+            if not attempt.passed:
+                failure = ET.SubElement(case, "failure", message=attempt.reason, type="AccuracyFailure")
+                failure.text = attempt.reason
+            out = ET.SubElement(case, "system-out")
+            m = attempt.metrics or {}
+            out.text = (
+                f"{attempt.description}; min cosine {fmt_cos(m.get('min_cosine'))}; "
+                f"tokens/s {fmt_rate(attempt.timing.get('tokens_per_second'))}"
+            )
+        ET.indent(suite)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+    """Write every format into ``out_dir``; returns the paths written."""
+    out = Path(out_dir)
+    paths = []
+    for fmt in FORMATS:
+        path = out / fmt.filename
+        write_atomic(path, fmt.render(report))
+        paths.append(path)
+    return paths
+
+
+def read_report(path: str | Path) -> Report:
+    """Load a report.json."""
+    return Report.from_dict(json.loads(Path(path).read_text()))

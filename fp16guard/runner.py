@@ -1,0 +1,160 @@
+"""One target x one policy over the prepared batches: pooled embeddings, time, memory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .metrics import TokenStats, count_nonfinite, masked_mean
+from .precision import AppliedPolicy, Policy
+from .targets.base import LoadedModel, Target, TokenBatch, build
+
+
+class Progress:
+    """Callbacks through which the library reports progress; the CLI renders them.
+
+    Every method is a no-op here, so library users may pass nothing.
+    """
+
+    def stage(self, message: str) -> None:
+        """A step starts (loading weights, building a model)."""
+
+    def warn(self, message: str) -> None:
+        """Something the user should know that does not stop the run."""
+
+    def pass_started(self, label: str, total_tokens: int) -> None:
+        """An embedding pass over ``total_tokens`` tokens starts."""
+
+    def advance(self, tokens: int) -> None:
+        """``tokens`` more tokens of the current pass are done."""
+
+    def pass_finished(self) -> None:
+        """The current pass is done."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock figures of one pass; ``seconds`` excludes the build and the warm-up batch."""
+
+    build_seconds: float
+    warmup_seconds: float
+    seconds: float
+    tokens: int
+    padded_tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class RunResult:
+    """What one pass produced. ``token_states`` is kept for the reference pass only."""
+
+    applied: AppliedPolicy
+    pooled: torch.Tensor  # [N, D] float32 on the host, rows in input order
+    timing: Timing
+    peak_memory_bytes: int | None
+    token_stats: TokenStats | None = None
+    token_nonfinite: tuple[int, int] = (0, 0)
+    token_states: list[torch.Tensor | None] = field(default_factory=list)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_policy(
+    target: Target,
+    loaded: LoadedModel,
+    policy: Policy,
+    batches: list[TokenBatch],
+    count: int,
+    device: torch.device,
+    layer: int,
+    progress: Progress | None = None,
+    reference: RunResult | None = None,
+    keep_states_bytes: int = 0,
+) -> RunResult:
+    """Build a fresh model under ``policy`` and embed every batch.
+
+    With ``reference``, token-level statistics are gathered against its kept token states.
+    ``keep_states_bytes`` > 0 keeps this pass's token states on the host, up to that many bytes.
+    """
+    progress = progress or Progress()
+    cuda = device.type == "cuda"
+    start = time.perf_counter()
+    model, applied = build(target, loaded, policy, device)
+    _sync(device)
+    build_seconds = time.perf_counter() - start
+
+    pooled: torch.Tensor | None = None
+    stats = TokenStats() if reference is not None else None
+    nonfinite = [0, 0]
+    kept: list[torch.Tensor | None] = []
+    kept_bytes = 0
+    peak = 0
+    seconds = 0.0
+    with torch.inference_mode():
+        start = time.perf_counter()
+        target.hidden_states(model, batches[0].tokens.to(device), layer)
+        _sync(device)
+        warmup_seconds = time.perf_counter() - start
+
+        progress.pass_started(policy.name, sum(b.tokens_used for b in batches))
+        for number, batch in enumerate(batches):
+            tokens = batch.tokens.to(device, non_blocking=True)
+            mask = batch.residue_mask.to(device, non_blocking=True)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            start = time.perf_counter()
+            hidden = target.hidden_states(model, tokens, layer)
+            rows = masked_mean(hidden, mask)
+            _sync(device)
+            seconds += time.perf_counter() - start
+            if cuda:
+                peak = max(peak, torch.cuda.max_memory_allocated(device))
+
+            if pooled is None:
+                pooled = torch.empty(count, rows.shape[-1], dtype=torch.float32)
+            pooled[list(batch.indices)] = rows.cpu()
+            nan, inf = count_nonfinite(hidden[mask])
+            nonfinite[0] += nan
+            nonfinite[1] += inf
+            if reference is not None and reference.token_states[number] is not None:
+                ref_states = reference.token_states[number].to(device)
+                stats = stats + TokenStats.of_batch(ref_states, hidden, mask)
+            if keep_states_bytes:
+                size = hidden.numel() * 4
+                if kept_bytes + size <= keep_states_bytes:
+                    kept.append(hidden.float().cpu())
+                    kept_bytes += size
+                else:
+                    kept.append(None)
+            progress.advance(batch.tokens_used)
+        progress.pass_finished()
+
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    timing = Timing(
+        build_seconds=build_seconds,
+        warmup_seconds=warmup_seconds,
+        seconds=seconds,
+        tokens=sum(b.tokens_used for b in batches),
+        padded_tokens=sum(b.tokens.numel() for b in batches),
+    )
+    assert pooled is not None
+    return RunResult(
+        applied=applied,
+        pooled=pooled,
+        timing=timing,
+        peak_memory_bytes=peak if cuda else None,
+        token_stats=stats,
+        token_nonfinite=(nonfinite[0], nonfinite[1]),
+        token_states=kept,
+    )

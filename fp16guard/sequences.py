@@ -1,0 +1,169 @@
+"""FASTA reading and validation, bundled reference sets, and token-budget batching."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+
+PROTEIN_REFERENCE = "protein_reference.fasta"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One FASTA record: ``id`` is the header's first word, ``line`` the header's line number."""
+
+    id: str
+    sequence: str
+    description: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class SequenceSet:
+    """Validated records in file order, with a content hash that ignores line wrapping."""
+
+    name: str
+    records: tuple[Record, ...]
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for record in self.records:
+            digest.update(f"{record.id}\t{record.sequence}\n".encode())
+        return digest.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def length_stats(self) -> dict[str, float]:
+        """Min, median, mean and max residue count, plus the total."""
+        lengths = [len(r.sequence) for r in self.records]
+        return {
+            "count": len(lengths),
+            "min": min(lengths),
+            "median": statistics.median(lengths),
+            "mean": round(statistics.fmean(lengths), 2),
+            "max": max(lengths),
+            "total": sum(lengths),
+        }
+
+
+def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> SequenceSet:
+    """Read and validate a FASTA file against ``alphabet`` (upper-case letters allowed).
+
+    Lower case is accepted and upper-cased; one terminal ``*`` (a translated stop codon) is
+    dropped. Every problem raises :class:`InputError` naming the file, line and record.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read as text ({exc})") from None
+    return parse_fasta(text, str(path), alphabet, what)
+
+
+def parse_fasta(text: str, source: str, alphabet: str, what: str = "sequence") -> SequenceSet:
+    """Parse FASTA ``text``; ``source`` names it in error messages."""
+    if not text.strip():
+        raise InputError(f"{source}: the file is empty; expected FASTA records ('>id' lines)")
+    allowed = set(alphabet.upper())
+    records: list[Record] = []
+    first_seen: dict[str, int] = {}
+    header: tuple[str, str, int] | None = None
+    chunks: list[str] = []
+
+    def finish() -> None:
+        if header is None:
+            return
+        rid, desc, line = header
+        seq = "".join(chunks)
+        if seq.endswith("*"):
+            seq = seq[:-1]
+        if not seq:
+            raise InputError(f"{source}:{line}: record '{rid}' has an empty {what}")
+        records.append(Record(rid, seq, desc, line))
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith(">"):
+            finish()
+            fields = line[1:].split(maxsplit=1)
+            if not fields:
+                raise InputError(f"{source}:{number}: header line has no id after '>'")
+            rid = fields[0]
+            if rid in first_seen:
+                raise InputError(
+                    f"{source}:{number}: duplicate id '{rid}' (first seen on line {first_seen[rid]})"
+                )
+            first_seen[rid] = number
+            header = (rid, fields[1] if len(fields) > 1 else "", number)
+            chunks = []
+            continue
+        if header is None:
+            raise InputError(
+                f"{source}:{number}: text before the first '>' header; is this a FASTA file?"
+            )
+        residues = "".join(line.split()).upper()
+        for column, char in enumerate(residues, start=1):
+            if char not in allowed and not (char == "*" and column == len(residues)):
+                raise InputError(
+                    f"{source}:{number}: record '{header[0]}' has {char!r} at column {column}, "
+                    f"which is not a valid {what} character (allowed: {''.join(sorted(allowed))})"
+                )
+        chunks.append(residues)
+    finish()
+    if not records:
+        raise InputError(f"{source}: no FASTA records found (no line starts with '>')")
+    return SequenceSet(Path(source).name, tuple(records))
+
+
+def bundled_path(name: str) -> Path:
+    """Path of a reference set shipped with the package (editable or not)."""
+    ref = resources.files("fp16guard.data").joinpath(name)
+    if not ref.is_file():
+        raise InputError(f"bundled reference set {name!r} is missing from this installation")
+    return Path(str(ref))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Indices into the sequence list, all padded to the longest: ``padded_tokens`` of them."""
+
+    indices: tuple[int, ...]
+    padded_tokens: int
+
+
+def make_batches(lengths: Sequence[int], max_tokens: int, overhead: int = 2) -> list[Batch]:
+    """Group sequences, longest first, so that rows x (longest + ``overhead``) <= ``max_tokens``.
+
+    ``lengths`` are residue counts (after truncation); ``overhead`` counts special tokens per
+    row. A sequence too long for the budget on its own gets a batch of its own. Every index
+    appears exactly once. The same batches serve every precision, so results compare per row.
+    """
+    if max_tokens < 1:
+        raise InputError(f"--max-tokens must be positive, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[Batch] = []
+    current: list[int] = []
+    width = 0
+    for index in order:
+        row = lengths[index] + overhead
+        new_width = max(width, row)
+        if current and new_width * (len(current) + 1) > max_tokens:
+            batches.append(Batch(tuple(current), width * len(current)))
+            current, new_width = [], row
+        current.append(index)
+        width = new_width
+    if current:
+        batches.append(Batch(tuple(current), width * len(current)))
+    return batches

@@ -1,0 +1,39 @@
+"""The registry of model families. Each target module is imported only when it is used."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..precision import AppliedPolicy, Policy
+    from .base import Target
+
+#: target name -> "module:attribute" of its Target instance
+REGISTRY: dict[str, str] = {
+    "esm2": "fp16guard.targets.esm2:TARGET",
+}
+
+
+def get_target(name: str) -> "Target":
+    """The target registered as ``name``."""
+    try:
+        module_name, attribute = REGISTRY[name].split(":")
+    except KeyError:
+        raise InputError(f"unknown target {name!r}; known: {', '.join(REGISTRY)}") from None
+    return getattr(import_module(module_name), attribute)
+
+
+def adapter_for(model: "nn.Module") -> "Callable[[nn.Module, Policy], AppliedPolicy]":
+    """The policy converter for ``model``: its target's, or the generic one."""
+    from ..precision import apply_generic
+
+    for name in REGISTRY:
+        target = get_target(name)
+        if target.adapts(model):
+            return target.apply_policy
+    return apply_generic

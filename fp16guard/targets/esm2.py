@@ -1,0 +1,247 @@
+"""ESM-2 through fair-esm: named checkpoints, local ``.pt`` files, and its precision policies."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError, ModelLoadError
+from ..precision import (
+    AppliedPolicy,
+    Fp32LayerNorm,
+    Policy,
+    cast_except,
+    layer_norm_islands,
+    replace_module,
+)
+from .base import LoadedModel, file_sha256
+
+#: name -> (layers, embedding dim, attention heads), as published with fair-esm.
+CHECKPOINTS: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
+DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+
+
+def hub_checkpoint_path(name: str) -> Path:
+    """Where fair-esm's hub loading keeps a named checkpoint ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+
+
+def _read_checkpoint(path: Path) -> dict:
+    # weights_only=True refuses any pickled code; fair-esm's cfg holds an argparse.Namespace,
+    # which is plain data and allowed explicitly.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such checkpoint file") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"{path}: refused by weights-only loading, so it would need to run pickled code "
+            f"(fp16guard never does): {first}"
+        ) from None
+    except Exception as exc:  # corrupt zip, truncated download, not a torch file
+        raise ModelLoadError(f"{path}: cannot read as a PyTorch checkpoint ({exc})") from None
+    cfg = data.get("cfg") if isinstance(data, dict) else None
+    model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
+    if "model" not in data or not hasattr(model_cfg, "encoder_layers"):
+        raise ModelLoadError(
+            f"{path}: not a fair-esm ESM-2 checkpoint (expected 'model' weights and a 'cfg' "
+            "with the encoder's settings)"
+        )
+    return data
+
+
+class Fp32Rotary(nn.Module):
+    """Rotary embedding whose angles and cos/sin tables are computed in FP32.
+
+    In FP16, the angle p * inv_freq keeps 11 significant bits, so at position 1000 it is off by
+    up to ~0.4 rad. Here the tables are exact to FP32 and only then cast to the input's dtype.
+    """
+
+    def __init__(self, source: nn.Module):
+        super().__init__()
+        self.register_buffer("inv_freq", source.inv_freq.detach().float().clone())
+        self._cache: tuple[int, torch.device, torch.dtype, torch.Tensor, torch.Tensor] | None = None
+
+    def _tables(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        length = k.shape[-2]
+        cache = self._cache
+        if cache is None or cache[:3] != (length, k.device, k.dtype):
+            positions = torch.arange(length, device=k.device, dtype=torch.float32)
+            angles = torch.outer(positions, self.inv_freq.to(k.device))
+            angles = torch.cat((angles, angles), dim=-1)
+            cache = (length, k.device, k.dtype, angles.cos()[None].to(k.dtype), angles.sin()[None].to(k.dtype))
+            self._cache = cache
+        return cache[3], cache[4]
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from esm.rotary_embedding import apply_rotary_pos_emb
+
+        cos, sin = self._tables(k)
+        return apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
+
+
+class Fp32ResidualLayer(nn.Module):
+    """fair-esm's TransformerLayer with the residual stream carried and summed in FP32.
+
+    Attention and MLP run in the compute dtype on the output of layer-norm islands that read
+    the FP32 residual; their outputs are added in FP32, so a residual that outgrows FP16's
+    65504 stays finite (the idea of Megatron-LM's fp32-residual-connection). The child
+    modules keep their names, so state-dict keys and module names are unchanged.
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.self_attn_layer_norm = layer.self_attn_layer_norm
+        self.self_attn = layer.self_attn
+        self.final_layer_norm = layer.final_layer_norm
+        self.fc1 = layer.fc1
+        self.fc2 = layer.fc2
+
+    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        from esm.modules import gelu
+
+        residual = x.float()
+        h = self.self_attn_layer_norm(residual)
+        h, attn = self.self_attn(
+            query=h,
+            key=h,
+            value=h,
+            key_padding_mask=self_attn_padding_mask,
+            need_weights=True,
+            need_head_weights=need_head_weights,
+            attn_mask=self_attn_mask,
+        )
+        residual = residual + h.float()
+        h = self.fc2(gelu(self.fc1(self.final_layer_norm(residual))))
+        return residual + h.float(), attn
+
+
+class Esm2Target:
+    """ESM-2 models as fair-esm builds them."""
+
+    name = "esm2"
+    residue_alphabet = "ACDEFGHIKLMNPQRSTVWYXBUZO"
+    max_residues = 1022  # 1024 positions including BOS and EOS
+    special_tokens_per_row = 2
+
+    def load(self, model: str | None, weights: Path | None, offline: bool) -> LoadedModel:
+        """Load FP32 weights from ``weights`` (a local .pt) or a named checkpoint."""
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise ModelLoadError(f"--weights {path}: no such file")
+            name = path.stem
+        else:
+            name = model or DEFAULT_CHECKPOINT
+            if name not in CHECKPOINTS:
+                raise InputError(
+                    f"unknown ESM-2 checkpoint {name!r}; known: {', '.join(CHECKPOINTS)} "
+                    "(or pass --weights PATH.pt)"
+                )
+            path = hub_checkpoint_path(name)
+            if not path.is_file():
+                self._download(name, path, offline)
+        data = _read_checkpoint(path)
+        model_cfg = data["cfg"]["model"]
+        import esm.pretrained
+
+        try:
+            with warnings.catch_warnings():
+                # Contact-regression weights are not needed for embeddings.
+                warnings.filterwarnings("ignore", message="Regression weights not found")
+                module, alphabet = esm.pretrained.load_model_and_alphabet_core("esm2", data, None)
+        except RuntimeError as exc:
+            summary = str(exc).strip().splitlines()
+            raise ModelLoadError(f"{path}: weights do not fit ESM-2 ({' '.join(summary)[:300]})") from None
+        return LoadedModel(
+            target=self.name,
+            name=name,
+            source=str(path),
+            module=module.eval(),
+            num_layers=int(model_cfg.encoder_layers),
+            weights_sha256=file_sha256(path),
+            extra={"alphabet": alphabet},
+        )
+
+    @staticmethod
+    def _download(name: str, path: Path, offline: bool) -> None:
+        url = DOWNLOAD_URL.format(name=name)
+        how = f"download {url} to that path, or pass --weights PATH.pt"
+        if offline:
+            raise ModelLoadError(f"ESM-2 weights {name!r} not found at {path} (offline); {how}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"ESM-2 weights {name!r} not found at {path} and the download failed ({exc}); {how}"
+            ) from None
+
+    def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [B, T] with BOS/EOS, and the mask of residue positions."""
+        alphabet = loaded.extra["alphabet"]
+        _, _, tokens = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
+        mask = torch.zeros(tokens.shape, dtype=torch.bool)
+        for row, sequence in enumerate(sequences):
+            mask[row, 1 : 1 + len(sequence)] = True
+        return tokens, mask
+
+    def hidden_states(self, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Representation of ``layer``; the last one has ``emb_layer_norm_after`` applied."""
+        return module(tokens, repr_layers=[layer])["representations"][layer]
+
+    def adapts(self, module: nn.Module) -> bool:
+        return type(module).__name__ == "ESM2" and type(module).__module__.startswith("esm.")
+
+    def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
+        """Convert a fair-esm ESM2 in place; islands per DESIGN: layer norms, rotary, residual."""
+        for rotary in _rotary_modules(module):
+            # The cos/sin cache is keyed on length and device, not dtype: reset it so that a
+            # model that already ran in FP32 does not hand FP32 tables to FP16 attention.
+            if hasattr(rotary, "_seq_len_cached"):
+                rotary._seq_len_cached = None
+        if policy.is_full_precision:
+            module.float()
+            return AppliedPolicy(policy, notes=("attention softmax is FP32 in fair-esm",))
+        dtype = policy.torch_dtype
+        islands: list[str] = []
+        notes = ["attention softmax is FP32 in fair-esm under every policy"]
+        if policy.fp32_residual:
+            for i, layer in enumerate(module.layers):
+                if not isinstance(layer, Fp32ResidualLayer):
+                    module.layers[i] = Fp32ResidualLayer(layer)
+            islands += [f"layers.{i} (residual adds)" for i in range(len(module.layers))]
+        if policy.fp32_layer_norms:
+            islands += layer_norm_islands(module, dtype)
+        if policy.fp32_positional:
+            for name, rotary in list(module.named_modules()):
+                if name.endswith("rot_emb") and not isinstance(rotary, Fp32Rotary):
+                    replace_module(module, name, Fp32Rotary(rotary))
+                    islands.append(name)
+        kept = [m for m in module.modules() if isinstance(m, (Fp32LayerNorm, Fp32Rotary))]
+        cast_except(module, dtype, kept)
+        return AppliedPolicy(policy, tuple(islands), tuple(notes))
+
+
+def _rotary_modules(module: nn.Module) -> list[nn.Module]:
+    return [m for name, m in module.named_modules() if name.endswith("rot_emb")]
+
+
+TARGET = Esm2Target()

@@ -1,0 +1,224 @@
+"""The workflow: FP32 reference, the fallback ladder of attempts, and the verdict as a Report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .compare import Comparison, compare
+from .config import ValidationConfig
+from .errors import Fp16GuardError, InputError
+from .precision import FP32, LADDER, Policy, get_policy
+from .report import Attempt, Report, finite_or_none
+from .runner import Progress, RunResult, run_policy
+from .sequences import PROTEIN_REFERENCE, SequenceSet, bundled_path, make_batches, read_fasta
+from .targets import get_target
+from .targets.base import LoadedModel, Target, TokenBatch
+
+DEFAULT_SEQUENCES = {"esm2": PROTEIN_REFERENCE}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA is an environment error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Fp16GuardError("--device cuda: no CUDA device is visible to PyTorch (use --device cpu)")
+    if name == "cpu" or name.startswith("cuda"):
+        return torch.device(name)
+    raise InputError(f"--device must be auto, cuda or cpu, not {name!r}")
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and hardware, for the report."""
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU",
+    }
+    for package in ("fair-esm", "transformers"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    return info
+
+
+def prepare_batches(
+    target: Target, loaded: LoadedModel, sequences: list[str], max_tokens: int
+) -> list[TokenBatch]:
+    """Tokenise once; the same batches serve every precision."""
+    plan = make_batches([len(s) for s in sequences], max_tokens, target.special_tokens_per_row)
+    batches = []
+    for batch in plan:
+        rows = [sequences[i] for i in batch.indices]
+        tokens, mask = target.tokenize(loaded, rows)
+        used = sum(len(r) for r in rows) + target.special_tokens_per_row * len(rows)
+        batches.append(TokenBatch(batch.indices, tokens, mask, used))
+    return batches
+
+
+def _attempt(result: RunResult, reference: RunResult | None, comparison: Comparison | None) -> Attempt:
+    policy = result.applied.policy
+    timing = {**asdict(result.timing), "tokens_per_second": result.timing.tokens_per_second}
+    speedup = memory_ratio = None
+    if reference is not None:
+        speedup = reference.timing.seconds / result.timing.seconds if result.timing.seconds else None
+        if result.peak_memory_bytes and reference.peak_memory_bytes:
+            memory_ratio = result.peak_memory_bytes / reference.peak_memory_bytes
+    metrics = None
+    if comparison is not None:
+        metrics = {k: v for k, v in asdict(comparison).items() if k not in ("passed", "reason")}
+        if comparison.tokens is not None:
+            metrics["tokens"]["relative_l2_error"] = comparison.tokens.relative_l2_error
+            if comparison.tokens.tokens == 0:
+                metrics["tokens"] = None
+    return Attempt(
+        policy=policy.to_dict(),
+        description=policy.describe(),
+        role="reference" if comparison is None else "attempt",
+        fp32_modules=list(result.applied.fp32_modules),
+        notes=list(result.applied.notes),
+        timing=finite_or_none(timing),
+        peak_memory_bytes=result.peak_memory_bytes,
+        speedup_vs_fp32=speedup,
+        memory_ratio_vs_fp32=memory_ratio,
+        passed=None if comparison is None else comparison.passed,
+        reason="FP32 reference" if comparison is None else comparison.reason,
+        metrics=finite_or_none(metrics),
+    )
+
+
+def policies_to_try(config: ValidationConfig) -> list[Policy]:
+    """The ladder, or the policies the user named."""
+    if config.policies is None:
+        return list(LADDER)
+    return [get_policy(p) for p in config.policies]
+
+
+def validate(
+    target_name: str,
+    config: ValidationConfig,
+    model: str | None = None,
+    weights: str | Path | None = None,
+    sequences: str | Path | None = None,
+    offline: bool = False,
+    progress: Progress | None = None,
+) -> Report:
+    """Run the FP32 reference and the policies to try; return the Report (never raises for an
+    accuracy failure: ``report.passed`` says it). Raises Fp16GuardError for bad input,
+    missing weights, or a broken FP32 reference."""
+    progress = progress or Progress()
+    target = get_target(target_name)
+    policies = policies_to_try(config)
+    device = resolve_device(config.device)
+
+    seq_path = Path(sequences) if sequences else bundled_path(DEFAULT_SEQUENCES[target_name])
+    records: SequenceSet = read_fasta(seq_path, target.residue_alphabet, "protein sequence")
+    max_length = config.max_length or target.max_residues
+    if not 1 <= max_length <= target.max_residues:
+        raise InputError(f"--max-length must be between 1 and {target.max_residues} for {target_name}")
+    truncated = [r.id for r in records.records if len(r.sequence) > max_length]
+    notes: list[str] = []
+    if truncated:
+        message = f"{len(truncated)} sequence(s) longer than {max_length} residues were truncated"
+        progress.warn(message)
+        notes.append(message + " (listed under dataset.truncated)")
+    if device.type == "cpu" and any(not p.is_full_precision for p in policies):
+        message = "FP16 on CPU runs slowly and uses CPU kernels: fine for testing the workflow, but validate on the GPU you deploy on"
+        progress.warn(message)
+        notes.append(message)
+
+    progress.stage(f"loading {target_name} weights")
+    loaded = target.load(model, Path(weights) if weights else None, offline)
+    layer = loaded.num_layers if config.layer is None else config.layer
+    if not 0 <= layer <= loaded.num_layers:
+        raise InputError(f"--layer must be between 0 and {loaded.num_layers}, got {layer}")
+
+    texts = [r.sequence[:max_length] for r in records.records]
+    ids = [r.id for r in records.records]
+    batches = prepare_batches(target, loaded, texts, config.max_tokens)
+
+    def run(policy: Policy, reference: RunResult | None = None, keep: int = 0) -> RunResult:
+        progress.stage(f"{policy.name}: building the model ({policy.describe()})")
+        try:
+            return run_policy(target, loaded, policy, batches, len(texts), device, layer, progress, reference, keep)
+        except torch.cuda.OutOfMemoryError:
+            raise Fp16GuardError(
+                f"out of GPU memory under {policy.name}; lower --max-tokens (now {config.max_tokens})"
+            ) from None
+
+    reference = run(FP32, keep=config.token_reference_budget_bytes)
+    covered = sum(len(b.indices) for b, s in zip(batches, reference.token_states) if s is not None)
+    if covered < len(texts):
+        notes.append(
+            f"per-token metrics cover {covered} of {len(texts)} sequences (the FP32 token states "
+            "kept for them are capped in memory); pooled metrics cover all"
+        )
+    # The reference is checked before any attempt: a NaN there is an error, not a pass.
+    compare(reference.pooled, reference.pooled, ids, config.thresholds)
+    attempts = [_attempt(reference, None, None)]
+    passing: Policy | None = None
+    for policy in policies:
+        result = run(policy, reference)
+        comparison = compare(
+            reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
+        )
+        attempts.append(_attempt(result, reference, comparison))
+        if comparison:
+            passing = passing or policy
+            if config.stop_at_first_pass:
+                break
+
+    reference.token_states.clear()
+    if passing:
+        summary = f"PASS: {loaded.name} meets the threshold under policy '{passing.name}' ({passing.describe()})."
+    else:
+        tried = ", ".join(p.name for p in policies)
+        summary = f"FAIL: no policy met the threshold ({tried} tried); keep this model in FP32."
+    return Report(
+        tool={"name": "fp16guard", "version": _version()},
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        environment=environment(device),
+        model={
+            "target": target_name,
+            "name": loaded.name,
+            "source": loaded.source,
+            "parameters": loaded.num_parameters,
+            "weights_sha256": loaded.weights_sha256,
+            "layer": layer,
+            "num_layers": loaded.num_layers,
+        },
+        dataset={
+            "name": records.name,
+            "source": str(seq_path) if sequences else f"bundled:{seq_path.name}",
+            "sha256": records.sha256,
+            "sequences": len(records),
+            "lengths": records.length_stats(),
+            "max_length": max_length,
+            "truncated": truncated,
+            "max_tokens": config.max_tokens,
+            "batches": len(batches),
+        },
+        thresholds={"min_cosine": config.thresholds.min_cosine, "allow_nonfinite": False},
+        attempts=attempts,
+        passed=passing is not None,
+        passing_policy=passing.name if passing else None,
+        summary=summary,
+        notes=notes,
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("fp16guard")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,71 @@
+"""Tiny ESM-2 checkpoints in fair-esm's on-disk format, healthy or with planted FP16 failures.
+
+The failures are genuine FP16 numerics: values that exceed FP16's largest finite number
+(65504) inside the network, while the same weights stay finite in FP32.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+LAYERS, DIM, HEADS = 3, 32, 4
+
+
+def build_model(layers: int = LAYERS, dim: int = DIM, heads: int = HEADS, seed: int = 0):
+    """A random-weight fair-esm ESM2 (FP32)."""
+    from esm.model.esm2 import ESM2
+
+    torch.manual_seed(seed)
+    return ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads, alphabet="ESM-1b", token_dropout=True)
+
+
+def plant_residual_overflow(model, channel: int = 3) -> None:
+    """Two MLP biases of 4e4 (exact in FP16) push one residual channel to ~8e4 after layer 1:
+    Inf in an FP16 residual stream, fine in an FP32 one."""
+    with torch.no_grad():
+        for layer in model.layers[:2]:
+            layer.fc2.bias[channel] = 40000.0
+
+
+def plant_mlp_overflow(model, layer: int = 1, unit: int = 5) -> None:
+    """An fc1 unit whose pre-activation is ~8e4 on every token: the FP16 matmul output is Inf
+    whatever stays in FP32 around it, while FP32 computes it fine."""
+    with torch.no_grad():
+        block = model.layers[layer]
+        block.final_layer_norm.bias.fill_(1.0)
+        block.fc1.weight[unit].fill_(2500.0)
+
+
+def save_checkpoint(model, path: Path) -> Path:
+    """Write ``model`` as fair-esm's released ESM-2 files are laid out: prefixed keys and a cfg
+    holding an argparse.Namespace; no contact-regression weights."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("contact_head.regression"):
+            continue
+        prefix = "encoder." if key.startswith("lm_head") else "encoder.sentence_encoder."
+        state[prefix + key] = value.clone()
+    cfg = argparse.Namespace(
+        encoder_layers=model.num_layers,
+        encoder_embed_dim=model.embed_dim,
+        encoder_attention_heads=model.attention_heads,
+        token_dropout=model.token_dropout,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    return path
+
+
+def write_checkpoint(path: Path, plant: str | None = None, **shape) -> Path:
+    """Healthy (``plant=None``), ``"residual"`` (fixed by fp16+res32) or ``"mlp"`` (unfixable)."""
+    model = build_model(**shape)
+    if plant == "residual":
+        plant_residual_overflow(model)
+    elif plant == "mlp":
+        plant_mlp_overflow(model)
+    elif plant is not None:
+        raise ValueError(plant)
+    return save_checkpoint(model, path)
