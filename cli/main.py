@@ -53,6 +53,9 @@ PolicyOption = Annotated[
     typer.Option("--policy", "-p", help="Test only this policy (fp16, fp16+ln32, fp16+pos32, fp16+res32, fp32, or a .json)."),
 ]
 NoFallbackOption = Annotated[bool, typer.Option("--no-fallback", help="Test full FP16 only.")]
+FullLadderOption = Annotated[
+    bool, typer.Option("--full-ladder", help="Run every rung even after one passes, to see what each costs.")
+]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Directory for report.json, report.md, junit.xml.")]
 OfflineOption = Annotated[
     bool, typer.Option("--offline", envvar="FP16GUARD_OFFLINE", help="Never download weights; use local files only.")
@@ -75,6 +78,7 @@ def validate_esm2(
     min_cosine: MinCosineOption = 0.99,
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
+    full_ladder: FullLadderOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -91,12 +95,15 @@ def validate_esm2(
         min_cosine=min_cosine,
         policy=policy,
         no_fallback=no_fallback,
+        full_ladder=full_ladder,
         out=out,
         offline=offline,
     )
 
 
-def run_validation(target: str, *, policy, no_fallback, min_cosine, out, model, weights, sequences, offline, **settings) -> None:
+def run_validation(
+    target: str, *, policy, no_fallback, full_ladder, min_cosine, out, model, weights, sequences, offline, **settings
+) -> None:
     """Build the config, run the workflow with live progress, write the report, exit."""
     from . import render
 
@@ -112,6 +119,7 @@ def run_validation(target: str, *, policy, no_fallback, min_cosine, out, model, 
         config = ValidationConfig(
             thresholds=Thresholds(min_cosine=min_cosine),
             policies=(policy,) if policy else ("fp16",) if no_fallback else None,
+            stop_at_first_pass=not full_ladder,
             **settings,
         )
         with render.LiveProgress(console) as progress:

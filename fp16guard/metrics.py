@@ -19,7 +19,9 @@ def cosine_rows(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tenso
     norms = a.norm(dim=-1) * b.norm(dim=-1)
     both_zero = (a.abs().amax(-1) == 0) & (b.abs().amax(-1) == 0)
     cos = torch.where(norms > 0, dot / norms.clamp_min(1e-300), torch.zeros_like(dot))
-    cos = torch.where(both_zero, torch.ones_like(cos), cos)
+    # Identical rows are exactly 1: rounding in the norms would otherwise give 0.9999999999999998.
+    identical = (a == b).all(-1)
+    cos = torch.where(both_zero | identical, torch.ones_like(cos), cos)
     finite = torch.isfinite(a).all(-1) & torch.isfinite(b).all(-1)
     return torch.where(finite, cos.clamp(-1.0, 1.0), torch.full_like(cos, math.nan))
 
@@ -31,9 +33,10 @@ def count_nonfinite(x: torch.Tensor) -> tuple[int, int]:
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where ``mask`` is True, accumulated in FP32: [B, T, D] -> [B, D]."""
-    weights = mask.to(torch.float32).unsqueeze(-1)
-    total = (hidden.float() * weights).sum(1)
-    return total / weights.sum(1).clamp_min(1.0)
+    keep = mask.unsqueeze(-1)
+    # Select rather than multiply: 0 x Inf would let a padding position spoil the mean.
+    total = torch.where(keep, hidden.float(), 0.0).sum(1)
+    return total / keep.sum(1).clamp_min(1).to(torch.float32)
 
 
 def percentile(values: torch.Tensor, q: float) -> float:

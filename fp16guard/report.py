@@ -286,12 +286,11 @@ def write_atomic(path: Path, text: str) -> None:
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     """Write every format into ``out_dir``; returns the paths written."""
     out = Path(out_dir)
-    paths = []
-    for fmt in FORMATS:
-        path = out / fmt.filename
-        write_atomic(path, fmt.render(report))
-        paths.append(path)
-    return paths
+    # Render everything before writing anything, so a failure cannot mix old and new files.
+    rendered = [(out / fmt.filename, fmt.render(report)) for fmt in FORMATS]
+    for path, text in rendered:
+        write_atomic(path, text)
+    return [path for path, _ in rendered]
 
 
 def read_report(path: str | Path) -> Report:

@@ -62,7 +62,7 @@ def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> Seque
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -113,17 +113,19 @@ def parse_fasta(text: str, source: str, alphabet: str, what: str = "sequence") -
             raise InputError(
                 f"{source}:{number}: text before the first '>' header; is this a FASTA file?"
             )
-        residues = "".join(line.split()).upper()
-        for column, char in enumerate(residues, start=1):
-            if char not in allowed and not (char == "*" and column == len(residues)):
+        if chunks and chunks[-1].endswith("*"):
+            raise InputError(f"{source}:{number - 1}: record '{header[0]}' has '*' before its end")
+        last = len(raw.rstrip())
+        for column, char in enumerate(raw, start=1):
+            if char.isspace():
+                continue
+            if char.upper() not in allowed and not (char == "*" and column == last):
                 raise InputError(
                     f"{source}:{number}: record '{header[0]}' has {char!r} at column {column}, "
                     f"which is not a valid {what} character (allowed: {''.join(sorted(allowed))})"
                 )
-        chunks.append(residues)
+        chunks.append("".join(line.split()).upper())
     finish()
-    if not records:
-        raise InputError(f"{source}: no FASTA records found (no line starts with '>')")
     return SequenceSet(Path(source).name, tuple(records))
 
 

@@ -1,11 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from esm2_checkpoints import write_checkpoint  # noqa: E402
+from fp16guard.testing import write_checkpoint
 
 SMALL_FASTA = """>alpha human-like fragment
 MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ

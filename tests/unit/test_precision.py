@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from esm2_checkpoints import LAYERS, build_model, plant_residual_overflow
+from fp16guard.testing import LAYERS, build_model, plant_residual_overflow
 from fp16guard import apply_policy, get_policy
 from fp16guard.errors import InputError, UnsupportedPolicyError
 from fp16guard.precision import FP16, FP16_LN32, FP16_POS32, FP16_RES32, FP32, LADDER, Fp32LayerNorm, Policy
@@ -19,6 +19,8 @@ def tokens_for(model, sequences):
     _, _, tokens = model.alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
     return tokens
 
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY" * 3]
 
@@ -33,9 +35,10 @@ def dtypes_outside(model, island_types):
     return {p.dtype for p in model.parameters() if id(p) not in kept}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("policy", LADDER, ids=lambda p: p.name)
-def test_each_rung_keeps_the_promised_modules_in_fp32_and_runs(policy):
-    model = build_model()
+def test_each_rung_keeps_the_promised_modules_in_fp32_and_runs(policy, device):
+    model = build_model().to(device)
     applied = apply_policy(model, policy)
     islands = [m for m in model.modules() if isinstance(m, Fp32LayerNorm)]
     rotaries = [m for m in model.modules() if isinstance(m, Fp32Rotary)]
@@ -49,7 +52,7 @@ def test_each_rung_keeps_the_promised_modules_in_fp32_and_runs(policy):
     assert len(applied.fp32_modules) == len(islands) + len(rotaries) + len(residual_layers)
     # The tied LM-head weight stays tied after the cast.
     assert model.lm_head.weight is model.embed_tokens.weight
-    out = representation(model, tokens_for(model, SEQS))
+    out = representation(model, tokens_for(model, SEQS).to(device))
     assert out.dtype == torch.float16
     assert torch.isfinite(out).all()
 
@@ -90,13 +93,15 @@ def test_fp32_rotary_tables_are_far_more_accurate_than_fp16_tables():
     assert island_error * 10 < stock_error
 
 
-def test_residual_stream_in_fp32_rescues_a_planted_overflow():
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_stream_in_fp32_rescues_a_planted_overflow(device):
     tokens = None
     outputs = {}
     for policy in (FP32, FP16, FP16_LN32, FP16_POS32, FP16_RES32):
         model = build_model()
         plant_residual_overflow(model)
-        tokens = tokens_for(model, SEQS) if tokens is None else tokens
+        tokens = tokens_for(model, SEQS).to(device) if tokens is None else tokens
+        model.to(device)
         apply_policy(model, policy)
         outputs[policy.name] = representation(model, tokens).float()
     assert torch.isfinite(outputs["fp32"]).all()
@@ -108,11 +113,12 @@ def test_residual_stream_in_fp32_rescues_a_planted_overflow():
     assert cos.min() > 0.999
 
 
-def test_stale_rotary_cache_from_an_fp32_run_is_reset():
+@pytest.mark.parametrize("device", DEVICES)
+def test_stale_rotary_cache_from_an_fp32_run_is_reset(device):
     """fair-esm keys its cos/sin cache on length and device only; converting a model that already
     ran in FP32 must not hand FP32 tables to FP16 attention."""
-    model = build_model()
-    tokens = tokens_for(model, SEQS)
+    model = build_model().to(device)
+    tokens = tokens_for(model, SEQS).to(device)
     representation(model, tokens)  # fills the cache with FP32 tables
     apply_policy(model, FP16)
     out = representation(model, tokens)

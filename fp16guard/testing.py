@@ -1,7 +1,9 @@
-"""Tiny ESM-2 checkpoints in fair-esm's on-disk format, healthy or with planted FP16 failures.
+"""ESM-2 checkpoints in fair-esm's on-disk format, healthy or with planted FP16 failures.
 
-The failures are genuine FP16 numerics: values that exceed FP16's largest finite number
-(65504) inside the network, while the same weights stay finite in FP32.
+For tests and benchmarks of fp16guard, and for anyone who wants to see a gate fail on purpose.
+Random-weight models never show FP16 problems, so the failures are planted: genuine FP16
+numerics (values beyond FP16's largest finite number, 65504, inside the network) while the same
+weights stay finite in FP32.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def save_checkpoint(model, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state, "cfg": {"model": cfg}}, path)
     return path
+
+
+#: architecture name -> (layers, embedding dim, attention heads) for random-weight stand-ins
+ARCHITECTURES = {"tiny": (LAYERS, DIM, HEADS), "8M": (6, 320, 20), "650M": (33, 1280, 20), "3B": (36, 2560, 40)}
 
 
 def write_checkpoint(path: Path, plant: str | None = None, **shape) -> Path:

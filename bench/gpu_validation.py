@@ -1,0 +1,71 @@
+"""Run `fp16guard validate esm2` on CUDA with a random-weight ESM-2 checkpoint in fair-esm format.
+
+Random weights say nothing about numerics but everything about speed and memory, and they make
+every policy run on the GPU. Two runs over the bundled reference set:
+
+- healthy weights, every rung of the ladder (--full-ladder): tokens/s and peak memory per policy;
+- the same weights with a planted residual overflow: the ladder must climb to fp16+res32.
+
+    python bench/gpu_validation.py --arch 650M --out results/
+
+writes each run's report directory and log under --out, and summary.md with both tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fp16guard.report import read_report
+from fp16guard.testing import ARCHITECTURES, write_checkpoint
+
+RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="650M", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--max-tokens", default="16384")
+    args = parser.parse_args()
+    layers, dim, heads = ARCHITECTURES[args.arch]
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# fp16guard validate esm2 on {args.device}: ESM-2 {args.arch} architecture, random weights", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        for run, (plant, extra) in RUNS.items():
+            start = time.perf_counter()
+            weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}_{run}.pt", plant, layers=layers, dim=dim, heads=heads)
+            written = time.perf_counter() - start
+            command = [
+                sys.executable, "-m", "fp16guard_cli", "validate", "esm2", "--weights", str(weights),
+                "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run), *extra,
+            ]
+            start = time.perf_counter()
+            proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+            wall = time.perf_counter() - start
+            (args.out / f"{run}.log").write_text(proc.stdout + proc.stderr)
+            print(proc.stderr[-4000:], file=sys.stderr)
+            lines += [f"## {run}: exit code {proc.returncode}, {wall:.1f} s end to end (checkpoint written in {written:.1f} s)", ""]
+            if (args.out / run / "report.json").is_file():
+                report = read_report(args.out / run / "report.json")
+                rows = report.summary_rows()
+                headers = list(rows[0])
+                lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                lines += ["| " + " | ".join(r[h] for h in headers) + " |" for r in rows]
+                lines += ["", f"Device: {report.environment['device_name']}, torch {report.environment['torch']}", ""]
+                timings = {a.name: a.timing for a in report.attempts}
+                lines += ["```json", json.dumps(timings, indent=1), "```", ""]
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Bundled reference sequence sets (see README.md in this directory)."""

@@ -1,0 +1,219 @@
+"""`fp16guard validate esm2` end to end on tiny fair-esm checkpoints written in the real format.
+
+Nothing is mocked: the checkpoints load through the same code path as a released one, and
+the planted failures are genuine FP16 overflows.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+from typer.testing import CliRunner
+
+from fp16guard_cli.main import app
+
+runner = CliRunner()
+
+
+def validate(*args, env=None):
+    result = runner.invoke(app, ["validate", "esm2", *map(str, args)], env=env)
+    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def load_report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+def test_healthy_model_passes_in_full_fp16(checkpoints, small_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["healthy"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = load_report(out)
+    assert report["passed"] and report["passing_policy"] == "fp16"
+    assert [a["policy"]["name"] for a in report["attempts"]] == ["fp32", "fp16"]
+    fp16 = report["attempts"][1]
+    assert fp16["metrics"]["min_cosine"] > 0.999
+    assert fp16["metrics"]["tokens"]["sequences"] == 5
+    assert len(fp16["metrics"]["cosines"]) == 5
+    assert report["model"]["parameters"] > 0 and len(report["model"]["weights_sha256"]) == 64
+    assert report["dataset"]["sequences"] == 5 and len(report["dataset"]["sha256"]) == 64
+    assert {"torch", "cuda", "device_name"} <= set(report["environment"])
+    assert (out / "report.md").is_file() and (out / "junit.xml").is_file()
+    assert "fp16" in text and "PASS" in text
+
+
+def test_planted_residual_overflow_is_fixed_by_the_fp32_residual_rung(checkpoints, small_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["residual"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = load_report(out)
+    assert report["passing_policy"] == "fp16+res32"
+    assert "fp16+res32" in text
+    names = [a["policy"]["name"] for a in report["attempts"]]
+    assert names == ["fp32", "fp16", "fp16+ln32", "fp16+pos32", "fp16+res32"]
+    for failed in report["attempts"][1:4]:
+        assert failed["passed"] is False and failed["metrics"]["nan_count"] > 0
+    rescued = report["attempts"][4]
+    assert rescued["passed"] and rescued["metrics"]["min_cosine"] > 0.999
+    # The report names what each rung kept in FP32.
+    counts = [a["fp32_modules"] for a in report["attempts"][1:]]
+    assert counts[0] == [] and len(counts[1]) < len(counts[2]) < len(counts[3])
+    assert "layers.0.self_attn_layer_norm" in counts[1]
+    assert "layers.0.self_attn.rot_emb" in counts[2]
+
+
+def test_unfixable_failure_exits_1_and_still_writes_the_report(checkpoints, small_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["mlp"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
+    assert result.exit_code == 1, text
+    report = load_report(out)
+    assert not report["passed"] and report["passing_policy"] is None
+    assert len(report["attempts"]) == 5
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "4"
+    assert "FAIL" in (out / "report.md").read_text()
+
+
+def test_no_fallback_and_single_policy(checkpoints, small_fasta, tmp_path):
+    result, _ = validate("--weights", checkpoints["residual"], "-s", small_fasta, "-o", tmp_path / "a", "--no-fallback", "--device", "cpu")
+    assert result.exit_code == 1
+    assert [a["policy"]["name"] for a in load_report(tmp_path / "a")["attempts"]] == ["fp32", "fp16"]
+    result, _ = validate("--weights", checkpoints["residual"], "-s", small_fasta, "-o", tmp_path / "b", "--policy", "fp16+res32", "--device", "cpu")
+    assert result.exit_code == 0
+    assert [a["policy"]["name"] for a in load_report(tmp_path / "b")["attempts"]] == ["fp32", "fp16+res32"]
+
+
+def test_full_ladder_runs_every_rung_after_a_pass(checkpoints, small_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--full-ladder", "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = load_report(out)
+    assert report["passing_policy"] == "fp16"
+    assert [a["passed"] for a in report["attempts"]] == [None, True, True, True, True]
+
+
+def test_layer_and_truncation_options(checkpoints, small_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = validate(
+        "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--layer", "1", "--max-length", "20",
+        "--max-tokens", "64", "--device", "cpu",
+    )
+    assert result.exit_code == 0, text
+    report = load_report(out)
+    assert report["model"]["layer"] == 1
+    assert sorted(report["dataset"]["truncated"]) == ["alpha", "delta", "gamma"]
+    assert "3 sequence(s) longer than 20 residues were truncated" in text
+    assert report["dataset"]["batches"] > 1
+
+
+@pytest.mark.parametrize(
+    "fasta, message",
+    [
+        ("", "empty"),
+        (">a\nMKV\n>a\nMKV\n", "duplicate id 'a'"),
+        (">a\n\n>b\nMKV\n", "record 'a' has an empty"),
+        (">a\nMKV\n>b\nMKJV\n", "record 'b' has 'J' at column 3"),
+        ("MKV\n", "before the first '>'"),
+    ],
+)
+def test_bad_fasta_exits_2_with_one_clear_line(checkpoints, tmp_path, fasta, message):
+    path = tmp_path / "bad.fasta"
+    path.write_text(fasta)
+    result, text = validate("--weights", checkpoints["healthy"], "-s", path, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 2, text
+    assert message in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min-cosine", "1.5"], "--min-cosine"),
+        (["--policy", "fp8"], "unknown policy"),
+        (["--layer", "99"], "--layer"),
+        (["--max-length", "5000"], "--max-length"),
+        (["--policy", "fp16", "--no-fallback"], "either --policy or --no-fallback"),
+        (["--device", "tpu"], "tpu"),
+    ],
+)
+def test_bad_options_exit_2(checkpoints, small_fasta, tmp_path, args, message):
+    result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, text
+    assert message in text
+
+
+def test_missing_weights_exit_3(small_fasta, tmp_path):
+    result, text = validate("--weights", tmp_path / "nope.pt", "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3 and "no such file" in text
+    env = {"TORCH_HOME": str(tmp_path / "torch-home")}
+    result, text = validate("--model", "esm2_t6_8M_UR50D", "--offline", "-s", small_fasta, "-o", tmp_path / "out", env=env)
+    assert result.exit_code == 3, text
+    expected = os.path.join(tmp_path, "torch-home", "hub", "checkpoints", "esm2_t6_8M_UR50D.pt")
+    assert expected in text.replace("\n", "") and "--weights" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_named_checkpoint_loads_offline_from_the_torch_hub_cache(checkpoints, small_fasta, tmp_path):
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(checkpoints["healthy"], cache / "esm2_t6_8M_UR50D.pt")
+    env = {"TORCH_HOME": str(tmp_path / "torch-home")}
+    out = tmp_path / "out"
+    result, text = validate("--model", "esm2_t6_8M_UR50D", "--offline", "-s", small_fasta, "-o", out, "--device", "cpu", env=env)
+    assert result.exit_code == 0, text
+    assert load_report(out)["model"]["name"] == "esm2_t6_8M_UR50D"
+
+
+def test_unknown_checkpoint_name_is_a_usage_error(small_fasta, tmp_path):
+    result, text = validate("--model", "esm3_huge", "-s", small_fasta, "-o", tmp_path / "out", "--offline")
+    assert result.exit_code == 2 and "esm2_t33_650M_UR50D" in text
+
+
+def test_checkpoint_that_needs_pickled_code_is_refused(small_fasta, tmp_path):
+    import torch
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "cfg": {"model": PickledThing()}}, path)
+    result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    assert "weights-only" in text
+
+
+def test_not_an_esm2_checkpoint(small_fasta, tmp_path):
+    import torch
+
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3 and "not a fair-esm ESM-2 checkpoint" in text
+
+
+class PickledThing:
+    """A class that unpickling would have to import: weights-only loading must refuse it."""
+
+
+@pytest.mark.slow
+def test_console_script_on_the_bundled_set(checkpoints, tmp_path):
+    """The installed entry point, as a user runs it, over the bundled reference set."""
+    exe = shutil.which("fp16guard") or pytest.skip("console script not on PATH")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [exe, "validate", "esm2", "--weights", str(checkpoints["healthy"]), "--out", str(out),
+         "--device", "cpu", "--max-length", "400"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(out)
+    assert report["dataset"]["source"] == "bundled:protein_reference.fasta"
+    assert report["dataset"]["sequences"] >= 100
+    assert report["dataset"]["truncated"], "the bundled set holds sequences longer than 400"
+    assert "PASS" in proc.stderr
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from fp16guard_cli.main import app; import fp16guard; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
