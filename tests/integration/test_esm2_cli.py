@@ -192,6 +192,21 @@ def test_not_an_esm2_checkpoint(small_fasta, tmp_path):
     assert result.exit_code == 3 and "not a fair-esm ESM-2 checkpoint" in text
 
 
+def test_non_finite_fp32_reference_is_an_error_not_a_pass(small_fasta, tmp_path):
+    import torch
+
+    from fp16guard.testing import build_model, save_checkpoint
+
+    model = build_model()
+    with torch.no_grad():
+        model.layers[0].fc2.bias[0] = float("nan")
+    path = save_checkpoint(model, tmp_path / "broken.pt")
+    result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 3, text
+    assert "FP32 reference has NaN/Inf" in text
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 class PickledThing:
     """A class that unpickling would have to import: weights-only loading must refuse it."""
 
