@@ -32,6 +32,11 @@ class Device(str, Enum):
     cpu = "cpu"
 
 
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
 SequencesOption = Annotated[
     Optional[Path],
     typer.Option("--sequences", "-s", help="FASTA file to embed (default: the bundled reference set)."),
@@ -60,12 +65,19 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Directory for repo
 OfflineOption = Annotated[
     bool, typer.Option("--offline", envvar="FP16GUARD_OFFLINE", help="Never download weights; use local files only.")
 ]
+PoolingOption = Annotated[
+    Pooling, typer.Option(help="mean: attention-mask-weighted mean of the hidden states; cls: the first token.")
+]
+TrustRemoteCodeOption = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow the model directory's own Python code to run (off by default)."),
+]
 
 
 @validate_app.command("esm2", epilog=EXIT_CODES_HELP)
 def validate_esm2(
     model: Annotated[
-        str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, loaded from the torch hub cache (downloaded if missing).")
+        str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
     ] = "esm2_t33_650M_UR50D",
     weights: Annotated[
         Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
@@ -83,27 +95,62 @@ def validate_esm2(
     offline: OfflineOption = False,
 ) -> None:
     """Validate an ESM-2 model (fair-esm) in FP16 against FP32."""
-    run_validation(
-        "esm2",
-        model=model,
-        weights=weights,
-        sequences=sequences,
-        device=device.value,
-        max_tokens=max_tokens,
-        max_length=max_length,
-        layer=layer,
-        min_cosine=min_cosine,
-        policy=policy,
-        no_fallback=no_fallback,
-        full_ladder=full_ladder,
-        out=out,
-        offline=offline,
-    )
+    from fp16guard.targets.base import ModelSource
+
+    run_validation("esm2", ModelSource(model=model, weights=weights, offline=offline), **_settings(locals()))
 
 
-def run_validation(
-    target: str, *, policy, no_fallback, full_ladder, min_cosine, out, model, weights, sequences, offline, **settings
+@validate_app.command("hf", epilog=EXIT_CODES_HELP)
+def validate_hf(
+    model: Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")],
+    sequences: SequencesOption = None,
+    pooling: PoolingOption = Pooling.mean,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    device: DeviceOption = Device.auto,
+    max_tokens: MaxTokensOption = 8192,
+    max_length: MaxLengthOption = None,
+    layer: LayerOption = None,
+    min_cosine: MinCosineOption = 0.99,
+    policy: PolicyOption = None,
+    no_fallback: NoFallbackOption = False,
+    full_ladder: FullLadderOption = False,
+    out: OutOption = Path("fp16guard-report"),
+    offline: OfflineOption = False,
 ) -> None:
+    """Validate any Hugging Face encoder (transformers AutoModel) in FP16 against FP32."""
+    from fp16guard.targets.base import ModelSource
+
+    source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
+    run_validation("hf", source, **_settings(locals()))
+
+
+@validate_app.command("antiberty", epilog=EXIT_CODES_HELP)
+def validate_antiberty(
+    sequences: SequencesOption = None,
+    pooling: PoolingOption = Pooling.mean,
+    device: DeviceOption = Device.auto,
+    max_tokens: MaxTokensOption = 8192,
+    max_length: MaxLengthOption = None,
+    layer: LayerOption = None,
+    min_cosine: MinCosineOption = 0.99,
+    policy: PolicyOption = None,
+    no_fallback: NoFallbackOption = False,
+    full_ladder: FullLadderOption = False,
+    out: OutOption = Path("fp16guard-report"),
+) -> None:
+    """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
+    from fp16guard.targets.base import ModelSource
+
+    run_validation("antiberty", ModelSource(offline=True, pooling=pooling.value), **_settings(locals()))
+
+
+def _settings(options: dict) -> dict:
+    """The options every validate command shares, from a command's locals()."""
+    names = ("sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback", "full_ladder", "out")
+    return {name: options[name] for name in names}
+
+
+def run_validation(target: str, source, *, policy, no_fallback, full_ladder, min_cosine, out, sequences, device, **settings) -> None:
     """Build the config, run the workflow with live progress, write the report, exit."""
     from . import render
 
@@ -118,14 +165,13 @@ def run_validation(
 
         config = ValidationConfig(
             thresholds=Thresholds(min_cosine=min_cosine),
+            device=device.value,
             policies=(policy,) if policy else ("fp16",) if no_fallback else None,
             stop_at_first_pass=not full_ladder,
             **settings,
         )
         with render.LiveProgress(console) as progress:
-            report = validate(
-                target, config, model=model, weights=weights, sequences=sequences, offline=offline, progress=progress
-            )
+            report = validate(target, config, source, sequences=sequences, progress=progress)
         paths = write_report(report, out)
     except Fp16GuardError as exc:
         render.error(console, str(exc))
@@ -135,6 +181,17 @@ def run_validation(
         raise typer.Exit(130) from None
     render.summary(console, report, paths)
     raise typer.Exit(report.exit_code)
+
+
+@app.command("list")
+def list_models() -> None:
+    """Targets, presets and known checkpoints, and whether each is on this machine (nothing is downloaded)."""
+    from fp16guard.catalog import catalog
+    from fp16guard.precision import POLICIES
+
+    from . import render
+
+    render.catalog(render.stdout_console(), catalog(), POLICIES)
 
 
 def run() -> None:

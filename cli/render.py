@@ -1,4 +1,4 @@
-"""Terminal output: the only module that imports rich. Everything goes to stderr."""
+"""Terminal output: the only module that imports rich. Validation output goes to stderr."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from fp16guard.runner import Progress as LibraryProgress
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
 
 
 def error(console: Console, message: str) -> None:
@@ -78,3 +82,15 @@ def summary(console: Console, report: Report, paths: list[Path]) -> None:
     colour = "green" if report.passed else "red"
     console.print(f"[bold {colour}]{report.summary}[/]")
     console.print(f"report: {', '.join(str(p) for p in paths)}")
+
+
+def catalog(console: Console, entries, policies) -> None:
+    """The ``fp16guard list`` table: targets and models with their availability, then policies."""
+    table = Table(title="Models (nothing is downloaded to check)", title_justify="left")
+    for header in ("target", "name", "available", "description", "where"):
+        table.add_column(header, overflow="fold")
+    for entry in entries:
+        table.add_row(entry.target, entry.name, "yes" if entry.available else "no", entry.description, entry.where)
+    console.print(table)
+    console.print("hf: any encoder directory or hub id with `fp16guard validate hf --model PATH_OR_ID`")
+    console.print("Policies: " + ", ".join(f"{name} ({p.describe()})" for name, p in policies.items()))

@@ -153,6 +153,33 @@ class Fp32LayerNorm(nn.Module):
         return f"{self.normalized_shape}, eps={self.eps}, FP32 island -> {self.output_dtype}"
 
 
+def _cast_floats(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_cast_floats(v, dtype) for v in value)
+    if isinstance(value, list):
+        return [_cast_floats(v, dtype) for v in value]
+    return value
+
+
+def make_fp32_island(module: nn.Module, output_dtype: torch.dtype) -> nn.Module:
+    """Turn ``module`` into an FP32 island in place: FP32 weights, floating inputs cast to FP32,
+    floating outputs cast to ``output_dtype``. Hooks keep the module's name and state-dict keys.
+    Leave it out of the model's cast (``cast_except(..., keep=[module])``)."""
+    module.float()
+
+    def inputs_to_fp32(_module, args, kwargs):
+        return _cast_floats(args, torch.float32), {k: _cast_floats(v, torch.float32) for k, v in kwargs.items()}
+
+    def output_to_compute(_module, _args, _kwargs, output):
+        return _cast_floats(output, output_dtype)
+
+    module.register_forward_pre_hook(inputs_to_fp32, with_kwargs=True)
+    module.register_forward_hook(output_to_compute, with_kwargs=True)
+    return module
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the submodule called ``name`` (dotted path) sits."""
     parent_name, _, child = name.rpartition(".")

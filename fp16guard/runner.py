@@ -100,19 +100,19 @@ def run_policy(
     seconds = 0.0
     with torch.inference_mode():
         start = time.perf_counter()
-        target.hidden_states(model, batches[0].tokens.to(device), layer)
+        target.hidden_states(loaded, model, batches[0].tokens.to(device), layer)
         _sync(device)
         warmup_seconds = time.perf_counter() - start
 
         progress.pass_started(policy.name, sum(b.tokens_used for b in batches))
         for number, batch in enumerate(batches):
             tokens = batch.tokens.to(device, non_blocking=True)
-            mask = batch.residue_mask.to(device, non_blocking=True)
+            mask = batch.pool_mask.to(device, non_blocking=True)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
             start = time.perf_counter()
-            hidden = target.hidden_states(model, tokens, layer)
+            hidden = target.hidden_states(loaded, model, tokens, layer)
             rows = masked_mean(hidden, mask)
             _sync(device)
             seconds += time.perf_counter() - start

@@ -9,9 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError
-
-PROTEIN_REFERENCE = "protein_reference.fasta"
+from .errors import Fp16GuardError, InputError
 
 
 @dataclass(frozen=True)
@@ -129,11 +127,23 @@ def parse_fasta(text: str, source: str, alphabet: str, what: str = "sequence") -
     return SequenceSet(Path(source).name, tuple(records))
 
 
+def check_alphabet(records: SequenceSet, alphabet: str, vocabulary: str) -> None:
+    """Raise InputError naming the first record with a letter outside ``alphabet``."""
+    allowed = set(alphabet)
+    for record in records.records:
+        for position, char in enumerate(record.sequence, start=1):
+            if char not in allowed:
+                raise InputError(
+                    f"{records.name}:{record.line}: record '{record.id}' has {char!r} at residue {position}, "
+                    f"which is not in {vocabulary} ({''.join(sorted(allowed))})"
+                )
+
+
 def bundled_path(name: str) -> Path:
     """Path of a reference set shipped with the package (editable or not)."""
     ref = resources.files("fp16guard.data").joinpath(name)
     if not ref.is_file():
-        raise InputError(f"bundled reference set {name!r} is missing from this installation")
+        raise Fp16GuardError(f"bundled reference set {name!r} is missing from this installation; reinstall fp16guard")
     return Path(str(ref))
 
 

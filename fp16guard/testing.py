@@ -75,3 +75,71 @@ def write_checkpoint(path: Path, plant: str | None = None, **shape) -> Path:
     elif plant is not None:
         raise ValueError(plant)
     return save_checkpoint(model, path)
+
+
+# --- Hugging Face encoders (save_pretrained directories with their tokenizers) ----------------
+
+PROTEIN_LETTERS = "ACDEFGHIKLMNPQRSTVWYXBUZO"
+
+
+def _write_vocab(directory: Path, tokens: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def write_hf_bert(directory: Path, plant: str | None = None, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A ProtBERT-style BertModel directory: config.json, model.safetensors, and a word-piece
+    tokenizer of single residues (space-separated input), written with save_pretrained.
+
+    ``plant="residual"``: a post-LN residual add in layer 0 that reaches ~7e4 (beyond FP16)
+    while each of its operands stays representable; an FP32 residual add rescues it."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    _write_vocab(directory, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PROTEIN_LETTERS])
+    tokenizer = BertTokenizerFast.from_pretrained(directory, do_lower_case=False)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=4 * hidden, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = BertModel(config).eval()
+    if plant == "residual":
+        with torch.no_grad():
+            block = model.encoder.layer[0]
+            block.attention.output.LayerNorm.bias[3] = 30000.0
+            block.output.dense.bias[3] = 40000.0
+    elif plant is not None:
+        raise ValueError(plant)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_hf_esm(directory: Path, plant: str | None = None, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
+    """A transformers EsmModel directory (rotary, pre-LN) with its tokenizer.
+
+    ``plant="residual"``: two MLP output biases of 4e4 push the residual stream to ~8e4."""
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    torch.manual_seed(seed)
+    tokens = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
+    _write_vocab(directory, tokens)
+    tokenizer = EsmTokenizer.from_pretrained(directory)
+    config = EsmConfig(
+        vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=4 * hidden, max_position_embeddings=258, position_embedding_type="rotary",
+        pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id, token_dropout=True,
+        emb_layer_norm_before=False,
+    )
+    model = EsmModel(config, add_pooling_layer=False).eval()
+    if plant == "residual":
+        with torch.no_grad():
+            for block in model.encoder.layer[:2]:
+                block.output.dense.bias[3] = 40000.0
+    elif plant is not None:
+        raise ValueError(plant)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -16,11 +16,9 @@ from .errors import Fp16GuardError, InputError
 from .precision import FP32, LADDER, Policy, get_policy
 from .report import Attempt, Report, finite_or_none
 from .runner import Progress, RunResult, run_policy
-from .sequences import PROTEIN_REFERENCE, SequenceSet, bundled_path, make_batches, read_fasta
+from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta
 from .targets import get_target
-from .targets.base import LoadedModel, Target, TokenBatch
-
-DEFAULT_SEQUENCES = {"esm2": PROTEIN_REFERENCE}
+from .targets.base import LoadedModel, ModelSource, Target, TokenBatch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,9 +57,7 @@ def prepare_batches(
     plan = make_batches([len(s) for s in sequences], max_tokens, target.special_tokens_per_row)
     batches = []
     for batch in plan:
-        rows = [sequences[i] for i in batch.indices]
-        tokens, mask = target.tokenize(loaded, rows)
-        used = sum(len(r) for r in rows) + target.special_tokens_per_row * len(rows)
+        tokens, mask, used = target.tokenize(loaded, [sequences[i] for i in batch.indices])
         batches.append(TokenBatch(batch.indices, tokens, mask, used))
     return batches
 
@@ -107,10 +103,8 @@ def policies_to_try(config: ValidationConfig) -> list[Policy]:
 def validate(
     target_name: str,
     config: ValidationConfig,
-    model: str | None = None,
-    weights: str | Path | None = None,
+    source: ModelSource,
     sequences: str | Path | None = None,
-    offline: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Run the FP32 reference and the policies to try; return the Report (never raises for an
@@ -121,27 +115,28 @@ def validate(
     policies = policies_to_try(config)
     device = resolve_device(config.device)
 
-    seq_path = Path(sequences) if sequences else bundled_path(DEFAULT_SEQUENCES[target_name])
-    records: SequenceSet = read_fasta(seq_path, target.residue_alphabet, "protein sequence")
-    max_length = config.max_length or target.max_residues
-    if not 1 <= max_length <= target.max_residues:
-        raise InputError(f"--max-length must be between 1 and {target.max_residues} for {target_name}")
-    truncated = [r.id for r in records.records if len(r.sequence) > max_length]
+    seq_path = Path(sequences) if sequences else bundled_path(target.default_sequences)
+    records: SequenceSet = read_fasta(seq_path, target.input_alphabet, "sequence")
     notes: list[str] = []
-    if truncated:
-        message = f"{len(truncated)} sequence(s) longer than {max_length} residues were truncated"
-        progress.warn(message)
-        notes.append(message + " (listed under dataset.truncated)")
     if device.type == "cpu" and any(not p.is_full_precision for p in policies):
         message = "FP16 on CPU runs slowly and uses CPU kernels: fine for testing the workflow, but validate on the GPU you deploy on"
         progress.warn(message)
         notes.append(message)
 
     progress.stage(f"loading {target_name} weights")
-    loaded = target.load(model, Path(weights) if weights else None, offline)
+    loaded = target.load(source)
+    check_alphabet(records, loaded.alphabet, f"{loaded.name}'s vocabulary")
     layer = loaded.num_layers if config.layer is None else config.layer
     if not 0 <= layer <= loaded.num_layers:
         raise InputError(f"--layer must be between 0 and {loaded.num_layers}, got {layer}")
+    max_length = config.max_length or loaded.max_residues
+    if not 1 <= max_length <= loaded.max_residues:
+        raise InputError(f"--max-length must be between 1 and {loaded.max_residues} for {loaded.name}")
+    truncated = [r.id for r in records.records if len(r.sequence) > max_length]
+    if truncated:
+        message = f"{len(truncated)} sequence(s) longer than {max_length} residues were truncated"
+        progress.warn(message)
+        notes.append(message + " (listed under dataset.truncated)")
 
     texts = [r.sequence[:max_length] for r in records.records]
     ids = [r.id for r in records.records]

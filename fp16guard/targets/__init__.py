@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 #: target name -> "module:attribute" of its Target instance
 REGISTRY: dict[str, str] = {
     "esm2": "fp16guard.targets.esm2:TARGET",
+    "hf": "fp16guard.targets.hf:HF",
+    "antiberty": "fp16guard.targets.hf:ANTIBERTY",
 }
 
 
@@ -32,7 +34,7 @@ def adapter_for(model: "nn.Module") -> "Callable[[nn.Module, Policy], AppliedPol
     """The policy converter for ``model``: its target's, or the generic one."""
     from ..precision import apply_generic
 
-    for name in REGISTRY:
+    for name in ("esm2", "hf"):
         target = get_target(name)
         if target.adapts(model):
             return target.apply_policy

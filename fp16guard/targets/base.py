@@ -14,6 +14,17 @@ from torch import nn
 from ..precision import AppliedPolicy, Policy
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from and how to read them, as the user asked."""
+
+    model: str | None = None  # a checkpoint name, a hub id or a directory
+    weights: Path | None = None  # a local weights file
+    offline: bool = False
+    trust_remote_code: bool = False
+    pooling: str = "mean"  # "mean" over the pooled positions, or "cls"
+
+
 @dataclass
 class LoadedModel:
     """FP32 weights loaded once on the host; every attempt builds its own copy from them."""
@@ -24,6 +35,8 @@ class LoadedModel:
     module: nn.Module
     num_layers: int
     weights_sha256: str
+    alphabet: str  # upper-case letters the tokenizer knows as residues
+    max_residues: int  # longest input the model takes, in residues
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -39,29 +52,30 @@ class LoadedModel:
 
 @dataclass
 class TokenBatch:
-    """Token ids of one batch and the mask of positions that hold residues."""
+    """Token ids of one batch and the mask of the positions that are pooled."""
 
     indices: tuple[int, ...]
     tokens: torch.Tensor
-    residue_mask: torch.Tensor
-    tokens_used: int  # residues plus special tokens, padding excluded
+    pool_mask: torch.Tensor
+    tokens_used: int  # tokens the model reads, padding excluded
 
 
 class Target(Protocol):
     """One model family: loading, tokenising, running, and its policy converter."""
 
     name: str
-    residue_alphabet: str  # upper-case letters accepted in FASTA input
-    max_residues: int  # longest input the model was trained on
-    special_tokens_per_row: int
+    description: str
+    input_alphabet: str  # letters accepted when reading FASTA, before the tokenizer is known
+    default_sequences: str  # bundled reference set
+    special_tokens_per_row: int  # for batch planning
 
-    def load(self, model: str | None, weights: Path | None, offline: bool) -> LoadedModel: ...
+    def load(self, source: ModelSource) -> LoadedModel: ...
 
-    def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids [B, T] and a residue mask [B, T] (special tokens and padding False)."""
+    def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token ids [B, T], the mask of pooled positions [B, T], and the tokens read."""
         ...
 
-    def hidden_states(self, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states [B, T, D] of ``layer`` (the last layer is ``loaded.num_layers``)."""
         ...
 
@@ -81,10 +95,11 @@ def build(target: Target, loaded: LoadedModel, policy: Policy, device: torch.dev
     return module.to(device).eval(), applied
 
 
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    """SHA-256 of a file, read in chunks."""
+def files_sha256(paths: Sequence[Path], chunk: int = 1 << 24) -> str:
+    """SHA-256 over the contents of ``paths``, in the order given (one file: its plain hash)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
     return digest.hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..catalog import ESM2_CHECKPOINTS as CHECKPOINTS
+from ..catalog import esm2_checkpoint_path
 from ..errors import InputError, ModelLoadError
 from ..precision import (
     AppliedPolicy,
@@ -21,24 +22,12 @@ from ..precision import (
     layer_norm_islands,
     replace_module,
 )
-from .base import LoadedModel, file_sha256
+from .base import LoadedModel, ModelSource, files_sha256
 
-#: name -> (layers, embedding dim, attention heads), as published with fair-esm.
-CHECKPOINTS: dict[str, tuple[int, int, int]] = {
-    "esm2_t6_8M_UR50D": (6, 320, 20),
-    "esm2_t12_35M_UR50D": (12, 480, 20),
-    "esm2_t30_150M_UR50D": (30, 640, 20),
-    "esm2_t33_650M_UR50D": (33, 1280, 20),
-    "esm2_t36_3B_UR50D": (36, 2560, 40),
-    "esm2_t48_15B_UR50D": (48, 5120, 40),
-}
 DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
+ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
+MAX_RESIDUES = 1022  # 1024 positions including BOS and EOS
 DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
-
-
-def hub_checkpoint_path(name: str) -> Path:
-    """Where fair-esm's hub loading keeps a named checkpoint ($TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -137,12 +126,14 @@ class Esm2Target:
     """ESM-2 models as fair-esm builds them."""
 
     name = "esm2"
-    residue_alphabet = "ACDEFGHIKLMNPQRSTVWYXBUZO"
-    max_residues = 1022  # 1024 positions including BOS and EOS
+    description = "ESM-2 protein models through fair-esm (named checkpoints or a local .pt)"
+    input_alphabet = ALPHABET
+    default_sequences = "protein_reference.fasta"
     special_tokens_per_row = 2
 
-    def load(self, model: str | None, weights: Path | None, offline: bool) -> LoadedModel:
-        """Load FP32 weights from ``weights`` (a local .pt) or a named checkpoint."""
+    def load(self, source: ModelSource) -> LoadedModel:
+        """Load FP32 weights from ``source.weights`` (a local .pt) or a named checkpoint."""
+        weights, model, offline = source.weights, source.model, source.offline
         if weights is not None:
             path = Path(weights)
             if not path.is_file():
@@ -155,7 +146,7 @@ class Esm2Target:
                     f"unknown ESM-2 checkpoint {name!r}; known: {', '.join(CHECKPOINTS)} "
                     "(or pass --weights PATH.pt)"
                 )
-            path = hub_checkpoint_path(name)
+            path = esm2_checkpoint_path(name)
             if not path.is_file():
                 self._download(name, path, offline)
         data = _read_checkpoint(path)
@@ -176,7 +167,9 @@ class Esm2Target:
             source=str(path),
             module=module.eval(),
             num_layers=int(model_cfg.encoder_layers),
-            weights_sha256=file_sha256(path),
+            weights_sha256=files_sha256([path]),
+            alphabet=ALPHABET,
+            max_residues=MAX_RESIDUES,
             extra={"alphabet": alphabet},
         )
 
@@ -194,16 +187,16 @@ class Esm2Target:
                 f"ESM-2 weights {name!r} not found at {path} and the download failed ({exc}); {how}"
             ) from None
 
-    def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids [B, T] with BOS/EOS, and the mask of residue positions."""
+    def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token ids [B, T] with BOS/EOS, the mask of residue positions, and the tokens read."""
         alphabet = loaded.extra["alphabet"]
         _, _, tokens = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
         mask = torch.zeros(tokens.shape, dtype=torch.bool)
         for row, sequence in enumerate(sequences):
             mask[row, 1 : 1 + len(sequence)] = True
-        return tokens, mask
+        return tokens, mask, sum(len(s) for s in sequences) + self.special_tokens_per_row * len(sequences)
 
-    def hidden_states(self, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Representation of ``layer``; the last one has ``emb_layer_norm_after`` applied."""
         return module(tokens, repr_layers=[layer])["representations"][layer]
 

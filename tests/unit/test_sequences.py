@@ -293,9 +293,11 @@ def test_bundled_reference_exists():
 
 
 def test_bundled_missing_name():
-    with pytest.raises(InputError) as info:
+    from fp16guard.errors import Fp16GuardError
+
+    with pytest.raises(Fp16GuardError) as info:
         bundled_path("nope.fasta")
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 3  # a broken installation, not bad input
     assert "nope.fasta" in str(info.value)
 
 

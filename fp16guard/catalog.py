@@ -1,0 +1,120 @@
+"""Known models and where they live on disk. Light: no torch, no transformers, nothing downloaded.
+
+``fp16guard list`` reads this; the targets resolve their paths through it, so the two agree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: ESM-2 checkpoint name -> (layers, embedding dim, attention heads), as published with fair-esm.
+ESM2_CHECKPOINTS: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub."""
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.getenv("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def esm2_checkpoint_path(name: str) -> Path:
+    """Where fair-esm's hub loading keeps a named checkpoint."""
+    return torch_hub_dir() / "checkpoints" / f"{name}.pt"
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.getenv("HF_HUB_CACHE"):
+        return Path(os.path.expanduser(os.environ["HF_HUB_CACHE"]))
+    home = os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")), "huggingface"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def hf_cached_models() -> list[str]:
+    """Model ids with a snapshot in the Hugging Face cache."""
+    cache = hf_hub_cache()
+    if not cache.is_dir():
+        return []
+    ids = []
+    for entry in sorted(cache.glob("models--*")):
+        if any((entry / "snapshots").glob("*")):
+            ids.append(entry.name[len("models--") :].replace("--", "/"))
+    return ids
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A trained model that a PyPI package ships inside itself, so it works offline."""
+
+    name: str
+    description: str
+    package: str  # import name of the package that ships the weights
+    requirement: str  # what to pip install
+    model_dir: str  # relative to the package directory: config.json + weights
+    vocab_file: str  # relative to the package directory
+    default_sequences: str
+    licence: str
+
+    def package_dir(self) -> Path | None:
+        """The installed package's directory, found without importing (running) it."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(list(spec.submodule_search_locations)[0])
+
+    def available(self) -> bool:
+        root = self.package_dir()
+        return root is not None and (root / self.model_dir / "config.json").is_file()
+
+
+PRESETS: dict[str, Preset] = {
+    "antiberty": Preset(
+        name="antiberty",
+        description="AntiBERTy: a 26M-parameter BERT trained on antibody sequences (8 layers, 512 hidden)",
+        package="antiberty",
+        requirement="fp16guard[antiberty]  (antiberty==0.1.3)",
+        model_dir="trained_models/AntiBERTy_md_smooth",
+        vocab_file="trained_models/vocab.txt",
+        default_sequences="antibody_reference.fasta",
+        licence="MIT",
+    )
+}
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One row of ``fp16guard list``."""
+
+    target: str
+    name: str
+    description: str
+    available: bool
+    where: str
+
+
+def catalog() -> list[CatalogEntry]:
+    """Every known model with whether it is on this machine; checks paths only."""
+    rows = []
+    for name, (layers, dim, heads) in ESM2_CHECKPOINTS.items():
+        path = esm2_checkpoint_path(name)
+        rows.append(
+            CatalogEntry("esm2", name, f"{layers} layers, {dim} dims, {heads} heads", path.is_file(), str(path))
+        )
+    for preset in PRESETS.values():
+        root = preset.package_dir()
+        where = str(root / preset.model_dir) if root else f"pip install '{preset.requirement.split()[0]}'"
+        rows.append(CatalogEntry(preset.name, preset.name, preset.description, preset.available(), where))
+    for model_id in hf_cached_models():
+        rows.append(CatalogEntry("hf", model_id, "in the Hugging Face cache", True, str(hf_hub_cache())))
+    return rows

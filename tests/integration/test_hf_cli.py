@@ -1,0 +1,135 @@
+"""`fp16guard validate hf` and `validate antiberty` end to end on real on-disk formats:
+save_pretrained directories with their tokenizers, and the trained AntiBERTy package."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fp16guard.catalog import PRESETS
+from fp16guard.sequences import read_fasta
+from fp16guard.testing import write_hf_bert, write_hf_esm
+from fp16guard_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args, env=None):
+    result = runner.invoke(app, [*map(str, args)], env=env)
+    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        "bert": write_hf_bert(root / "bert"),
+        "bert-residual": write_hf_bert(root / "bert-residual", plant="residual"),
+        "esm": write_hf_esm(root / "esm"),
+        "esm-residual": write_hf_esm(root / "esm-residual", plant="residual"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["bert", "esm"])
+def test_healthy_encoder_passes(hf_models, small_fasta, tmp_path, kind):
+    out = tmp_path / "out"
+    result, text = invoke("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = json.loads((out / "report.json").read_text())
+    assert report["passing_policy"] == "fp16"
+    assert report["model"]["target"] == "hf" and report["model"]["num_layers"] >= 2
+    # Every residue is one token plus two special tokens per sequence: nothing became [UNK].
+    lengths = [len(r.sequence) for r in read_fasta(small_fasta, "ACDEFGHIKLMNPQRSTVWYXBUZO").records]
+    residues = sum(min(n, report["dataset"]["max_length"]) for n in lengths)
+    assert report["attempts"][0]["timing"]["tokens"] == residues + 2 * 5
+
+
+@pytest.mark.parametrize("kind", ["bert-residual", "esm-residual"])
+def test_planted_residual_overflow_climbs_to_fp32_residual_adds(hf_models, small_fasta, tmp_path, kind):
+    out = tmp_path / "out"
+    result, text = invoke("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = json.loads((out / "report.json").read_text())
+    assert report["passing_policy"] == "fp16+res32"
+    assert [a["passed"] for a in report["attempts"][1:]] == [False, False, False, True]
+    pos32 = report["attempts"][3]["fp32_modules"]
+    assert "attention softmax (every layer)" in pos32
+    assert any(name.endswith("rotary_embeddings") for name in pos32) or "embeddings" in pos32
+    assert any("(residual add)" in name for name in report["attempts"][4]["fp32_modules"])
+
+
+def test_cls_pooling_and_no_fallback(hf_models, small_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = invoke(
+        "validate", "hf", "--model", hf_models["bert-residual"], "-s", small_fasta, "-o", out, "--pooling", "cls",
+        "--no-fallback", "--device", "cpu",
+    )
+    assert result.exit_code == 1, text
+    assert [a["policy"]["name"] for a in json.loads((out / "report.json").read_text())["attempts"]] == ["fp32", "fp16"]
+
+
+def test_letters_outside_the_vocabulary_exit_2(hf_models, tmp_path):
+    from fp16guard.testing import write_hf_bert
+
+    narrow = write_hf_bert(tmp_path / "narrow")
+    vocab = (narrow / "vocab.txt").read_text().replace("\nX\n", "\n").replace("\nB\n", "\n")
+    (narrow / "vocab.txt").write_text(vocab)
+    (narrow / "tokenizer.json").unlink()
+    path = tmp_path / "x.fasta"
+    path.write_text(">ok\nMKV\n>withx\nMKXV\n")
+    result, text = invoke("validate", "hf", "--model", narrow, "-s", path, "-o", tmp_path / "out")
+    assert result.exit_code == 2, text
+    assert "record 'withx' has 'X' at residue 3" in text
+
+
+def test_missing_model_exits_3_without_network(tmp_path, small_fasta):
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+    result, text = invoke("validate", "hf", "--model", "someone/nothing-here", "--offline", "-s", small_fasta, env=env)
+    assert result.exit_code == 3, text
+    assert "not in the Hugging Face cache" in text and "offline" in text
+    result, text = invoke("validate", "hf", "--model", tmp_path / "missing-dir", "-s", small_fasta)
+    assert result.exit_code == 3 and "no such directory" in text
+
+
+def test_directory_without_weights_exits_3(hf_models, small_fasta, tmp_path):
+    import shutil
+
+    broken = tmp_path / "noweights"
+    shutil.copytree(hf_models["bert"], broken)
+    (broken / "model.safetensors").unlink()
+    result, text = invoke("validate", "hf", "--model", broken, "-s", small_fasta)
+    assert result.exit_code == 3 and "no weights" in text
+
+
+def test_list_shows_targets_and_availability(tmp_path):
+    env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
+    (tmp_path / "th" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "th" / "hub" / "checkpoints" / "esm2_t12_35M_UR50D.pt").write_bytes(b"x")
+    result, text = invoke("list", env=env)
+    assert result.exit_code == 0, text
+    rows = {line.split("│")[2].strip(): line for line in text.splitlines() if line.count("│") > 4}
+    assert "yes" in rows["esm2_t12_35M_UR50D"] and " no " in rows["esm2_t6_8M_UR50D"]
+    assert "antiberty" in rows
+    assert "fp16+res32" in text
+
+
+antiberty_installed = pytest.mark.skipif(not PRESETS["antiberty"].available(), reason="pip install '.[antiberty]'")
+
+
+@antiberty_installed
+def test_antiberty_real_trained_model_on_the_bundled_antibody_set(tmp_path):
+    """The real 26M-parameter AntiBERTy, offline, on CPU: FP16 agrees with FP32."""
+    out = tmp_path / "out"
+    result, text = invoke("validate", "antiberty", "-o", out, "--device", "cpu", "--full-ladder")
+    assert result.exit_code == 0, text
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == "antiberty"
+    assert 25_000_000 < report["model"]["parameters"] < 27_000_000
+    assert report["dataset"]["source"] == "bundled:antibody_reference.fasta"
+    assert report["dataset"]["sequences"] >= 50
+    assert report["passing_policy"] == "fp16"
+    for attempt in report["attempts"][1:]:
+        assert attempt["passed"] and attempt["metrics"]["min_cosine"] > 0.999
+        assert attempt["metrics"]["nan_count"] == 0
+    # Real weights: FP16 is close to FP32 but not identical.
+    assert report["attempts"][1]["metrics"]["max_abs_error"] > 0
