@@ -64,16 +64,20 @@ def test_residual_output_adds_in_fp32():
     assert set(dict(wrapped.named_children())) == {"dense", "dropout"}
 
 
-def test_apply_policy_dispatches_transformers_models(tmp_path):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_apply_policy_dispatches_transformers_models(tmp_path, device):
     from transformers import AutoModel
 
     from fp16guard.testing import write_hf_esm
 
-    model = AutoModel.from_pretrained(write_hf_esm(tmp_path / "esm"))
+    model = AutoModel.from_pretrained(write_hf_esm(tmp_path / "esm")).to(device)
     applied = apply_policy(model, "fp16+res32")
     assert "attention softmax (every layer)" in applied.fp32_modules
     assert model.config._attn_implementation == "fp16guard_fp32_softmax"
     assert any(n.endswith("rotary_embeddings") for n in applied.fp32_modules)
-    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    ids = torch.tensor([[0, 5, 6, 7, 2]], device=device)
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
