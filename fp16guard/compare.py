@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -38,10 +38,27 @@ class Comparison:
     def __bool__(self) -> bool:
         return self.passed
 
+    def to_dict(self) -> dict:
+        """The metrics as plain data (verdict fields excluded); token stats include relative L2."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("passed", "reason", "tokens")}
+        data["tokens"] = self.tokens.to_dict() if self.tokens is not None and self.tokens.tokens else None
+        return data
+
     @property
     def margin(self) -> float:
         """How far the worst sequence is above (positive) or below the threshold."""
         return self.min_cosine - self.threshold
+
+
+def check_reference(reference: torch.Tensor, ids: Sequence[str]) -> None:
+    """Raise NonFiniteReferenceError if any FP32 reference row has NaN/Inf."""
+    bad_reference = ~torch.isfinite(reference).all(-1)
+    if bad_reference.any():
+        names = [ids[i] for i in bad_reference.nonzero().flatten().tolist()]
+        raise NonFiniteReferenceError(
+            f"the FP32 reference has NaN/Inf for {len(names)} sequence(s) ({', '.join(names[:5])}): "
+            "the model is broken in full precision, so there is nothing to validate against"
+        )
 
 
 def compare(
@@ -59,13 +76,7 @@ def compare(
     """
     if reference.shape != candidate.shape or reference.shape[0] != len(ids):
         raise ValueError(f"shape mismatch: {tuple(reference.shape)}, {tuple(candidate.shape)}, {len(ids)} ids")
-    bad_reference = ~torch.isfinite(reference).all(-1)
-    if bad_reference.any():
-        names = [ids[i] for i in bad_reference.nonzero().flatten().tolist()]
-        raise NonFiniteReferenceError(
-            f"the FP32 reference has NaN/Inf for {len(names)} sequence(s) ({', '.join(names[:5])}): "
-            "the model is broken in full precision, so there is nothing to validate against"
-        )
+    check_reference(reference, ids)
     cos = cosine_rows(reference, candidate)
     finite = cos[~torch.isnan(cos)]
     nan_count, inf_count = token_nonfinite if token_nonfinite is not None else count_nonfinite(candidate)

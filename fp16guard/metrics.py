@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -88,6 +88,9 @@ class TokenStats:
             squared_error=self.squared_error + other.squared_error,
             squared_reference=self.squared_reference + other.squared_reference,
         )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "relative_l2_error": self.relative_l2_error}
 
     @property
     def relative_l2_error(self) -> float:

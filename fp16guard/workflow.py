@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .compare import Comparison, compare
+from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError
 from .precision import FP32, LADDER, Policy, get_policy
@@ -70,13 +70,6 @@ def _attempt(result: RunResult, reference: RunResult | None, comparison: Compari
         speedup = reference.timing.seconds / result.timing.seconds if result.timing.seconds else None
         if result.peak_memory_bytes and reference.peak_memory_bytes:
             memory_ratio = result.peak_memory_bytes / reference.peak_memory_bytes
-    metrics = None
-    if comparison is not None:
-        metrics = {k: v for k, v in asdict(comparison).items() if k not in ("passed", "reason")}
-        if comparison.tokens is not None:
-            metrics["tokens"]["relative_l2_error"] = comparison.tokens.relative_l2_error
-            if comparison.tokens.tokens == 0:
-                metrics["tokens"] = None
     return Attempt(
         policy=policy.to_dict(),
         description=policy.describe(),
@@ -89,7 +82,7 @@ def _attempt(result: RunResult, reference: RunResult | None, comparison: Compari
         memory_ratio_vs_fp32=memory_ratio,
         passed=None if comparison is None else comparison.passed,
         reason="FP32 reference" if comparison is None else comparison.reason,
-        metrics=finite_or_none(metrics),
+        metrics=None if comparison is None else finite_or_none(comparison.to_dict()),
     )
 
 
@@ -159,7 +152,7 @@ def validate(
             "kept for them are capped in memory); pooled metrics cover all"
         )
     # The reference is checked before any attempt: a NaN there is an error, not a pass.
-    compare(reference.pooled, reference.pooled, ids, config.thresholds)
+    check_reference(reference.pooled, ids)
     attempts = [_attempt(reference, None, None)]
     passing: Policy | None = None
     for policy in policies:
