@@ -116,11 +116,13 @@ def test_list_shows_targets_and_availability(tmp_path):
 antiberty_installed = pytest.mark.skipif(not PRESETS["antiberty"].available(), reason="pip install '.[antiberty]'")
 
 
+@pytest.mark.slow
 @antiberty_installed
 def test_antiberty_real_trained_model_on_the_bundled_antibody_set(tmp_path):
-    """The real 26M-parameter AntiBERTy, offline, on CPU: FP16 agrees with FP32."""
+    """The real 26M-parameter AntiBERTy, offline, on CPU: FP16 agrees with FP32. (FP16 matmuls
+    are slow on CPUs without FP16 units, so this takes minutes, not seconds.)"""
     out = tmp_path / "out"
-    result, text = invoke("validate", "antiberty", "-o", out, "--device", "cpu", "--full-ladder")
+    result, text = invoke("validate", "antiberty", "-o", out, "--device", "cpu")
     assert result.exit_code == 0, text
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["name"] == "antiberty"
