@@ -1,4 +1,4 @@
-"""Run `fp16guard validate esm2` on CUDA with a random-weight ESM-2 checkpoint in fair-esm format.
+"""Run `fp16guard validate esm2` (or `validate hf`) on CUDA with a random-weight ESM-2 checkpoint.
 
 Random weights say nothing about numerics but everything about speed and memory, and they make
 every policy run on the GPU. Two runs over the bundled reference set:
@@ -7,6 +7,7 @@ every policy run on the GPU. Two runs over the bundled reference set:
 - the same weights with a planted residual overflow: the ladder must climb to fp16+res32.
 
     python bench/gpu_validation.py --arch 650M --out results/
+    python bench/gpu_validation.py --arch 35M --format hf --out results-hf/   # transformers EsmModel
 
 writes each run's report directory and log under --out, and summary.md with both tables.
 """
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from fp16guard.report import read_report
-from fp16guard.testing import ARCHITECTURES, write_checkpoint
+from fp16guard.testing import ARCHITECTURES, write_checkpoint, write_hf_esm
 
 RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
 
@@ -34,17 +35,23 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", default="16384")
+    parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf"], help="checkpoint format and target")
     args = parser.parse_args()
     layers, dim, heads = ARCHITECTURES[args.arch]
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# fp16guard validate esm2 on {args.device}: ESM-2 {args.arch} architecture, random weights", ""]
+    lines = [f"# fp16guard on {args.device}: ESM-2 {args.arch} architecture ({args.format}), random weights", ""]
     with tempfile.TemporaryDirectory() as tmp:
         for run, (plant, extra) in RUNS.items():
             start = time.perf_counter()
-            weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}_{run}.pt", plant, layers=layers, dim=dim, heads=heads)
+            if args.format == "hf":
+                weights = write_hf_esm(Path(tmp) / f"esm2_{args.arch}_{run}", plant, layers=layers, hidden=dim, heads=heads)
+                target = ["hf", "--model", str(weights)]
+            else:
+                weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}_{run}.pt", plant, layers=layers, dim=dim, heads=heads)
+                target = ["esm2", "--weights", str(weights)]
             written = time.perf_counter() - start
             command = [
-                sys.executable, "-m", "fp16guard_cli", "validate", "esm2", "--weights", str(weights),
+                sys.executable, "-m", "fp16guard_cli", "validate", *target,
                 "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run), *extra,
             ]
             start = time.perf_counter()

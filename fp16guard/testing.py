@@ -62,7 +62,13 @@ def save_checkpoint(model, path: Path) -> Path:
 
 
 #: architecture name -> (layers, embedding dim, attention heads) for random-weight stand-ins
-ARCHITECTURES = {"tiny": (LAYERS, DIM, HEADS), "8M": (6, 320, 20), "650M": (33, 1280, 20), "3B": (36, 2560, 40)}
+ARCHITECTURES = {
+    "tiny": (LAYERS, DIM, HEADS),
+    "8M": (6, 320, 20),
+    "35M": (12, 480, 20),
+    "650M": (33, 1280, 20),
+    "3B": (36, 2560, 40),
+}
 
 
 def write_checkpoint(path: Path, plant: str | None = None, **shape) -> Path:
@@ -117,7 +123,9 @@ def write_hf_bert(directory: Path, plant: str | None = None, layers: int = 2, hi
     return directory
 
 
-def write_hf_esm(directory: Path, plant: str | None = None, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
+def write_hf_esm(
+    directory: Path, plant: str | None = None, layers: int = 3, hidden: int = 32, heads: int = 4, seed: int = 0
+) -> Path:
     """A transformers EsmModel directory (rotary, pre-LN) with its tokenizer.
 
     ``plant="residual"``: two MLP output biases of 4e4 push the residual stream to ~8e4."""
@@ -128,8 +136,8 @@ def write_hf_esm(directory: Path, plant: str | None = None, layers: int = 3, hid
     _write_vocab(directory, tokens)
     tokenizer = EsmTokenizer.from_pretrained(directory)
     config = EsmConfig(
-        vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=4 * hidden, max_position_embeddings=258, position_embedding_type="rotary",
+        vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=1026, position_embedding_type="rotary",
         pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id, token_dropout=True,
         emb_layer_norm_before=False,
     )
