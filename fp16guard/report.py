@@ -171,7 +171,8 @@ class MarkdownFormat:
             f"layer {model['layer']} of {model['num_layers']}), weights sha256 `{model['weights_sha256'][:16]}`",
             f"- **Sequences**: `{data['name']}`, {data['sequences']} sequences, "
             f"{data['lengths']['min']}-{data['lengths']['max']} residues (median {data['lengths']['median']}), "
-            f"sha256 `{data['sha256'][:16]}`; {len(data['truncated'])} truncated to {data['max_length']}",
+            f"sha256 `{data['sha256'][:16]}`; "
+            + (f"{len(data['truncated'])} truncated to {data['max_length']} tokens" if data["max_length"] else "no length limit"),
             f"- **Device**: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
             f"CUDA {env.get('cuda') or 'none'}",
             f"- **Threshold**: every sequence at cosine >= {report.thresholds['min_cosine']}, no NaN/Inf",

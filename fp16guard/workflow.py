@@ -51,10 +51,10 @@ def environment(device: torch.device) -> dict:
 
 
 def prepare_batches(
-    target: Target, loaded: LoadedModel, sequences: list[str], max_tokens: int
+    target: Target, loaded: LoadedModel, sequences: list[str], lengths: list[int], max_tokens: int
 ) -> list[TokenBatch]:
-    """Tokenise once; the same batches serve every precision."""
-    plan = make_batches([len(s) for s in sequences], max_tokens, target.special_tokens_per_row)
+    """Tokenise once; the same batches serve every precision. ``lengths`` are token counts."""
+    plan = make_batches(lengths, max_tokens, target.special_tokens_per_row)
     batches = []
     for batch in plan:
         tokens, mask, used = target.tokenize(loaded, [sequences[i] for i in batch.indices])
@@ -122,18 +122,22 @@ def validate(
     layer = loaded.num_layers if config.layer is None else config.layer
     if not 0 <= layer <= loaded.num_layers:
         raise InputError(f"--layer must be between 0 and {loaded.num_layers}, got {layer}")
-    max_length = config.max_length or loaded.max_residues
-    if not 1 <= max_length <= loaded.max_residues:
-        raise InputError(f"--max-length must be between 1 and {loaded.max_residues} for {loaded.name}")
-    truncated = [r.id for r in records.records if len(r.sequence) > max_length]
+    max_length = config.max_length or loaded.max_length
+    if loaded.max_length is not None and not 1 <= max_length <= loaded.max_length:
+        raise InputError(f"--max-length must be between 1 and {loaded.max_length} tokens for {loaded.name}")
+
+    ids = [r.id for r in records.records]
+    texts = [r.sequence for r in records.records]
+    lengths = target.measure(loaded, texts)
+    truncated = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]
+    for i in truncated:
+        texts[i] = target.truncate(loaded, texts[i], max_length)
+        lengths[i] = max_length
     if truncated:
-        message = f"{len(truncated)} sequence(s) longer than {max_length} residues were truncated"
+        message = f"{len(truncated)} sequence(s) longer than {max_length} tokens were truncated"
         progress.warn(message)
         notes.append(message + " (listed under dataset.truncated)")
-
-    texts = [r.sequence[:max_length] for r in records.records]
-    ids = [r.id for r in records.records]
-    batches = prepare_batches(target, loaded, texts, config.max_tokens)
+    batches = prepare_batches(target, loaded, texts, lengths, config.max_tokens)
 
     def run(policy: Policy, reference: RunResult | None = None, keep: int = 0) -> RunResult:
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
@@ -192,7 +196,7 @@ def validate(
             "sequences": len(records),
             "lengths": records.length_stats(),
             "max_length": max_length,
-            "truncated": truncated,
+            "truncated": [ids[i] for i in truncated],
             "max_tokens": config.max_tokens,
             "batches": len(batches),
         },

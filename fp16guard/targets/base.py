@@ -36,7 +36,7 @@ class LoadedModel:
     num_layers: int
     weights_sha256: str
     alphabet: str  # upper-case letters the tokenizer knows as residues
-    max_residues: int  # longest input the model takes, in residues
+    max_length: int | None  # longest input in tokens, special tokens excluded; None: no limit
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,6 +70,14 @@ class Target(Protocol):
     special_tokens_per_row: int  # for batch planning
 
     def load(self, source: ModelSource) -> LoadedModel: ...
+
+    def measure(self, loaded: LoadedModel, sequences: Sequence[str]) -> list[int]:
+        """Tokens per sequence, special tokens excluded."""
+        ...
+
+    def truncate(self, loaded: LoadedModel, sequence: str, limit: int) -> str:
+        """The longest prefix of ``sequence`` that fits in ``limit`` tokens."""
+        ...
 
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids [B, T], the mask of pooled positions [B, T], and the tokens read."""

@@ -169,7 +169,7 @@ class Esm2Target:
             num_layers=int(model_cfg.encoder_layers),
             weights_sha256=files_sha256([path]),
             alphabet=ALPHABET,
-            max_residues=MAX_RESIDUES,
+            max_length=MAX_RESIDUES,
             extra={"alphabet": alphabet},
         )
 
@@ -186,6 +186,13 @@ class Esm2Target:
             raise ModelLoadError(
                 f"ESM-2 weights {name!r} not found at {path} and the download failed ({exc}); {how}"
             ) from None
+
+    def measure(self, loaded: LoadedModel, sequences: Sequence[str]) -> list[int]:
+        """One token per residue."""
+        return [len(s) for s in sequences]
+
+    def truncate(self, loaded: LoadedModel, sequence: str, limit: int) -> str:
+        return sequence[:limit]
 
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids [B, T] with BOS/EOS, the mask of residue positions, and the tokens read."""

@@ -204,7 +204,7 @@ class HfTarget:
             num_layers=int(config.num_hidden_layers),
             weights_sha256=files_sha256(weight_files),
             alphabet=alphabet,
-            max_residues=int(positions) - specials,
+            max_length=int(positions) - specials,
             extra={"tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},
         )
 
@@ -219,11 +219,28 @@ class HfTarget:
                 return separator
         raise ModelLoadError(f"the tokenizer maps residues ({alphabet}) to its unknown token")
 
+    @staticmethod
+    def _texts(loaded: LoadedModel, sequences: Sequence[str]) -> list[str]:
+        separator = loaded.extra["separator"]
+        return [separator.join(s) if separator else s for s in sequences]
+
+    def measure(self, loaded: LoadedModel, sequences: Sequence[str]) -> list[int]:
+        """Tokens per sequence as the tokenizer splits it (byte-pair encodings merge residues)."""
+        encoded = loaded.extra["tokenizer"](self._texts(loaded, sequences), add_special_tokens=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def truncate(self, loaded: LoadedModel, sequence: str, limit: int) -> str:
+        """Cut at the end of token ``limit``, from the fast tokenizer's character offsets."""
+        if loaded.extra["separator"]:
+            return sequence[:limit]  # one token per residue
+        encoded = loaded.extra["tokenizer"](sequence, add_special_tokens=False, return_offsets_mapping=True)
+        return sequence[: encoded["offset_mapping"][limit - 1][1]]
+
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids with the tokenizer's special tokens; pooled positions follow --pooling."""
-        tokenizer, separator = loaded.extra["tokenizer"], loaded.extra["separator"]
-        texts = [separator.join(s) if separator else s for s in sequences]
-        encoded = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
+        encoded = loaded.extra["tokenizer"](
+            self._texts(loaded, sequences), padding=True, return_tensors="pt", add_special_tokens=True
+        )
         attention = encoded["attention_mask"].bool()
         if loaded.extra["pooling"] == "cls":
             mask = torch.zeros_like(attention)

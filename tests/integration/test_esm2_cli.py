@@ -106,7 +106,7 @@ def test_layer_and_truncation_options(checkpoints, small_fasta, tmp_path):
     report = load_report(out)
     assert report["model"]["layer"] == 1
     assert sorted(report["dataset"]["truncated"]) == ["alpha", "delta", "gamma"]
-    assert "3 sequence(s) longer than 20 residues were truncated" in text
+    assert "3 sequence(s) longer than 20 tokens were truncated" in text
     assert report["dataset"]["batches"] > 1
 
 
