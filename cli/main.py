@@ -124,6 +124,36 @@ def validate_hf(
     run_validation("hf", source, **_settings(locals()))
 
 
+@validate_app.command("dnabert", epilog=EXIT_CODES_HELP)
+def validate_dnabert(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
+    ] = "zhihan1996/DNABERT-S",
+    sequences: SequencesOption = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
+    ] = False,
+    device: DeviceOption = Device.auto,
+    max_tokens: MaxTokensOption = 8192,
+    max_length: Annotated[
+        Optional[int], typer.Option("--max-length", min=1, help="Truncate sequences to this many tokens (default: no limit).")
+    ] = None,
+    layer: LayerOption = None,
+    min_cosine: MinCosineOption = 0.99,
+    policy: PolicyOption = None,
+    no_fallback: NoFallbackOption = False,
+    full_ladder: FullLadderOption = False,
+    out: OutOption = Path("fp16guard-report"),
+    offline: OfflineOption = False,
+) -> None:
+    """Validate DNABERT-S or DNABERT-2 (native implementation, no remote code) in FP16 against FP32."""
+    from fp16guard.targets.base import ModelSource
+
+    source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
+    run_validation("dnabert", source, **_settings(locals()))
+
+
 @validate_app.command("antiberty", epilog=EXIT_CODES_HELP)
 def validate_antiberty(
     sequences: SequencesOption = None,

@@ -127,6 +127,23 @@ def parse_fasta(text: str, source: str, alphabet: str, what: str = "sequence") -
     return SequenceSet(Path(source).name, tuple(records))
 
 
+def replace_letters(records: SequenceSet, letters: str, replacement: str) -> tuple[SequenceSet, list[str]]:
+    """Replace every one of ``letters`` by ``replacement``; returns the new set and the ids changed.
+
+    For DNA: IUPAC ambiguity codes (R, Y, S, W, K, M, B, D, H, V) become N, the one ambiguity
+    symbol DNA tokenizers know."""
+    table = str.maketrans({letter: replacement for letter in letters})
+    changed: list[str] = []
+    out = []
+    for record in records.records:
+        sequence = record.sequence.translate(table)
+        if sequence != record.sequence:
+            changed.append(record.id)
+            record = Record(record.id, sequence, record.description, record.line)
+        out.append(record)
+    return SequenceSet(records.name, tuple(out)), changed
+
+
 def check_alphabet(records: SequenceSet, alphabet: str, vocabulary: str) -> None:
     """Raise InputError naming the first record with a letter outside ``alphabet``."""
     allowed = set(alphabet)

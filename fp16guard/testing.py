@@ -9,6 +9,7 @@ weights stay finite in FP32.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -150,4 +151,104 @@ def write_hf_esm(
         raise ValueError(plant)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+# --- DNABERT-S layout: config.json with auto_map, pytorch_model.bin, a byte-pair tokenizer -----
+
+DNABERT_SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+
+
+def synthetic_dna(count: int, length: int, seed: int = 0) -> list[str]:
+    """Random DNA with varied GC content and occasional N, for training a tiny tokenizer."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        gc = rng.uniform(0.3, 0.7)
+        weights = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2, 0.002]
+        out.append("".join(rng.choices("ACGTN", weights=weights, k=length)))
+    return out
+
+
+def write_dnabert(
+    directory: Path, plant: str | None = None, layers: int = 2, hidden: int = 32, heads: int = 4,
+    intermediate: int = 64, vocab_size: int = 128, seed: int = 0, prefix: str = "bert.",
+) -> Path:
+    """A directory laid out as zhihan1996/DNABERT-S is: config.json (with the auto_map of its
+    remote code), pytorch_model.bin saved from the masked-LM class (``bert.`` prefix plus
+    ``cls.*`` head weights), and a byte-pair tokenizer trained on synthetic DNA.
+
+    ``plant="residual"``: a post-LN residual add beyond FP16 in layer 0 (fixed by FP32 residual
+    adds); ``plant="mlp"``: a gated-MLP unit whose pre-activation overflows FP16 (unfixable)."""
+    from tokenizers import Tokenizer, models, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list("ACGTN"))
+    bpe.train_from_iterator(synthetic_dna(200, 300, seed), trainer)
+    cls_id, sep_id = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]"
+    )
+    tokenizer.save_pretrained(directory)
+
+    config = DnaBertConfig(
+        vocab_size=bpe.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate,
+    )
+    torch.manual_seed(seed)
+    model = DnaBertModel(config)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=0.02)
+    with torch.no_grad():
+        if plant == "residual":
+            block = model.encoder.layer[0]
+            block.attention.output.LayerNorm.bias[3] = 30000.0
+            block.mlp.gated_layers.weight[:, 3] = 0.0  # the gated product would square it
+            block.mlp.wo.bias[3] = 40000.0
+        elif plant == "mlp":
+            block = model.encoder.layer[0]
+            block.attention.output.LayerNorm.bias.fill_(1.0)
+            block.mlp.gated_layers.weight[5].fill_(2500.0)
+        elif plant is not None:
+            raise ValueError(plant)
+    state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
+    state["cls.predictions.transform.dense.weight"] = torch.zeros(hidden, hidden)
+    state["cls.predictions.decoder.bias"] = torch.zeros(config.vocab_size)
+    torch.save(state, directory / "pytorch_model.bin")
+    settings = {
+        "_name_or_path": "zhihan1996/DNABERT-S",
+        "alibi_starting_size": 512,
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {
+            "AutoConfig": "configuration_bert.BertConfig",
+            "AutoModel": "bert_layers.BertModel",
+            "AutoModelForMaskedLM": "bert_layers.BertForMaskedLM",
+        },
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        "type_vocab_size": 2,
+        "vocab_size": config.vocab_size,
+    }
+    (directory / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
     return directory

@@ -16,7 +16,7 @@ from .errors import Fp16GuardError, InputError
 from .precision import FP32, LADDER, Policy, get_policy
 from .report import Attempt, Report, finite_or_none
 from .runner import Progress, RunResult, run_policy
-from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta
+from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
 from .targets import get_target
 from .targets.base import LoadedModel, ModelSource, Target, TokenBatch
 
@@ -111,6 +111,13 @@ def validate(
     seq_path = Path(sequences) if sequences else bundled_path(target.default_sequences)
     records: SequenceSet = read_fasta(seq_path, target.input_alphabet, "sequence")
     notes: list[str] = []
+    ambiguity = getattr(target, "ambiguity_codes", "")
+    if ambiguity:
+        records, changed = replace_letters(records, ambiguity, "N")
+        if changed:
+            message = f"IUPAC ambiguity codes ({ambiguity}) replaced by N in {len(changed)} sequence(s): {', '.join(changed[:5])}"
+            progress.warn(message)
+            notes.append(message)
     if device.type == "cpu" and any(not p.is_full_precision for p in policies):
         message = "FP16 on CPU runs slowly and uses CPU kernels: fine for testing the workflow, but validate on the GPU you deploy on"
         progress.warn(message)

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "esm2": "fp16guard.targets.esm2:TARGET",
     "hf": "fp16guard.targets.hf:HF",
     "antiberty": "fp16guard.targets.hf:ANTIBERTY",
+    "dnabert": "fp16guard.targets.dnabert:TARGET",
 }
 
 
@@ -34,7 +35,7 @@ def adapter_for(model: "nn.Module") -> "Callable[[nn.Module, Policy], AppliedPol
     """The policy converter for ``model``: its target's, or the generic one."""
     from ..precision import apply_generic
 
-    for name in ("esm2", "hf"):
+    for name in ("esm2", "dnabert", "hf"):
         target = get_target(name)
         if target.adapts(model):
             return target.apply_policy

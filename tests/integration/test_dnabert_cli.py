@@ -1,0 +1,97 @@
+"""`fp16guard validate dnabert` end to end on directories in the exact DNABERT-S layout."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fp16guard.testing import write_dnabert
+from fp16guard_cli.main import app
+
+runner = CliRunner()
+
+DNA = """>gc_mid
+ACGTACGTTTGACNNNNACGTAGCTAGCTAGGGCGCGCATATATATTAGCGATCGACTAGCTAGCATCGATCGACTGACTAGCTAGCAT
+>soft_masked
+acgtagctagctagtcgatgcaattgcaACGTTGCA
+>repeats
+GGGGGGGGGGCCCCCCCCCCCCATATATTATATTTTTAAAAAAAAAAAACACACACACACACACACACA
+>short
+ACGTTGCAAT
+"""
+
+
+def invoke(*args, env=None):
+    result = runner.invoke(app, ["validate", "dnabert", *map(str, args)], env=env)
+    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+@pytest.fixture(scope="module")
+def dnabert_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dnabert")
+    return {plant or "healthy": write_dnabert(root / (plant or "healthy"), plant) for plant in (None, "residual", "mlp")}
+
+
+@pytest.fixture()
+def dna_fasta(tmp_path):
+    path = tmp_path / "dna.fasta"
+    path.write_text(DNA)
+    return path
+
+
+def report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+def test_healthy_model_passes_without_remote_code(dnabert_dirs, dna_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = invoke("--model", dnabert_dirs["healthy"], "-s", dna_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    data = report(out)
+    assert data["passing_policy"] == "fp16" and data["model"]["target"] == "dnabert"
+    assert data["dataset"]["max_length"] is None
+    # Byte-pair tokens: fewer tokens than bases.
+    assert data["attempts"][0]["timing"]["tokens"] < sum(len(s) for s in DNA.split() if not s.startswith(">"))
+
+
+def test_planted_residual_overflow_is_fixed_by_fp32_residual_adds(dnabert_dirs, dna_fasta, tmp_path):
+    out = tmp_path / "out"
+    result, text = invoke("--model", dnabert_dirs["residual"], "-s", dna_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    data = report(out)
+    assert data["passing_policy"] == "fp16+res32"
+    assert [a["passed"] for a in data["attempts"][1:]] == [False, False, False, True]
+    assert any("(ALiBi bias and softmax)" in n for n in data["attempts"][3]["fp32_modules"])
+
+
+def test_unfixable_overflow_exits_1(dnabert_dirs, dna_fasta, tmp_path):
+    result, text = invoke("--model", dnabert_dirs["mlp"], "-s", dna_fasta, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 1, text
+    assert report(tmp_path / "out")["passing_policy"] is None
+
+
+def test_token_truncation_and_ambiguity_codes(dnabert_dirs, tmp_path):
+    path = tmp_path / "iupac.fasta"
+    path.write_text(DNA + ">ambiguous\nACGTRYKMACGT\n")
+    out = tmp_path / "out"
+    result, text = invoke("--model", dnabert_dirs["healthy"], "-s", path, "-o", out, "--max-length", "8", "--device", "cpu")
+    assert result.exit_code == 0, text
+    data = report(out)
+    assert "gc_mid" in data["dataset"]["truncated"] and "short" not in data["dataset"]["truncated"]
+    assert "replaced by N in 1 sequence(s): ambiguous" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("fasta, message", [(">p\nMKVLA\n", "'L' at column 4"), (">u\nACGU\n", "'U' at column 4")])
+def test_non_dna_input_exits_2(dnabert_dirs, tmp_path, fasta, message):
+    path = tmp_path / "bad.fasta"
+    path.write_text(fasta)
+    result, text = invoke("--model", dnabert_dirs["healthy"], "-s", path, "-o", tmp_path / "out")
+    assert result.exit_code == 2, text
+    assert message in text
+
+
+def test_nothing_cached_offline_exits_3(dna_fasta, tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result, text = invoke("-s", dna_fasta, "--offline", env=env)
+    assert result.exit_code == 3, text
+    assert "zhihan1996/DNABERT-S" in text and "not in the Hugging Face cache" in text
