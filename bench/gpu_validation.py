@@ -8,6 +8,7 @@ every policy run on the GPU. Two runs over the bundled reference set:
 
     python bench/gpu_validation.py --arch 650M --out results/
     python bench/gpu_validation.py --arch 35M --format hf --out results-hf/   # transformers EsmModel
+    python bench/gpu_validation.py --arch 117M --format dnabert --out results-dna/   # DNABERT-S layout
 
 writes each run's report directory and log under --out, and summary.md with both tables.
 """
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from fp16guard.report import read_report
-from fp16guard.testing import ARCHITECTURES, write_checkpoint, write_hf_esm
+from fp16guard.testing import ARCHITECTURES, write_checkpoint, write_dnabert, write_hf_esm
 
 RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
 
@@ -35,15 +36,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", default="16384")
-    parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf"], help="checkpoint format and target")
+    parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert"], help="checkpoint format and target")
     args = parser.parse_args()
     layers, dim, heads = ARCHITECTURES[args.arch]
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# fp16guard on {args.device}: ESM-2 {args.arch} architecture ({args.format}), random weights", ""]
+    lines = [f"# fp16guard on {args.device}: {args.arch} architecture ({args.format}), random weights", ""]
     with tempfile.TemporaryDirectory() as tmp:
         for run, (plant, extra) in RUNS.items():
             start = time.perf_counter()
-            if args.format == "hf":
+            if args.format == "dnabert":
+                weights = write_dnabert(
+                    Path(tmp) / f"dnabert_{args.arch}_{run}", plant, layers=layers, hidden=dim, heads=heads,
+                    intermediate=4 * dim, vocab_size=4096, corpus=20000,
+                )
+                target = ["dnabert", "--model", str(weights)]
+            elif args.format == "hf":
                 weights = write_hf_esm(Path(tmp) / f"esm2_{args.arch}_{run}", plant, layers=layers, hidden=dim, heads=heads)
                 target = ["hf", "--model", str(weights)]
             else:

@@ -67,6 +67,7 @@ ARCHITECTURES = {
     "tiny": (LAYERS, DIM, HEADS),
     "8M": (6, 320, 20),
     "35M": (12, 480, 20),
+    "117M": (12, 768, 12),  # DNABERT-2 / DNABERT-S
     "650M": (33, 1280, 20),
     "3B": (36, 2560, 40),
 }
@@ -174,7 +175,7 @@ def synthetic_dna(count: int, length: int, seed: int = 0) -> list[str]:
 
 def write_dnabert(
     directory: Path, plant: str | None = None, layers: int = 2, hidden: int = 32, heads: int = 4,
-    intermediate: int = 64, vocab_size: int = 128, seed: int = 0, prefix: str = "bert.",
+    intermediate: int = 64, vocab_size: int = 128, seed: int = 0, prefix: str = "bert.", corpus: int = 200,
 ) -> Path:
     """A directory laid out as zhihan1996/DNABERT-S is: config.json (with the auto_map of its
     remote code), pytorch_model.bin saved from the masked-LM class (``bert.`` prefix plus
@@ -190,7 +191,7 @@ def write_dnabert(
     directory.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list("ACGTN"))
-    bpe.train_from_iterator(synthetic_dna(200, 300, seed), trainer)
+    bpe.train_from_iterator(synthetic_dna(corpus, 300, seed), trainer)
     cls_id, sep_id = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
     bpe.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
