@@ -1,14 +1,9 @@
 """`fp16guard validate dnabert` end to end on directories in the exact DNABERT-S layout."""
 
-import json
 
 import pytest
-from typer.testing import CliRunner
-
 from fp16guard.testing import write_dnabert
-from fp16guard_cli.main import app
-
-runner = CliRunner()
+from cli_runner import read_report, run_cli
 
 DNA = """>gc_mid
 ACGTACGTTTGACNNNNACGTAGCTAGCTAGGGCGCGCATATATATTAGCGATCGACTAGCTAGCATCGATCGACTGACTAGCTAGCAT
@@ -22,8 +17,7 @@ ACGTTGCAAT
 
 
 def invoke(*args, env=None):
-    result = runner.invoke(app, ["validate", "dnabert", *map(str, args)], env=env)
-    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
+    return run_cli("validate", "dnabert", *args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +33,11 @@ def dna_fasta(tmp_path):
     return path
 
 
-def report(out):
-    return json.loads((out / "report.json").read_text())
-
-
 def test_healthy_model_passes_without_remote_code(dnabert_dirs, dna_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = invoke("--model", dnabert_dirs["healthy"], "-s", dna_fasta, "-o", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    data = report(out)
+    data = read_report(out)
     assert data["passing_policy"] == "fp16" and data["model"]["target"] == "dnabert"
     assert data["dataset"]["max_length"] is None
     # Byte-pair tokens: fewer tokens than bases.
@@ -58,7 +48,7 @@ def test_planted_residual_overflow_is_fixed_by_fp32_residual_adds(dnabert_dirs, 
     out = tmp_path / "out"
     result, text = invoke("--model", dnabert_dirs["residual"], "-s", dna_fasta, "-o", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    data = report(out)
+    data = read_report(out)
     assert data["passing_policy"] == "fp16+res32"
     assert [a["passed"] for a in data["attempts"][1:]] == [False, False, False, True]
     assert any("(ALiBi bias and softmax)" in n for n in data["attempts"][3]["fp32_modules"])
@@ -67,7 +57,7 @@ def test_planted_residual_overflow_is_fixed_by_fp32_residual_adds(dnabert_dirs, 
 def test_unfixable_overflow_exits_1(dnabert_dirs, dna_fasta, tmp_path):
     result, text = invoke("--model", dnabert_dirs["mlp"], "-s", dna_fasta, "-o", tmp_path / "out", "--device", "cpu")
     assert result.exit_code == 1, text
-    assert report(tmp_path / "out")["passing_policy"] is None
+    assert read_report(tmp_path / "out")["passing_policy"] is None
 
 
 def test_token_truncation_and_ambiguity_codes(dnabert_dirs, tmp_path):
@@ -76,7 +66,7 @@ def test_token_truncation_and_ambiguity_codes(dnabert_dirs, tmp_path):
     out = tmp_path / "out"
     result, text = invoke("--model", dnabert_dirs["healthy"], "-s", path, "-o", out, "--max-length", "8", "--device", "cpu")
     assert result.exit_code == 0, text
-    data = report(out)
+    data = read_report(out)
     assert "gc_mid" in data["dataset"]["truncated"] and "short" not in data["dataset"]["truncated"]
     assert "replaced by N in 1 sequence(s): ambiguous" in " ".join(text.split())
 

@@ -4,7 +4,6 @@ Nothing is mocked: the checkpoints load through the same code path as a released
 the planted failures are genuine FP16 overflows.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -12,27 +11,17 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from typer.testing import CliRunner
-
-from fp16guard_cli.main import app
-
-runner = CliRunner()
-
+from cli_runner import read_report, run_cli
 
 def validate(*args, env=None):
-    result = runner.invoke(app, ["validate", "esm2", *map(str, args)], env=env)
-    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
-
-
-def load_report(out):
-    return json.loads((out / "report.json").read_text())
+    return run_cli("validate", "esm2", *args, env=env)
 
 
 def test_healthy_model_passes_in_full_fp16(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["healthy"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    report = load_report(out)
+    report = read_report(out)
     assert report["passed"] and report["passing_policy"] == "fp16"
     assert [a["policy"]["name"] for a in report["attempts"]] == ["fp32", "fp16"]
     fp16 = report["attempts"][1]
@@ -50,7 +39,7 @@ def test_planted_residual_overflow_is_fixed_by_the_fp32_residual_rung(checkpoint
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["residual"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    report = load_report(out)
+    report = read_report(out)
     assert report["passing_policy"] == "fp16+res32"
     assert "fp16+res32" in text
     names = [a["policy"]["name"] for a in report["attempts"]]
@@ -70,7 +59,7 @@ def test_unfixable_failure_exits_1_and_still_writes_the_report(checkpoints, smal
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["mlp"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
     assert result.exit_code == 1, text
-    report = load_report(out)
+    report = read_report(out)
     assert not report["passed"] and report["passing_policy"] is None
     assert len(report["attempts"]) == 5
     suite = ET.parse(out / "junit.xml").getroot()
@@ -81,17 +70,17 @@ def test_unfixable_failure_exits_1_and_still_writes_the_report(checkpoints, smal
 def test_no_fallback_and_single_policy(checkpoints, small_fasta, tmp_path):
     result, _ = validate("--weights", checkpoints["residual"], "-s", small_fasta, "-o", tmp_path / "a", "--no-fallback", "--device", "cpu")
     assert result.exit_code == 1
-    assert [a["policy"]["name"] for a in load_report(tmp_path / "a")["attempts"]] == ["fp32", "fp16"]
+    assert [a["policy"]["name"] for a in read_report(tmp_path / "a")["attempts"]] == ["fp32", "fp16"]
     result, _ = validate("--weights", checkpoints["residual"], "-s", small_fasta, "-o", tmp_path / "b", "--policy", "fp16+res32", "--device", "cpu")
     assert result.exit_code == 0
-    assert [a["policy"]["name"] for a in load_report(tmp_path / "b")["attempts"]] == ["fp32", "fp16+res32"]
+    assert [a["policy"]["name"] for a in read_report(tmp_path / "b")["attempts"]] == ["fp32", "fp16+res32"]
 
 
 def test_full_ladder_runs_every_rung_after_a_pass(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--full-ladder", "--device", "cpu")
     assert result.exit_code == 0, text
-    report = load_report(out)
+    report = read_report(out)
     assert report["passing_policy"] == "fp16"
     assert [a["passed"] for a in report["attempts"]] == [None, True, True, True, True]
 
@@ -103,7 +92,7 @@ def test_layer_and_truncation_options(checkpoints, small_fasta, tmp_path):
         "--max-tokens", "64", "--device", "cpu",
     )
     assert result.exit_code == 0, text
-    report = load_report(out)
+    report = read_report(out)
     assert report["model"]["layer"] == 1
     assert sorted(report["dataset"]["truncated"]) == ["alpha", "delta", "gamma"]
     assert "3 sequence(s) longer than 20 tokens were truncated" in text
@@ -165,7 +154,7 @@ def test_named_checkpoint_loads_offline_from_the_torch_hub_cache(checkpoints, sm
     out = tmp_path / "out"
     result, text = validate("--model", "esm2_t6_8M_UR50D", "--offline", "-s", small_fasta, "-o", out, "--device", "cpu", env=env)
     assert result.exit_code == 0, text
-    assert load_report(out)["model"]["name"] == "esm2_t6_8M_UR50D"
+    assert read_report(out)["model"]["name"] == "esm2_t6_8M_UR50D"
 
 
 def test_unknown_checkpoint_name_is_a_usage_error(small_fasta, tmp_path):
@@ -222,7 +211,7 @@ def test_console_script_on_the_bundled_set(checkpoints, tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    report = load_report(out)
+    report = read_report(out)
     assert report["dataset"]["source"] == "bundled:protein_reference.fasta"
     assert report["dataset"]["sequences"] >= 100
     assert report["dataset"]["truncated"], "the bundled set holds sequences longer than 400"

@@ -1,23 +1,13 @@
 """`fp16guard validate hf` and `validate antiberty` end to end on real on-disk formats:
 save_pretrained directories with their tokenizers, and the trained AntiBERTy package."""
 
-import json
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import read_report, run_cli
 
 from fp16guard.catalog import PRESETS
 from fp16guard.sequences import read_fasta
 from fp16guard.testing import write_hf_bert, write_hf_esm
-from fp16guard_cli.main import app
-
-runner = CliRunner()
-
-
-def invoke(*args, env=None):
-    result = runner.invoke(app, [*map(str, args)], env=env)
-    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
-
 
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
@@ -33,9 +23,9 @@ def hf_models(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["bert", "esm"])
 def test_healthy_encoder_passes(hf_models, small_fasta, tmp_path, kind):
     out = tmp_path / "out"
-    result, text = invoke("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     assert report["passing_policy"] == "fp16"
     assert report["model"]["target"] == "hf" and report["model"]["num_layers"] >= 2
     # Every residue is one token plus two special tokens per sequence: nothing became [UNK].
@@ -47,9 +37,9 @@ def test_healthy_encoder_passes(hf_models, small_fasta, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["bert-residual", "esm-residual"])
 def test_planted_residual_overflow_climbs_to_fp32_residual_adds(hf_models, small_fasta, tmp_path, kind):
     out = tmp_path / "out"
-    result, text = invoke("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     assert report["passing_policy"] == "fp16+res32"
     assert [a["passed"] for a in report["attempts"][1:]] == [False, False, False, True]
     pos32 = report["attempts"][3]["fp32_modules"]
@@ -60,12 +50,12 @@ def test_planted_residual_overflow_climbs_to_fp32_residual_adds(hf_models, small
 
 def test_cls_pooling_and_no_fallback(hf_models, small_fasta, tmp_path):
     out = tmp_path / "out"
-    result, text = invoke(
+    result, text = run_cli(
         "validate", "hf", "--model", hf_models["bert-residual"], "-s", small_fasta, "-o", out, "--pooling", "cls",
         "--no-fallback", "--device", "cpu",
     )
     assert result.exit_code == 1, text
-    assert [a["policy"]["name"] for a in json.loads((out / "report.json").read_text())["attempts"]] == ["fp32", "fp16"]
+    assert [a["policy"]["name"] for a in read_report(out)["attempts"]] == ["fp32", "fp16"]
 
 
 def test_letters_outside_the_vocabulary_exit_2(hf_models, tmp_path):
@@ -77,17 +67,17 @@ def test_letters_outside_the_vocabulary_exit_2(hf_models, tmp_path):
     (narrow / "tokenizer.json").unlink()
     path = tmp_path / "x.fasta"
     path.write_text(">ok\nMKV\n>withx\nMKXV\n")
-    result, text = invoke("validate", "hf", "--model", narrow, "-s", path, "-o", tmp_path / "out")
+    result, text = run_cli("validate", "hf", "--model", narrow, "-s", path, "-o", tmp_path / "out")
     assert result.exit_code == 2, text
     assert "record 'withx' has 'X' at residue 3" in text
 
 
 def test_missing_model_exits_3_without_network(tmp_path, small_fasta):
     env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
-    result, text = invoke("validate", "hf", "--model", "someone/nothing-here", "--offline", "-s", small_fasta, env=env)
+    result, text = run_cli("validate", "hf", "--model", "someone/nothing-here", "--offline", "-s", small_fasta, env=env)
     assert result.exit_code == 3, text
     assert "not in the Hugging Face cache" in text and "offline" in text
-    result, text = invoke("validate", "hf", "--model", tmp_path / "missing-dir", "-s", small_fasta)
+    result, text = run_cli("validate", "hf", "--model", tmp_path / "missing-dir", "-s", small_fasta)
     assert result.exit_code == 3 and "no such directory" in text
 
 
@@ -97,7 +87,7 @@ def test_directory_without_weights_exits_3(hf_models, small_fasta, tmp_path):
     broken = tmp_path / "noweights"
     shutil.copytree(hf_models["bert"], broken)
     (broken / "model.safetensors").unlink()
-    result, text = invoke("validate", "hf", "--model", broken, "-s", small_fasta)
+    result, text = run_cli("validate", "hf", "--model", broken, "-s", small_fasta)
     assert result.exit_code == 3 and "no weights" in text
 
 
@@ -105,7 +95,7 @@ def test_list_shows_targets_and_availability(tmp_path):
     env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
     (tmp_path / "th" / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "th" / "hub" / "checkpoints" / "esm2_t12_35M_UR50D.pt").write_bytes(b"x")
-    result, text = invoke("list", env=env)
+    result, text = run_cli("list", env=env)
     assert result.exit_code == 0, text
     rows = {line.split("│")[2].strip(): line for line in text.splitlines() if line.count("│") > 4}
     assert "yes" in rows["esm2_t12_35M_UR50D"] and " no " in rows["esm2_t6_8M_UR50D"]
@@ -122,9 +112,9 @@ def test_antiberty_real_trained_model_on_the_bundled_antibody_set(tmp_path):
     """The real 26M-parameter AntiBERTy, offline, on CPU: FP16 agrees with FP32. (FP16 matmuls
     are slow on CPUs without FP16 units, so this takes minutes, not seconds.)"""
     out = tmp_path / "out"
-    result, text = invoke("validate", "antiberty", "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "antiberty", "-o", out, "--device", "cpu")
     assert result.exit_code == 0, text
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     assert report["model"]["name"] == "antiberty"
     assert 25_000_000 < report["model"]["parameters"] < 27_000_000
     assert report["dataset"]["source"] == "bundled:antibody_reference.fasta"
