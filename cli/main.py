@@ -217,7 +217,7 @@ def run_validation(target: str, source, *, policy, no_fallback, full_ladder, min
 def list_models() -> None:
     """Targets, presets and known checkpoints, and whether each is on this machine (nothing is downloaded)."""
     from fp16guard.catalog import catalog
-    from fp16guard.precision import POLICIES
+    from fp16guard.policy import POLICIES
 
     from . import render
 

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fp16guard.report import Report
-from fp16guard.runner import Progress as LibraryProgress
+from fp16guard.progress import Progress as LibraryProgress
 
 
 def stderr_console() -> Console:

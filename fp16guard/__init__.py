@@ -11,9 +11,9 @@ from .errors import Fp16GuardError, InputError, ModelLoadError, NonFiniteReferen
 
 _LAZY = {
     "apply_policy": "fp16guard.precision",
-    "get_policy": "fp16guard.precision",
-    "Policy": "fp16guard.precision",
-    "LADDER": "fp16guard.precision",
+    "get_policy": "fp16guard.policy",
+    "Policy": "fp16guard.policy",
+    "LADDER": "fp16guard.policy",
     "validate": "fp16guard.workflow",
     "compare": "fp16guard.compare",
     "Comparison": "fp16guard.compare",

@@ -1,112 +1,20 @@
-"""Precision policies as data, FP32 islands, and ``apply_policy`` for a user's own model.
+"""FP32 islands and ``apply_policy``: turning a policy (fp16guard.policy) into a model.
 
-A policy names a compute dtype and which numerically fragile parts stay in FP32. The fallback
-ladder adds one part per rung. Islands never rely on ``module.float()``: on CUDA an FP32 layer
-norm fed an FP16 tensor raises, so every island casts its inputs up and its output back.
+Islands never rely on ``module.float()``: on CUDA an FP32 layer norm fed an FP16 tensor
+raises, so every island casts its inputs up and its output back.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError, UnsupportedPolicyError
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Where a model computes in reduced precision and what it keeps in FP32.
-
-    ``fp32_layer_norms``: every layer norm is an FP32 island.
-    ``fp32_positional``: positional tables (rotary cos/sin, ALiBi) and attention softmax in FP32.
-    ``fp32_residual``: the residual stream is carried and summed in FP32; it reads through
-    layer-norm islands, so it requires ``fp32_layer_norms``.
-    """
-
-    name: str
-    dtype: str = "float16"
-    fp32_layer_norms: bool = False
-    fp32_positional: bool = False
-    fp32_residual: bool = False
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise InputError(f"policy {self.name!r}: unknown dtype {self.dtype!r} ({', '.join(DTYPES)})")
-        if self.fp32_residual and not self.fp32_layer_norms:
-            raise InputError(
-                f"policy {self.name!r}: fp32_residual needs fp32_layer_norms (the layer norms read "
-                "the FP32 residual stream)"
-            )
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def is_full_precision(self) -> bool:
-        return self.dtype == "float32"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Policy":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(f"policy has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def describe(self) -> str:
-        """One line for humans: what runs in which precision."""
-        if self.is_full_precision:
-            return "everything in FP32"
-        parts = [f"{self.dtype} compute"]
-        if self.fp32_layer_norms:
-            parts.append("FP32 layer norms")
-        if self.fp32_positional:
-            parts.append("FP32 positional tables and softmax")
-        if self.fp32_residual:
-            parts.append("FP32 residual stream")
-        return ", ".join(parts)
-
-
-FP32 = Policy("fp32", "float32")
-FP16 = Policy("fp16")
-FP16_LN32 = Policy("fp16+ln32", fp32_layer_norms=True)
-FP16_POS32 = Policy("fp16+pos32", fp32_layer_norms=True, fp32_positional=True)
-FP16_RES32 = Policy("fp16+res32", fp32_layer_norms=True, fp32_positional=True, fp32_residual=True)
-
-#: The fallback ladder, tried in order after the FP32 reference; each rung adds to the one before.
-LADDER: tuple[Policy, ...] = (FP16, FP16_LN32, FP16_POS32, FP16_RES32)
-POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER)}
-
-
-def get_policy(spec: "str | Path | Policy | dict") -> Policy:
-    """A policy from a built-in name, a JSON file, a dict or a Policy."""
-    if isinstance(spec, Policy):
-        return spec
-    if isinstance(spec, dict):
-        return Policy.from_dict(spec)
-    if isinstance(spec, str) and spec in POLICIES:
-        return POLICIES[spec]
-    path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: not a readable policy file ({exc})") from None
-        return Policy.from_dict(data.get("policy", data))
-    raise InputError(f"unknown policy {str(spec)!r}; choose from {', '.join(POLICIES)} or a .json file")
-
+from .errors import UnsupportedPolicyError
+from .policy import Policy, get_policy
 
 @dataclass(frozen=True)
 class AppliedPolicy:

@@ -13,9 +13,10 @@ import torch
 from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError
-from .precision import FP32, LADDER, Policy, get_policy
+from .policy import FP32, LADDER, Policy, get_policy
 from .report import Attempt, Report, finite_or_none
-from .runner import Progress, RunResult, run_policy
+from .progress import Progress
+from .runner import RunResult, run_policy
 from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
 from .targets import get_target
 from .targets.base import LoadedModel, ModelSource, Target, TokenBatch

@@ -10,7 +10,8 @@ from ..errors import InputError
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..precision import AppliedPolicy, Policy
+    from ..policy import Policy
+    from ..precision import AppliedPolicy
     from .base import Target
 
 #: target name -> "module:attribute" of its Target instance

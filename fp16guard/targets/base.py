@@ -11,7 +11,8 @@ from typing import Any, Protocol, Sequence
 import torch
 from torch import nn
 
-from ..precision import AppliedPolicy, Policy
+from ..policy import Policy
+from ..precision import AppliedPolicy
 
 
 @dataclass(frozen=True)

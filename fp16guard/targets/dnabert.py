@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
-from ..precision import AppliedPolicy, Fp32LayerNorm, Policy, cast_except, layer_norm_islands
+from ..policy import Policy
+from ..precision import AppliedPolicy, Fp32LayerNorm, cast_except, layer_norm_islands
 from .base import LoadedModel, ModelSource, files_sha256
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 

@@ -14,10 +14,10 @@ from torch import nn
 from ..catalog import ESM2_CHECKPOINTS as CHECKPOINTS
 from ..catalog import esm2_checkpoint_path
 from ..errors import InputError, ModelLoadError
+from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
     Fp32LayerNorm,
-    Policy,
     cast_except,
     layer_norm_islands,
     replace_module,

@@ -17,10 +17,10 @@ from torch import nn
 
 from ..catalog import PRESETS, Preset
 from ..errors import InputError, ModelLoadError
+from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
     Fp32LayerNorm,
-    Policy,
     cast_except,
     layer_norm_islands,
     make_fp32_island,

@@ -218,6 +218,13 @@ def test_console_script_on_the_bundled_set(checkpoints, tmp_path):
     assert "PASS" in proc.stderr
 
 
-def test_help_does_not_import_torch():
-    code = "import sys; from fp16guard_cli.main import app; import fp16guard; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+@pytest.mark.parametrize("command", ["--help", "list"])
+def test_help_and_list_do_not_import_torch(command):
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['fp16guard', '{command}']\n"
+        "try:\n    runpy.run_module('fp16guard_cli', run_name='__main__')\n"
+        "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

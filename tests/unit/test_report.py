@@ -15,7 +15,7 @@ import fp16guard.report as report_module
 from fp16guard.compare import Comparison, compare
 from fp16guard.config import Thresholds
 from fp16guard.metrics import TokenStats
-from fp16guard.precision import FP16, FP16_LN32, FP32, Policy
+from fp16guard.policy import FP16, FP16_LN32, FP32, Policy
 from fp16guard.report import (
     SCHEMA_VERSION,
     Attempt,
