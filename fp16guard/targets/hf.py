@@ -116,7 +116,9 @@ def resolve_model_dir(model: str, offline: bool) -> Path:
 
     patterns = ["*.json", "*.txt", "*.model", *WEIGHT_PATTERNS]
     try:
-        return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=offline))
+        # The cache is resolved here, from the environment now (huggingface_hub reads it once,
+        # at import), so `fp16guard list` and loading always agree.
+        return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=offline, cache_dir=hf_hub_cache()))
     except Exception as exc:  # not cached, no network, unknown repository
         how = "pass a local directory with --model, or run once with network access"
         where = f"not in the Hugging Face cache ({hf_hub_cache()})"

@@ -85,3 +85,18 @@ def test_nothing_cached_offline_exits_3(dna_fasta, tmp_path):
     result, text = invoke("-s", dna_fasta, "--offline", env=env)
     assert result.exit_code == 3, text
     assert "zhihan1996/DNABERT-S" in text and "not in the Hugging Face cache" in text
+
+
+def test_default_model_found_offline_in_the_hugging_face_cache(tmp_path, dna_fasta):
+    """HF_HOME conventions: hub/models--ORG--NAME/snapshots/REVISION with refs/main naming it."""
+    repo = tmp_path / "hf-home" / "hub" / "models--zhihan1996--DNABERT-S"
+    write_dnabert(repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+    result, text = invoke("-s", dna_fasta, "--offline", "-o", out, "--device", "cpu", env=env)
+    assert result.exit_code == 0, text
+    data = read_report(out)
+    assert data["model"]["name"] == "zhihan1996/DNABERT-S"
+    assert "snapshots" in data["model"]["source"]
