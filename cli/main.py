@@ -62,6 +62,14 @@ FullLadderOption = Annotated[
     bool, typer.Option("--full-ladder", help="Run every rung even after one passes, to see what each costs.")
 ]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Directory for report.json, report.md, junit.xml.")]
+TryOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--try", help="Also run this policy beside the ladder, for information (e.g. bf16); repeatable."),
+]
+SavePolicyOption = Annotated[
+    Optional[Path],
+    typer.Option("--save-policy", help="Write the policy that passed to this JSON file, for fp16guard.apply_policy."),
+]
 OfflineOption = Annotated[
     bool, typer.Option("--offline", envvar="FP16GUARD_OFFLINE", help="Never download weights; use local files only.")
 ]
@@ -91,6 +99,8 @@ def validate_esm2(
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
+    also_try: TryOption = None,
+    save_policy: SavePolicyOption = None,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -114,6 +124,8 @@ def validate_hf(
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
+    also_try: TryOption = None,
+    save_policy: SavePolicyOption = None,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -144,6 +156,8 @@ def validate_dnabert(
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
+    also_try: TryOption = None,
+    save_policy: SavePolicyOption = None,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -166,6 +180,8 @@ def validate_antiberty(
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
+    also_try: TryOption = None,
+    save_policy: SavePolicyOption = None,
     out: OutOption = Path("fp16guard-report"),
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
@@ -176,11 +192,17 @@ def validate_antiberty(
 
 def _settings(options: dict) -> dict:
     """The options every validate command shares, from a command's locals()."""
-    names = ("sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback", "full_ladder", "out")
+    names = (
+        "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
+        "full_ladder", "also_try", "save_policy", "out",
+    )
     return {name: options[name] for name in names}
 
 
-def run_validation(target: str, source, *, policy, no_fallback, full_ladder, min_cosine, out, sequences, device, **settings) -> None:
+def run_validation(
+    target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences, device,
+    **settings,
+) -> None:
     """Build the config, run the workflow with live progress, write the report, exit."""
     from . import render
 
@@ -190,7 +212,7 @@ def run_validation(target: str, source, *, policy, no_fallback, full_ladder, min
         raise typer.Exit(2)
     try:
         from fp16guard.config import Thresholds, ValidationConfig
-        from fp16guard.report import write_report
+        from fp16guard.report import write_policy, write_report
         from fp16guard.workflow import validate
 
         config = ValidationConfig(
@@ -198,11 +220,14 @@ def run_validation(target: str, source, *, policy, no_fallback, full_ladder, min
             device=device.value,
             policies=(policy,) if policy else ("fp16",) if no_fallback else None,
             stop_at_first_pass=not full_ladder,
+            also_try=tuple(also_try or ()),
             **settings,
         )
         with render.LiveProgress(console) as progress:
             report = validate(target, config, source, sequences=sequences, progress=progress)
         paths = write_report(report, out)
+        if save_policy and report.passed:
+            paths.append(write_policy(report, save_policy))
     except Fp16GuardError as exc:
         render.error(console, str(exc))
         raise typer.Exit(exc.exit_code) from None

@@ -82,9 +82,13 @@ FP16_LN32 = Policy("fp16+ln32", fp32_layer_norms=True)
 FP16_POS32 = Policy("fp16+pos32", fp32_layer_norms=True, fp32_positional=True)
 FP16_RES32 = Policy("fp16+res32", fp32_layer_norms=True, fp32_positional=True, fp32_residual=True)
 
+#: Not a rung: BF16 keeps FP32's exponent range (no overflow) with 3 fewer significant bits than
+#: FP16; ``--try bf16`` reports it beside the ladder so users can choose on evidence.
+BF16 = Policy("bf16", "bfloat16")
+
 #: The fallback ladder, tried in order after the FP32 reference; each rung adds to the one before.
 LADDER: tuple[Policy, ...] = (FP16, FP16_LN32, FP16_POS32, FP16_RES32)
-POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER)}
+POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, BF16)}
 
 
 def get_policy(spec: "str | Path | Policy | dict") -> Policy:

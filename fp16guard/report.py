@@ -26,7 +26,8 @@ def finite_or_none(value):
 
 @dataclass
 class Attempt:
-    """One pass: the FP32 reference (``role`` "reference") or a policy under test."""
+    """One pass: the FP32 reference (``role`` "reference"), a policy under test ("attempt"), or
+    one run beside the ladder for information ("comparison", never part of the verdict)."""
 
     policy: dict
     description: str
@@ -118,7 +119,8 @@ class Report:
 def _verdict(attempt: Attempt) -> str:
     if attempt.passed is None:
         return "reference"
-    return "PASS" if attempt.passed else "FAIL"
+    verdict = "PASS" if attempt.passed else "FAIL"
+    return verdict.lower() + " (info)" if attempt.role == "comparison" else verdict
 
 
 def _delta(before: float | None, after: float | None) -> str:
@@ -238,7 +240,7 @@ class JUnitFormat:
     filename = "junit.xml"
 
     def render(self, report: Report) -> str:
-        attempts = [a for a in report.attempts if a.role != "reference"]
+        attempts = [a for a in report.attempts if a.role == "attempt"]
         suite = ET.Element(
             "testsuite",
             name=f"fp16guard.{report.model['target']}",
@@ -292,6 +294,35 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     for path, text in rendered:
         write_atomic(path, text)
     return [path for path, _ in rendered]
+
+
+POLICY_FILE_VERSION = 1
+
+
+def write_policy(report: Report, path: str | Path) -> Path:
+    """Save the policy that passed, with what it was validated on, for ``apply_policy(model, path)``."""
+    if not report.passing_policy:
+        raise ValueError("no policy passed, so there is none to save")
+    attempt = next(a for a in report.attempts if a.role == "attempt" and a.name == report.passing_policy)
+    document = {
+        "fp16guard_policy": POLICY_FILE_VERSION,
+        "policy": attempt.policy,
+        "fp32_modules": attempt.fp32_modules,
+        "validated": {
+            "model": report.model["name"],
+            "target": report.model["target"],
+            "weights_sha256": report.model["weights_sha256"],
+            "dataset_sha256": report.dataset["sha256"],
+            "min_cosine": (attempt.metrics or {}).get("min_cosine"),
+            "threshold": report.thresholds["min_cosine"],
+            "device": report.environment.get("device_name"),
+            "fp16guard": report.tool["version"],
+            "created": report.created,
+        },
+    }
+    path = Path(path)
+    write_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return path
 
 
 def read_report(path: str | Path) -> Report:

@@ -63,7 +63,9 @@ def prepare_batches(
     return batches
 
 
-def _attempt(result: RunResult, reference: RunResult | None, comparison: Comparison | None) -> Attempt:
+def _attempt(
+    result: RunResult, reference: RunResult | None, comparison: Comparison | None, role: str = "attempt"
+) -> Attempt:
     policy = result.applied.policy
     timing = {**asdict(result.timing), "tokens_per_second": result.timing.tokens_per_second}
     speedup = memory_ratio = None
@@ -74,7 +76,7 @@ def _attempt(result: RunResult, reference: RunResult | None, comparison: Compari
     return Attempt(
         policy=policy.to_dict(),
         description=policy.describe(),
-        role="reference" if comparison is None else "attempt",
+        role="reference" if comparison is None else role,
         fp32_modules=list(result.applied.fp32_modules),
         notes=list(result.applied.notes),
         timing=finite_or_none(timing),
@@ -107,6 +109,7 @@ def validate(
     progress = progress or Progress()
     target = get_target(target_name)
     policies = policies_to_try(config)
+    extras = [get_policy(p) for p in config.also_try]
     device = resolve_device(config.device)
 
     seq_path = Path(sequences) if sequences else bundled_path(target.default_sequences)
@@ -177,6 +180,13 @@ def validate(
             passing = passing or policy
             if config.stop_at_first_pass:
                 break
+
+    for policy in extras:
+        result = run(policy, reference)
+        comparison = compare(
+            reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
+        )
+        attempts.append(_attempt(result, reference, comparison, role="comparison"))
 
     reference.token_states.clear()
     if passing:
