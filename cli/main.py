@@ -66,6 +66,10 @@ TryOption = Annotated[
     Optional[list[str]],
     typer.Option("--try", help="Also run this policy beside the ladder, for information (e.g. bf16); repeatable."),
 ]
+ProfileOption = Annotated[
+    bool,
+    typer.Option("--profile", help="Compare every layer's output with FP32 for each attempt (report.md table, profile.png)."),
+]
 SavePolicyOption = Annotated[
     Optional[Path],
     typer.Option("--save-policy", help="Write the policy that passed to this JSON file, for fp16guard.apply_policy."),
@@ -101,6 +105,7 @@ def validate_esm2(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    profile: ProfileOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -126,6 +131,7 @@ def validate_hf(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    profile: ProfileOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -158,6 +164,7 @@ def validate_dnabert(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    profile: ProfileOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -182,6 +189,7 @@ def validate_antiberty(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    profile: ProfileOption = False,
     out: OutOption = Path("fp16guard-report"),
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
@@ -194,7 +202,7 @@ def _settings(options: dict) -> dict:
     """The options every validate command shares, from a command's locals()."""
     names = (
         "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
-        "full_ladder", "also_try", "save_policy", "out",
+        "full_ladder", "also_try", "save_policy", "profile", "out",
     )
     return {name: options[name] for name in names}
 

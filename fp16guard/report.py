@@ -41,6 +41,7 @@ class Attempt:
     passed: bool | None
     reason: str
     metrics: dict | None = None
+    layers: list[dict] | None = None  # per-block profile (--profile)
 
     @property
     def name(self) -> str:
@@ -216,6 +217,8 @@ class MarkdownFormat:
             for note in attempt.notes:
                 lines.append(f"- Note: {note}")
             lines.append("")
+            if attempt.layers:
+                lines += _layer_table(attempt.layers, report.thresholds["min_cosine"])
         if data["truncated"]:
             lines.append("## Truncated sequences")
             lines.append("")
@@ -228,6 +231,61 @@ class MarkdownFormat:
             lines.append("")
         lines.append(f"_fp16guard {report.tool['version']}, report schema {report.schema_version}, {report.created}_")
         return "\n".join(lines) + "\n"
+
+
+def _layer_table(layers: list[dict], threshold: float) -> list[str]:
+    """Markdown rows of a per-layer profile, marking the first divergent block."""
+    first = next(
+        (e["layer"] for e in layers if e["nonfinite_tokens"] or e["min_cosine"] is None or e["min_cosine"] < threshold),
+        None,
+    )
+    lines = [
+        f"Per layer (first divergent block: {first if first else 'none'}):",
+        "",
+        "| block | min cos | mean cos | relative error | max abs activation | FP16 headroom | non-finite tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in layers:
+        mark = " **<- first**" if e["layer"] == first else ""
+        headroom = e["fp16_headroom"]
+        lines.append(
+            f"| {e['layer']}{mark} | {fmt_cos(e['min_cosine'])} | {fmt_cos(e['mean_cosine'])} | {_num(e['relative_error'])} "
+            f"| {e['max_abs_activation']:.4g} | {'inf' if headroom is None else f'{headroom:.3g}x'} | {e['nonfinite_tokens']} |"
+        )
+    return lines + [""]
+
+
+def plot_profile(report: Report, path: Path) -> Path | None:
+    """profile.png: relative error against depth, one line per profiled attempt; None without
+    matplotlib (pip install "fp16guard[plot]")."""
+    profiled = [a for a in report.attempts if a.layers]
+    if not profiled:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for attempt in profiled:
+        xs = [e["layer"] for e in attempt.layers]
+        # Non-finite layers are drawn at the top of the axis, not dropped.
+        ys = [e["relative_error"] if e["relative_error"] is not None and not e["nonfinite_tokens"] else 1.0 for e in attempt.layers]
+        axis.plot(xs, ys, marker="o", label=attempt.name)
+    axis.set_yscale("log")
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axis.set_xlabel("block")
+    axis.set_ylabel("relative error vs FP32 (1.0 = NaN/Inf)")
+    axis.set_title(f"{report.model['name']}: where each policy departs from FP32")
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def _num(value: float | None) -> str:
@@ -293,7 +351,9 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     rendered = [(out / fmt.filename, fmt.render(report)) for fmt in FORMATS]
     for path, text in rendered:
         write_atomic(path, text)
-    return [path for path, _ in rendered]
+    paths = [path for path, _ in rendered]
+    plot = plot_profile(report, out / "profile.png")
+    return paths + ([plot] if plot else [])
 
 
 POLICY_FILE_VERSION = 1

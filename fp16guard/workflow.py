@@ -15,6 +15,7 @@ from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError
 from .policy import FP32, LADDER, Policy, get_policy
 from .report import Attempt, Report, finite_or_none
+from .profile import profile_policy
 from .progress import Progress
 from .runner import RunResult, run_policy
 from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
@@ -176,6 +177,9 @@ def validate(
             reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
         )
         attempts.append(_attempt(result, reference, comparison))
+        if config.profile:
+            progress.stage(f"{policy.name}: profiling every layer against FP32")
+            attempts[-1].layers = finite_or_none(profile_policy(target, loaded, policy, batches, device, layer))
         if comparison:
             passing = passing or policy
             if config.stop_at_first_pass:

@@ -207,6 +207,13 @@ class Esm2Target:
         """Representation of ``layer``; the last one has ``emb_layer_norm_after`` applied."""
         return module(tokens, repr_layers=[layer])["representations"][layer]
 
+    def blocks(self, module: nn.Module) -> list[nn.Module]:
+        return list(module.layers)
+
+    @staticmethod
+    def block_orientation(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.transpose(0, 1)  # fair-esm blocks work on [T, B, D]
+
     def adapts(self, module: nn.Module) -> bool:
         return type(module).__name__ == "ESM2" and type(module).__module__.startswith("esm.")
 

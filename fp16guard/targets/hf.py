@@ -258,6 +258,18 @@ class HfTarget:
         out = module(input_ids=tokens, attention_mask=attention, output_hidden_states=not last)
         return out.last_hidden_state if last else out.hidden_states[layer]
 
+    def blocks(self, module: nn.Module) -> list[nn.Module]:
+        """encoder.layer (BERT, ESM, DNABERT), or the longest ModuleList of the model."""
+        encoder = getattr(module, "encoder", None)
+        if encoder is not None and isinstance(getattr(encoder, "layer", None), nn.ModuleList):
+            return list(encoder.layer)
+        lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
+        return list(max(lists, key=len)) if lists else []
+
+    @staticmethod
+    def block_orientation(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
     def adapts(self, module: nn.Module) -> bool:
         return any(cls.__name__ == "PreTrainedModel" for cls in type(module).__mro__)
 
