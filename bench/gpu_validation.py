@@ -36,6 +36,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", default="16384")
+    parser.add_argument("--profile", action="store_true", help="pass --profile to every run")
     parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert"], help="checkpoint format and target")
     args = parser.parse_args()
     layers, dim, heads = ARCHITECTURES[args.arch]
@@ -60,6 +61,7 @@ def main() -> int:
             command = [
                 sys.executable, "-m", "fp16guard_cli", "validate", *target,
                 "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run), *extra,
+                *(["--profile"] if args.profile else []),
             ]
             start = time.perf_counter()
             proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
