@@ -70,6 +70,10 @@ ProfileOption = Annotated[
     bool,
     typer.Option("--profile", help="Compare every layer's output with FP32 for each attempt (report.md table, profile.png)."),
 ]
+SearchOption = Annotated[
+    bool,
+    typer.Option("--search", help="If full FP16 fails, bisect for the fewest transformer blocks to keep in FP32."),
+]
 SavePolicyOption = Annotated[
     Optional[Path],
     typer.Option("--save-policy", help="Write the policy that passed to this JSON file, for fp16guard.apply_policy."),
@@ -106,6 +110,7 @@ def validate_esm2(
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
     profile: ProfileOption = False,
+    search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -132,6 +137,7 @@ def validate_hf(
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
     profile: ProfileOption = False,
+    search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -165,6 +171,7 @@ def validate_dnabert(
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
     profile: ProfileOption = False,
+    search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -190,6 +197,7 @@ def validate_antiberty(
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
     profile: ProfileOption = False,
+    search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
@@ -202,7 +210,7 @@ def _settings(options: dict) -> dict:
     """The options every validate command shares, from a command's locals()."""
     names = (
         "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
-        "full_ladder", "also_try", "save_policy", "profile", "out",
+        "full_ladder", "also_try", "save_policy", "profile", "search", "out",
     )
     return {name: options[name] for name in names}
 

@@ -34,6 +34,7 @@ class ValidationConfig:
     stop_at_first_pass: bool = True
     also_try: tuple[str, ...] = ()  # reported beside the ladder, never part of the verdict
     profile: bool = False  # per-layer agreement of every attempt with FP32
+    search: bool = False  # when full FP16 fails: the fewest blocks to keep in FP32
     # Per-token metrics need the FP32 reference's token states kept on the host; beyond this
     # many bytes they are kept for the first batches only, and the report says how many.
     token_reference_budget_bytes: int = 4 * 1024**3

@@ -23,6 +23,8 @@ class Policy:
     ``fp32_positional``: positional tables (rotary cos/sin, ALiBi) and attention softmax in FP32.
     ``fp32_residual``: the residual stream is carried and summed in FP32; it reads through
     layer-norm islands, so it requires ``fp32_layer_norms``.
+    ``fp32_blocks``: transformer blocks (numbered from 1) computed wholly in FP32, their input
+    cast up and their output cast back; what ``--search`` finds.
     """
 
     name: str
@@ -30,8 +32,13 @@ class Policy:
     fp32_layer_norms: bool = False
     fp32_positional: bool = False
     fp32_residual: bool = False
+    fp32_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        # JSON gives lists; a frozen policy keeps an ordered, duplicate-free tuple.
+        object.__setattr__(self, "fp32_blocks", tuple(sorted({int(b) for b in self.fp32_blocks})))
+        if any(b < 1 for b in self.fp32_blocks):
+            raise InputError(f"policy {self.name!r}: fp32_blocks are numbered from 1")
         if self.dtype not in DTYPES:
             raise InputError(f"policy {self.name!r}: unknown dtype {self.dtype!r} ({', '.join(DTYPES)})")
         if self.fp32_residual and not self.fp32_layer_norms:
@@ -52,7 +59,9 @@ class Policy:
         return self.dtype == "float32"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["fp32_blocks"] = list(self.fp32_blocks)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Policy":
@@ -73,6 +82,8 @@ class Policy:
             parts.append("FP32 positional tables and softmax")
         if self.fp32_residual:
             parts.append("FP32 residual stream")
+        if self.fp32_blocks:
+            parts.append(f"block{'s' if len(self.fp32_blocks) > 1 else ''} {', '.join(map(str, self.fp32_blocks))} in FP32")
         return ", ".join(parts)
 
 

@@ -88,6 +88,18 @@ def make_fp32_island(module: nn.Module, output_dtype: torch.dtype) -> nn.Module:
     return module
 
 
+def block_islands(
+    model: nn.Module, blocks: list[nn.Module], numbers: tuple[int, ...], output_dtype: torch.dtype
+) -> tuple[list[str], list[nn.Module]]:
+    """Make the blocks numbered ``numbers`` (from 1) whole FP32 islands; returns their names
+    (for the report) and the modules (for ``cast_except``)."""
+    if numbers and max(numbers) > len(blocks):
+        raise UnsupportedPolicyError(f"the policy keeps block {max(numbers)} in FP32, but the model has {len(blocks)} blocks")
+    names = {id(m): name for name, m in model.named_modules()}
+    chosen = [make_fp32_island(blocks[n - 1], output_dtype) for n in numbers]
+    return [f"{names[id(m)]} (whole block)" for m in chosen], chosen
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the submodule called ``name`` (dotted path) sits."""
     parent_name, _, child = name.rpartition(".")
@@ -120,7 +132,7 @@ def cast_except(model: nn.Module, dtype: torch.dtype, keep: Iterable[nn.Module])
 
 def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
     """Apply a policy to any model: only layer-norm islands are architecture-independent."""
-    if policy.fp32_positional or policy.fp32_residual:
+    if policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks:
         raise UnsupportedPolicyError(
             f"policy {policy.name!r} needs architecture-specific support, and fp16guard does not "
             f"know {type(model).__name__}; layer-norm islands ('fp16+ln32') work on any model"

@@ -78,11 +78,13 @@ def run_policy(
     progress: Progress | None = None,
     reference: RunResult | None = None,
     keep_states_bytes: int = 0,
+    measure: bool = True,
 ) -> RunResult:
     """Build a fresh model under ``policy`` and embed every batch.
 
     With ``reference``, token-level statistics are gathered against its kept token states.
     ``keep_states_bytes`` > 0 keeps this pass's token states on the host, up to that many bytes.
+    ``measure=False`` skips the warm-up and the repeated timing passes (for searches).
     """
     progress = progress or Progress()
     cuda = device.type == "cuda"
@@ -102,7 +104,7 @@ def run_policy(
         # Warm up on the longest and the shortest batch: the first call of each kernel (lazy
         # CUDA module loading, GEMM heuristics, attention-kernel choice) is not throughput.
         start = time.perf_counter()
-        for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values():
+        for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values() if measure else ():
             target.hidden_states(loaded, model, batch.tokens.to(device), layer)
         _sync(device)
         warmup_seconds = time.perf_counter() - start
@@ -146,7 +148,7 @@ def run_policy(
         # the fastest, as timeit's autorange does. CPU figures are for workflow tests only.
         repeats = 0
         spent = seconds
-        while cuda and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
+        while measure and cuda and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
             again = _timed_pass(target, loaded, model, batches, device, layer)
             seconds = min(seconds, again)
             spent += again

@@ -13,9 +13,10 @@ import torch
 from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError
-from .policy import FP32, LADDER, Policy, get_policy
+from .policy import FP16, FP32, LADDER, Policy, get_policy
 from .report import Attempt, Report, finite_or_none
 from .profile import profile_policy
+from .search import search_fp32_blocks
 from .progress import Progress
 from .runner import RunResult, run_policy
 from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
@@ -88,6 +89,38 @@ def _attempt(
         reason="FP32 reference" if comparison is None else comparison.reason,
         metrics=None if comparison is None else finite_or_none(comparison.to_dict()),
     )
+
+
+def _search(target, loaded, batches, ids, device, layer, config, reference, run, progress, attempts, notes):
+    """Bisect for the fewest FP32 blocks on top of full FP16, then time what it found."""
+    fp16 = next((a for a in attempts if a.role == "attempt" and a.name == FP16.name), None)
+    if fp16 is None or fp16.passed:
+        notes.append("search skipped: " + ("full FP16 passed" if fp16 else "full FP16 was not among the attempts"))
+        return None
+
+    def evaluate(policy: Policy) -> bool:
+        progress.stage(f"search: {policy.describe()}")
+        result = run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False)
+        return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite))
+
+    found = search_fp32_blocks(evaluate, len(target.blocks(loaded.module)))
+    if found.policy is None:
+        notes.append(
+            f"search: even every block in FP32 (inputs and outputs in FP16) fails, after {found.forward_passes} "
+            f"forward passes in {found.seconds:.1f} s: the failure is in what connects the blocks (such as the "
+            "residual stream), so a whole-model policy is needed"
+        )
+        return None
+    result = run(found.policy, reference)
+    comparison = compare(reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite)
+    attempt = _attempt(result, reference, comparison)
+    fallback = next((a for a in attempts if a.role == "attempt" and a.passed), attempts[0])
+    speed = attempt.timing["tokens_per_second"] or 0.0
+    ratios = [f"{speed / a.timing['tokens_per_second']:.2f}x {a.name}" for a in (fp16, fallback) if a.timing.get("tokens_per_second")]
+    attempt.notes.append(
+        f"found by bisection in {found.forward_passes} forward passes ({found.seconds:.1f} s); speed {', '.join(ratios)}"
+    )
+    return attempt
 
 
 def policies_to_try(config: ValidationConfig) -> list[Policy]:
@@ -184,6 +217,13 @@ def validate(
             passing = passing or policy
             if config.stop_at_first_pass:
                 break
+
+    if config.search:
+        searched = _search(target, loaded, batches, ids, device, layer, config, reference, run, progress, attempts, notes)
+        if searched is not None:
+            attempts.append(searched)
+            if searched.passed and passing is None:
+                passing = Policy.from_dict(searched.policy)
 
     for policy in extras:
         result = run(policy, reference)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..policy import Policy
-from ..precision import AppliedPolicy, Fp32LayerNorm, cast_except, layer_norm_islands
+from ..precision import AppliedPolicy, Fp32LayerNorm, block_islands, cast_except, layer_norm_islands
 from .base import LoadedModel, ModelSource, files_sha256
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
@@ -307,7 +307,9 @@ class DnabertTarget(HfTarget):
                     islands.append(f"{name} (ALiBi bias and softmax)")
         if policy.fp32_layer_norms:
             islands += layer_norm_islands(module, policy.torch_dtype)
-        cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)])
+        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, policy.torch_dtype)
+        islands += names
+        cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks)
         return AppliedPolicy(policy, tuple(islands), ("the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional",))
 
 

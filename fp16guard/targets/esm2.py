@@ -17,6 +17,7 @@ from ..errors import InputError, ModelLoadError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
+    block_islands,
     Fp32LayerNorm,
     cast_except,
     layer_norm_islands,
@@ -242,8 +243,10 @@ class Esm2Target:
                 if name.endswith("rot_emb") and not isinstance(rotary, Fp32Rotary):
                     replace_module(module, name, Fp32Rotary(rotary))
                     islands.append(name)
+        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, dtype)
+        islands += names
         kept = [m for m in module.modules() if isinstance(m, (Fp32LayerNorm, Fp32Rotary))]
-        cast_except(module, dtype, kept)
+        cast_except(module, dtype, kept + blocks)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
 
 

@@ -20,6 +20,7 @@ from ..errors import InputError, ModelLoadError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
+    block_islands,
     Fp32LayerNorm,
     cast_except,
     layer_norm_islands,
@@ -306,7 +307,9 @@ class HfTarget:
                 islands.append("attention softmax (every layer)")
             else:
                 notes.append("this transformers version cannot swap the attention function: softmax stays in the compute dtype")
-        keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)]
+        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, dtype)
+        islands += names
+        keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks
         cast_except(module, dtype, keep)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
 
