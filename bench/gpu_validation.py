@@ -28,6 +28,8 @@ from fp16guard.report import read_report
 from fp16guard.testing import ARCHITECTURES, write_checkpoint, write_dnabert, write_hf_esm
 
 RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
+#: With --search-layer N (fair-esm only): an MLP overflow planted in block N that no rung fixes.
+SEARCH_RUN = "planted-mlp-overflow"
 
 
 def main() -> int:
@@ -37,13 +39,17 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", default="16384")
     parser.add_argument("--profile", action="store_true", help="pass --profile to every run")
+    parser.add_argument("--search-layer", type=int, help="add a run with an MLP overflow in this block (from 1), with --search")
     parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert"], help="checkpoint format and target")
     args = parser.parse_args()
     layers, dim, heads = ARCHITECTURES[args.arch]
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"# fp16guard on {args.device}: {args.arch} architecture ({args.format}), random weights", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        for run, (plant, extra) in RUNS.items():
+        runs = dict(RUNS)
+        if args.search_layer:
+            runs[SEARCH_RUN] = ("mlp", ["--search"])
+        for run, (plant, extra) in runs.items():
             start = time.perf_counter()
             if args.format == "dnabert":
                 weights = write_dnabert(
@@ -55,7 +61,10 @@ def main() -> int:
                 weights = write_hf_esm(Path(tmp) / f"esm2_{args.arch}_{run}", plant, layers=layers, hidden=dim, heads=heads)
                 target = ["hf", "--model", str(weights)]
             else:
-                weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}_{run}.pt", plant, layers=layers, dim=dim, heads=heads)
+                weights = write_checkpoint(
+                    Path(tmp) / f"esm2_{args.arch}_{run}.pt", plant, plant_layer=(args.search_layer or 2) - 1,
+                    layers=layers, dim=dim, heads=heads,
+                )
                 target = ["esm2", "--weights", str(weights)]
             written = time.perf_counter() - start
             command = [

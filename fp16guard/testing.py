@@ -34,12 +34,13 @@ def plant_residual_overflow(model, channel: int = 3) -> None:
 
 
 def plant_mlp_overflow(model, layer: int = 1, unit: int = 5) -> None:
-    """An fc1 unit whose pre-activation is ~8e4 on every token: the FP16 matmul output is Inf
-    whatever stays in FP32 around it, while FP32 computes it fine."""
+    """An fc1 unit whose pre-activation is ~2.5x FP16's largest value on every token: the FP16
+    matmul output is Inf whatever stays in FP32 around it, while FP32 computes it fine."""
     with torch.no_grad():
         block = model.layers[layer]
         block.final_layer_norm.bias.fill_(1.0)
-        block.fc1.weight[unit].fill_(2500.0)
+        # The layer norm's output averages ~1 per channel, so the dot product is ~weight x dim.
+        block.fc1.weight[unit].fill_(2.5 * 65504 / model.embed_dim)
 
 
 def save_checkpoint(model, path: Path) -> Path:
@@ -73,13 +74,14 @@ ARCHITECTURES = {
 }
 
 
-def write_checkpoint(path: Path, plant: str | None = None, **shape) -> Path:
-    """Healthy (``plant=None``), ``"residual"`` (fixed by fp16+res32) or ``"mlp"`` (unfixable)."""
+def write_checkpoint(path: Path, plant: str | None = None, plant_layer: int = 1, **shape) -> Path:
+    """Healthy (``plant=None``), ``"residual"`` (fixed by fp16+res32) or ``"mlp"`` (in layer
+    ``plant_layer``, counted from 0: no rung fixes it, an FP32 block does)."""
     model = build_model(**shape)
     if plant == "residual":
         plant_residual_overflow(model)
     elif plant == "mlp":
-        plant_mlp_overflow(model)
+        plant_mlp_overflow(model, layer=plant_layer)
     elif plant is not None:
         raise ValueError(plant)
     return save_checkpoint(model, path)
