@@ -156,3 +156,12 @@ def test_generic_models_get_layer_norm_islands_but_refuse_architecture_specific_
     assert out.dtype == torch.float16 and not math.isnan(out.sum().item())
     with pytest.raises(UnsupportedPolicyError):
         apply_policy(nn.Sequential(nn.Linear(4, 4)), FP16_RES32)
+
+
+def test_policy_naming_blocks_the_model_lacks_is_a_clear_error():
+    model = build_model()
+    with pytest.raises(UnsupportedPolicyError) as info:
+        apply_policy(model, {"name": "mine", "fp32_blocks": [2, LAYERS + 1]})
+    assert f"block {LAYERS + 1}" in str(info.value) and f"{LAYERS} blocks" in str(info.value)
+    with pytest.raises(InputError):
+        get_policy({"name": "mine", "fp32_blocks": [0]})
