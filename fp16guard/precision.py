@@ -7,6 +7,7 @@ raises, so every island casts its inputs up and its output back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch

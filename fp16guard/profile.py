@@ -8,7 +8,7 @@ activations is kept. Hooks only read, so the embeddings are the same with and wi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn

@@ -32,12 +32,13 @@ Standard library only.
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import statistics
 import sys
 from pathlib import Path
+
+from fasta_builder import crc64, run
 
 SEED = 20510
 ANTIBERTY_MAX_RESIDUES = 510  # 512 positions minus the two special tokens
@@ -628,21 +629,6 @@ def build_records() -> list[tuple[str, str]]:
     return records
 
 
-def crc64(seq: str) -> str:
-    """UniProt/SWISS-PROT CRC64 (ISO 3309 polynomial) as upper-case hex."""
-    poly = 0xD800000000000000
-    table = []
-    for i in range(256):
-        part = i
-        for _ in range(8):
-            part = (part >> 1) ^ poly if part & 1 else part >> 1
-        table.append(part)
-    crc = 0
-    for byte in seq.encode("ascii"):
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return f"{crc:016X}"
-
-
 HEADER_RE = re.compile(
     r"^>(\S+) chain=(heavy|light_kappa|light_lambda|fragment) "
     r"class=(real|synthetic) len=(\d+) \S")
@@ -682,15 +668,6 @@ def validate(records: list[tuple[str, str]]) -> None:
         raise ValueError(f"fewer than {MIN_RECORDS} records")
 
 
-def render(records: list[tuple[str, str]]) -> str:
-    lines = []
-    for head, seq in records:
-        lines.append(head)
-        for i in range(0, len(seq), LINE_WIDTH):
-            lines.append(seq[i:i + LINE_WIDTH])
-    return "\n".join(lines) + "\n"
-
-
 def summary(records: list[tuple[str, str]]) -> str:
     lengths = [len(seq) for _, seq in records]
     out = [
@@ -715,34 +692,5 @@ def summary(records: list[tuple[str, str]]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                        help="where to write the FASTA (default: %(default)s)")
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 if the file differs")
-    parser.add_argument("--stats", action="store_true",
-                        help="print a summary of the set and exit")
-    args = parser.parse_args(argv)
-
-    records = build_records()
-    text = render(records)
-    if args.stats:
-        print(summary(records))
-        return 0
-    if args.check:
-        current = args.output.read_bytes() if args.output.exists() else None
-        if current != text.encode("ascii"):
-            print(f"{args.output} is out of date; rerun this script",
-                  file=sys.stderr)
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.write_bytes(text.encode("ascii"))
-    print(f"wrote {args.output}")
-    print(summary(records))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(__doc__.split("\n\n")[0], DEFAULT_OUTPUT, build_records, summary))
