@@ -197,8 +197,9 @@ class MarkdownFormat:
             m = attempt.metrics
             if m:
                 tokens = m.get("tokens") or {}
+                gap = "" if m["min_cosine"] is None else f" (1 - min = {1 - m['min_cosine']:.1e})"
                 lines.append(
-                    f"- Pooled: min {fmt_cos(m['min_cosine'])}, mean {fmt_cos(m['mean_cosine'])}, "
+                    f"- Pooled: min {fmt_cos(m['min_cosine'])}{gap}, mean {fmt_cos(m['mean_cosine'])}, "
                     f"1st percentile {fmt_cos(m['p1_cosine'])}, max abs error {_num(m['max_abs_error'])}, "
                     f"relative L2 {_num(m['relative_l2_error'])}"
                 )
