@@ -42,10 +42,29 @@ class RunResult:
     token_stats: TokenStats | None = None
     token_nonfinite: tuple[int, int] = (0, 0)
     token_states: list[torch.Tensor | None] = field(default_factory=list)
+    oom_splits: int = 0  # batches halved after running out of GPU memory
 
 
 MIN_TIMED_SECONDS = 2.0
 MAX_REPEATS = 5
+
+
+def forward_splitting(target: Target, loaded: LoadedModel, model, tokens: torch.Tensor, layer: int, splits: list[int]) -> torch.Tensor:
+    """Hidden states of a batch; a batch that runs out of GPU memory is halved by rows and
+    retried, recursively, so no sequence is lost (the padded width, hence every row's result,
+    is unchanged). ``splits`` counts the halvings. One row that does not fit re-raises."""
+    try:
+        return target.hidden_states(loaded, model, tokens, layer)
+    except torch.OutOfMemoryError:
+        if tokens.shape[0] < 2:
+            raise
+        if tokens.is_cuda:
+            torch.cuda.empty_cache()
+        splits[0] += 1
+        half = tokens.shape[0] // 2
+        return torch.cat(
+            [forward_splitting(target, loaded, model, part, layer, splits) for part in (tokens[:half], tokens[half:])]
+        )
 
 
 def _timed_pass(target: Target, loaded: LoadedModel, model, batches: list[TokenBatch], device: torch.device, layer: int) -> float:
@@ -56,7 +75,7 @@ def _timed_pass(target: Target, loaded: LoadedModel, model, batches: list[TokenB
         mask = batch.pool_mask.to(device)
         _sync(device)
         start = time.perf_counter()
-        masked_mean(target.hidden_states(loaded, model, tokens, layer), mask)
+        masked_mean(forward_splitting(target, loaded, model, tokens, layer, [0]), mask)
         _sync(device)
         seconds += time.perf_counter() - start
     return seconds
@@ -100,12 +119,13 @@ def run_policy(
     kept_bytes = 0
     peak = 0
     seconds = 0.0
+    splits = [0]
     with torch.inference_mode():
         # Warm up on the longest and the shortest batch: the first call of each kernel (lazy
         # CUDA module loading, GEMM heuristics, attention-kernel choice) is not throughput.
         start = time.perf_counter()
         for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values() if measure else ():
-            target.hidden_states(loaded, model, batch.tokens.to(device), layer)
+            forward_splitting(target, loaded, model, batch.tokens.to(device), layer, [0])
         _sync(device)
         warmup_seconds = time.perf_counter() - start
 
@@ -117,7 +137,7 @@ def run_policy(
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
             start = time.perf_counter()
-            hidden = target.hidden_states(loaded, model, tokens, layer)
+            hidden = forward_splitting(target, loaded, model, tokens, layer, splits)
             rows = masked_mean(hidden, mask)
             _sync(device)
             seconds += time.perf_counter() - start
@@ -173,5 +193,6 @@ def run_policy(
         peak_memory_bytes=peak if cuda else None,
         token_stats=stats,
         token_nonfinite=(nonfinite[0], nonfinite[1]),
+        oom_splits=splits[0],
         token_states=kept,
     )

@@ -187,11 +187,17 @@ def validate(
     def run(policy: Policy, reference: RunResult | None = None, keep: int = 0) -> RunResult:
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
         try:
-            return run_policy(target, loaded, policy, batches, len(texts), device, layer, progress, reference, keep)
-        except torch.cuda.OutOfMemoryError:
+            result = run_policy(target, loaded, policy, batches, len(texts), device, layer, progress, reference, keep)
+        except torch.OutOfMemoryError:
             raise Fp16GuardError(
-                f"out of GPU memory under {policy.name}; lower --max-tokens (now {config.max_tokens})"
+                f"out of GPU memory under {policy.name} even for a single sequence; lower --max-length "
+                f"(or --max-tokens, now {config.max_tokens})"
             ) from None
+        if result.oom_splits:
+            message = f"{policy.name}: {result.oom_splits} batch(es) ran out of GPU memory and were split in half; no sequence was lost (a lower --max-tokens avoids the retries)"
+            progress.warn(message)
+            notes.append(message)
+        return result
 
     reference = run(FP32, keep=config.token_reference_budget_bytes)
     covered = sum(len(b.indices) for b, s in zip(batches, reference.token_states) if s is not None)
