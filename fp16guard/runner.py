@@ -58,9 +58,11 @@ def forward_splitting(target: Target, loaded: LoadedModel, model, tokens: torch.
     except torch.OutOfMemoryError:
         if tokens.shape[0] < 2:
             raise
-        if tokens.is_cuda:
-            torch.cuda.empty_cache()
-        splits[0] += 1
+    # Retry outside the handler: inside it, the traceback would keep the failed attempt's
+    # activations alive, and the halves would run out of memory too.
+    if tokens.is_cuda:
+        torch.cuda.empty_cache()
+    splits[0] += 1
         half = tokens.shape[0] // 2
         return torch.cat(
             [forward_splitting(target, loaded, model, part, layer, splits) for part in (tokens[:half], tokens[half:])]
@@ -151,8 +153,10 @@ def run_policy(
             nonfinite[0] += nan
             nonfinite[1] += inf
             if reference is not None and reference.token_states[number] is not None:
-                ref_states = reference.token_states[number].to(device)
-                stats = stats + TokenStats.of_batch(ref_states, hidden, mask)
+                # Row by row: the float64 comparison of a whole batch would rival the model's
+                # own activations in memory.
+                for row, ref_row in enumerate(reference.token_states[number]):
+                    stats = stats + TokenStats.of_batch(ref_row[None].to(device), hidden[row : row + 1], mask[row : row + 1])
             if keep_states_bytes:
                 size = hidden.numel() * 4
                 if kept_bytes + size <= keep_states_bytes:

@@ -190,8 +190,8 @@ def validate(
             result = run_policy(target, loaded, policy, batches, len(texts), device, layer, progress, reference, keep)
         except torch.OutOfMemoryError:
             raise Fp16GuardError(
-                f"out of GPU memory under {policy.name} even for a single sequence; lower --max-length "
-                f"(or --max-tokens, now {config.max_tokens})"
+                f"out of GPU memory under {policy.name}, with batches split down to single sequences; "
+                f"lower --max-length or --max-tokens (now {config.max_tokens})"
             ) from None
         if result.oom_splits:
             message = f"{policy.name}: {result.oom_splits} batch(es) ran out of GPU memory and were split in half; no sequence was lost (a lower --max-tokens avoids the retries)"
