@@ -63,10 +63,10 @@ def forward_splitting(target: Target, loaded: LoadedModel, model, tokens: torch.
     if tokens.is_cuda:
         torch.cuda.empty_cache()
     splits[0] += 1
-        half = tokens.shape[0] // 2
-        return torch.cat(
-            [forward_splitting(target, loaded, model, part, layer, splits) for part in (tokens[:half], tokens[half:])]
-        )
+    half = tokens.shape[0] // 2
+    return torch.cat(
+        [forward_splitting(target, loaded, model, part, layer, splits) for part in (tokens[:half], tokens[half:])]
+    )
 
 
 def _timed_pass(target: Target, loaded: LoadedModel, model, batches: list[TokenBatch], device: torch.device, layer: int) -> float:
