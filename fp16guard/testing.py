@@ -99,6 +99,12 @@ def _write_vocab(directory: Path, tokens: list[str]) -> Path:
     return path
 
 
+def _save_pretrained(directory: Path, model, tokenizer) -> Path:
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def write_hf_bert(directory: Path, plant: str | None = None, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
     """A ProtBERT-style BertModel directory: config.json, model.safetensors, and a word-piece
     tokenizer of single residues (space-separated input), written with save_pretrained.
@@ -122,9 +128,7 @@ def write_hf_bert(directory: Path, plant: str | None = None, layers: int = 2, hi
             block.output.dense.bias[3] = 40000.0
     elif plant is not None:
         raise ValueError(plant)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save_pretrained(directory, model, tokenizer)
 
 
 def write_hf_esm(
@@ -152,9 +156,7 @@ def write_hf_esm(
                 block.output.dense.bias[3] = 40000.0
     elif plant is not None:
         raise ValueError(plant)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save_pretrained(directory, model, tokenizer)
 
 
 # --- DNABERT-S layout: config.json with auto_map, pytorch_model.bin, a byte-pair tokenizer -----

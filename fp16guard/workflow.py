@@ -7,6 +7,7 @@ import platform
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -91,19 +92,16 @@ def _attempt(
     )
 
 
-def _search(target, loaded, batches, ids, device, layer, config, reference, run, progress, attempts, notes):
-    """Bisect for the fewest FP32 blocks on top of full FP16, then time what it found."""
+def _search(
+    attempts: list[Attempt], notes: list[str], passes: Callable[[Policy], bool], judge: Callable[[Policy], Attempt], blocks: int
+) -> Attempt | None:
+    """Bisect for the fewest FP32 blocks on top of full FP16 (``passes`` is the quick, untimed
+    test), then run what it found as a full attempt (``judge``)."""
     fp16 = next((a for a in attempts if a.role == "attempt" and a.name == FP16.name), None)
     if fp16 is None or fp16.passed:
         notes.append("search skipped: " + ("full FP16 passed" if fp16 else "full FP16 was not among the attempts"))
         return None
-
-    def evaluate(policy: Policy) -> bool:
-        progress.stage(f"search: {policy.describe()}")
-        result = run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False)
-        return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite))
-
-    found = search_fp32_blocks(evaluate, len(target.blocks(loaded.module)))
+    found = search_fp32_blocks(passes, blocks)
     if found.policy is None:
         notes.append(
             f"search: even every block in FP32 (inputs and outputs in FP16) fails, after {found.forward_passes} "
@@ -111,9 +109,7 @@ def _search(target, loaded, batches, ids, device, layer, config, reference, run,
             "residual stream), so a whole-model policy is needed"
         )
         return None
-    result = run(found.policy, reference)
-    comparison = compare(reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite)
-    attempt = _attempt(result, reference, comparison)
+    attempt = judge(found.policy)
     fallback = next((a for a in attempts if a.role == "attempt" and a.passed), attempts[0])
     speed = attempt.timing["tokens_per_second"] or 0.0
     ratios = [f"{speed / a.timing['tokens_per_second']:.2f}x {a.name}" for a in (fp16, fallback) if a.timing.get("tokens_per_second")]
@@ -210,33 +206,40 @@ def validate(
     check_reference(reference.pooled, ids)
     attempts = [_attempt(reference, None, None)]
     passing: Policy | None = None
-    for policy in policies:
+
+    def judge(policy: Policy, role: str = "attempt") -> Attempt:
+        """A full, timed attempt compared with the reference."""
         result = run(policy, reference)
         comparison = compare(
             reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
         )
-        attempts.append(_attempt(result, reference, comparison))
+        return _attempt(result, reference, comparison, role)
+
+    def passes(policy: Policy) -> bool:
+        """An untimed pass, for the search: does ``policy`` meet the threshold?"""
+        progress.stage(f"search: {policy.describe()}")
+        result = run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False)
+        return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite))
+
+    for policy in policies:
+        attempts.append(judge(policy))
         if config.profile:
             progress.stage(f"{policy.name}: profiling every layer against FP32")
             attempts[-1].layers = finite_or_none(profile_policy(target, loaded, policy, batches, device, layer))
-        if comparison:
+        if attempts[-1].passed:
             passing = passing or policy
             if config.stop_at_first_pass:
                 break
 
     if config.search:
-        searched = _search(target, loaded, batches, ids, device, layer, config, reference, run, progress, attempts, notes)
+        searched = _search(attempts, notes, passes, judge, len(target.blocks(loaded.module)))
         if searched is not None:
             attempts.append(searched)
             if searched.passed and passing is None:
                 passing = Policy.from_dict(searched.policy)
 
     for policy in extras:
-        result = run(policy, reference)
-        comparison = compare(
-            reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
-        )
-        attempts.append(_attempt(result, reference, comparison, role="comparison"))
+        attempts.append(judge(policy, role="comparison"))
 
     reference.token_states.clear()
     if passing:
