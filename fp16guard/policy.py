@@ -13,6 +13,10 @@ from pathlib import Path
 from .errors import InputError
 
 DTYPES = ("float32", "float16", "bfloat16")
+#: Parts of one block that can be kept in FP32 on their own, cheapest first (what ``--search``
+#: tries before keeping the whole block): its layer norms; its attention (projections,
+#: positional tables and softmax); its feed-forward (both linears and the activation between).
+PART_KINDS = ("layer_norm", "attention", "mlp")
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,9 @@ class Policy:
     ``fp32_residual``: the residual stream is carried and summed in FP32; it reads through
     layer-norm islands, so it requires ``fp32_layer_norms``.
     ``fp32_blocks``: transformer blocks (numbered from 1) computed wholly in FP32, their input
-    cast up and their output cast back; what ``--search`` finds.
+    cast up and their output cast back.
+    ``fp32_parts``: parts of single blocks in FP32, as (kind, block) pairs with kinds from
+    ``PART_KINDS``; written ``{"mlp": [3]}`` in JSON. ``--search`` finds blocks, then parts.
     """
 
     name: str
@@ -33,12 +39,29 @@ class Policy:
     fp32_positional: bool = False
     fp32_residual: bool = False
     fp32_blocks: tuple[int, ...] = ()
+    fp32_parts: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         # JSON gives lists; a frozen policy keeps an ordered, duplicate-free tuple.
         object.__setattr__(self, "fp32_blocks", tuple(sorted({int(b) for b in self.fp32_blocks})))
         if any(b < 1 for b in self.fp32_blocks):
             raise InputError(f"policy {self.name!r}: fp32_blocks are numbered from 1")
+        parts = self.fp32_parts
+        if isinstance(parts, dict):
+            if not all(isinstance(v, (list, tuple)) for v in parts.values()):
+                raise InputError(f'policy {self.name!r}: fp32_parts maps a kind to block numbers, as {{"mlp": [3]}}')
+            parts = [(kind, block) for kind, blocks in parts.items() for block in blocks]
+        try:
+            pairs = {(str(kind), int(block)) for kind, block in parts}
+        except (TypeError, ValueError):
+            raise InputError(f'policy {self.name!r}: fp32_parts maps a kind to block numbers, as {{"mlp": [3]}}') from None
+        unknown = sorted({kind for kind, _ in pairs} - set(PART_KINDS))
+        if unknown:
+            raise InputError(f"policy {self.name!r}: unknown fp32_parts kind {unknown[0]!r} ({', '.join(PART_KINDS)})")
+        if any(block < 1 for _, block in pairs):
+            raise InputError(f"policy {self.name!r}: fp32_parts blocks are numbered from 1")
+        order = {kind: i for i, kind in enumerate(PART_KINDS)}
+        object.__setattr__(self, "fp32_parts", tuple(sorted(pairs, key=lambda p: (p[1], order[p[0]]))))
         if self.dtype not in DTYPES:
             raise InputError(f"policy {self.name!r}: unknown dtype {self.dtype!r} ({', '.join(DTYPES)})")
         if self.fp32_residual and not self.fp32_layer_norms:
@@ -61,7 +84,15 @@ class Policy:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["fp32_blocks"] = list(self.fp32_blocks)
+        data["fp32_parts"] = self.parts_by_kind()
         return data
+
+    def parts_by_kind(self) -> dict[str, list[int]]:
+        """``fp32_parts`` as JSON writes it: kind -> block numbers."""
+        grouped: dict[str, list[int]] = {}
+        for kind, block in self.fp32_parts:
+            grouped.setdefault(kind, []).append(block)
+        return {kind: sorted(grouped[kind]) for kind in PART_KINDS if kind in grouped}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Policy":
@@ -84,6 +115,9 @@ class Policy:
             parts.append("FP32 residual stream")
         if self.fp32_blocks:
             parts.append(f"block{'s' if len(self.fp32_blocks) > 1 else ''} {', '.join(map(str, self.fp32_blocks))} in FP32")
+        for kind, blocks in self.parts_by_kind().items():
+            label = {"layer_norm": "layer norms", "attention": "attention", "mlp": "MLP"}[kind]
+            parts.append(f"{label} of block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} in FP32")
         return ", ".join(parts)
 
 

@@ -101,6 +101,50 @@ def block_islands(
     return [f"{names[id(m)]} (whole block)" for m in chosen], chosen
 
 
+def part_islands(
+    model: nn.Module,
+    blocks: list[nn.Module],
+    parts: tuple[tuple[str, int], ...],
+    output_dtype: torch.dtype,
+    block_parts,
+) -> tuple[list[str], list[nn.Module]]:
+    """Keep parts of single blocks in FP32 (``Policy.fp32_parts``); returns the islands' names
+    (for the report) and modules (for ``cast_except``).
+
+    ``block_parts(block)`` is the target's map of a block: ``{"attention": module, "mlp":
+    (first_linear, last_linear)}``. The MLP's first linear hands its FP32 output on, so that the
+    activation between the two linears is FP32 too: an FP16 cast there would overflow exactly
+    where a large pre-activation made the MLP fail.
+    """
+    if parts and max(block for _, block in parts) > len(blocks):
+        raise UnsupportedPolicyError(
+            f"the policy keeps parts of block {max(block for _, block in parts)} in FP32, but the model has {len(blocks)} blocks"
+        )
+    names = {id(m): name for name, m in model.named_modules()}
+    labels: list[str] = []
+    kept: list[nn.Module] = []
+    for kind, number in parts:
+        block = blocks[number - 1]
+        if kind == "layer_norm":
+            norms = [name for name, m in block.named_modules() if name and is_layer_norm(m)]
+            for name in norms:
+                replace_module(block, name, Fp32LayerNorm(block.get_submodule(name), output_dtype))
+                kept.append(block.get_submodule(name))
+                labels.append(f"{names[id(block)]}.{name}")
+            continue
+        located = block_parts(block).get(kind)
+        if located is None:
+            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that fp16guard can keep in FP32")
+        if kind == "mlp":
+            first, last = located
+            kept += [make_fp32_island(first, torch.float32), make_fp32_island(last, output_dtype)]
+            labels.append(f"{names[id(first)]} .. {names[id(last)]} (MLP)")
+        else:
+            kept.append(make_fp32_island(located, output_dtype))
+            labels.append(f"{names[id(located)]} ({kind})")
+    return labels, kept
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the submodule called ``name`` (dotted path) sits."""
     parent_name, _, child = name.rpartition(".")
@@ -133,7 +177,7 @@ def cast_except(model: nn.Module, dtype: torch.dtype, keep: Iterable[nn.Module])
 
 def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
     """Apply a policy to any model: only layer-norm islands are architecture-independent."""
-    if policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks:
+    if policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks or policy.fp32_parts:
         raise UnsupportedPolicyError(
             f"policy {policy.name!r} needs architecture-specific support, and fp16guard does not "
             f"know {type(model).__name__}; layer-norm islands ('fp16+ln32') work on any model"

@@ -1,9 +1,13 @@
-"""The smallest set of transformer blocks to keep in FP32, found by bisection.
+"""The smallest FP32 islands that make a failing model pass, found by bisection.
 
-Delta debugging (Zeller's ddmin) over arbitrary subsets of blocks, not just prefixes: start
-from every block in FP32, and keep removing chunks, halving the chunk size when no chunk can
-go, until no single block can be removed without failing. Each test is one forward pass over
-the reference set, compared with the FP32 reference.
+Two stages, each test one forward pass over the reference set compared with the FP32
+reference:
+
+1. Delta debugging (Zeller's ddmin) over arbitrary subsets of blocks, not just prefixes: start
+   from every block in FP32 and keep removing chunks, halving the chunk size when no chunk can
+   go, until no single block can be removed without failing.
+2. For each block left, try its parts alone, cheapest first (``PART_KINDS``: layer norms,
+   attention, MLP) in place of the whole block, and keep the first that passes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from .policy import FP16, Policy
+from .policy import FP16, PART_KINDS, Policy
 
 
 @dataclass
@@ -22,23 +26,28 @@ class SearchResult:
     policy: Policy | None
     forward_passes: int
     seconds: float
-    trials: list[tuple[tuple[int, ...], bool]] = field(default_factory=list)
+    trials: list[tuple[Policy, bool]] = field(default_factory=list)
 
 
-def search_fp32_blocks(evaluate: Callable[[Policy], bool], num_blocks: int, base: Policy = FP16) -> SearchResult:
-    """Find a 1-minimal set of FP32 blocks on top of ``base`` (assumed to fail on its own)."""
+def search_fp32_islands(
+    evaluate: Callable[[Policy], bool], num_blocks: int, base: Policy = FP16, kinds: tuple[str, ...] = PART_KINDS
+) -> SearchResult:
+    """Find a 1-minimal set of FP32 blocks on top of ``base`` (assumed to fail on its own), then
+    narrow each block to the cheapest of its ``kinds`` of part that still passes."""
     start = time.perf_counter()
-    results: dict[tuple[int, ...], bool] = {(): False}
-    trials: list[tuple[tuple[int, ...], bool]] = []
+    results: dict[tuple, bool] = {((), ()): False}
+    trials: list[tuple[Policy, bool]] = []
 
-    def policy_for(blocks: tuple[int, ...]) -> Policy:
-        return replace(base, name=f"{base.name}+blocks32", fp32_blocks=blocks)
+    def policy_for(blocks: tuple[int, ...], parts: tuple[tuple[str, int], ...] = ()) -> Policy:
+        return replace(base, name=f"{base.name}+islands32", fp32_blocks=blocks, fp32_parts=parts)
 
-    def passes(blocks: tuple[int, ...]) -> bool:
-        if blocks not in results:
-            results[blocks] = evaluate(policy_for(blocks))
-            trials.append((blocks, results[blocks]))
-        return results[blocks]
+    def passes(blocks: tuple[int, ...], parts: tuple[tuple[str, int], ...] = ()) -> bool:
+        key = (blocks, parts)
+        if key not in results:
+            policy = policy_for(blocks, parts)
+            results[key] = evaluate(policy)
+            trials.append((policy, results[key]))
+        return results[key]
 
     items = tuple(range(1, num_blocks + 1))
     if not passes(items):
@@ -56,4 +65,12 @@ def search_fp32_blocks(evaluate: Callable[[Policy], bool], num_blocks: int, base
             if granularity >= len(items):
                 break
             granularity = min(len(items), granularity * 2)
-    return SearchResult(policy_for(items), len(trials), time.perf_counter() - start, trials)
+
+    blocks, parts = items, ()
+    for block in items:
+        rest = tuple(b for b in blocks if b != block)
+        for kind in kinds:
+            if passes(rest, parts + ((kind, block),)):
+                blocks, parts = rest, parts + ((kind, block),)
+                break
+    return SearchResult(policy_for(blocks, parts), len(trials), time.perf_counter() - start, trials)

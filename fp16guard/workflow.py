@@ -17,7 +17,7 @@ from .errors import Fp16GuardError, InputError
 from .policy import FP16, FP32, LADDER, Policy, get_policy
 from .report import Attempt, Report, finite_or_none
 from .profile import profile_policy
-from .search import search_fp32_blocks
+from .search import search_fp32_islands
 from .progress import Progress
 from .runner import RunResult, run_policy
 from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
@@ -95,13 +95,14 @@ def _attempt(
 def _search(
     attempts: list[Attempt], notes: list[str], passes: Callable[[Policy], bool], judge: Callable[[Policy], Attempt], blocks: int
 ) -> Attempt | None:
-    """Bisect for the fewest FP32 blocks on top of full FP16 (``passes`` is the quick, untimed
-    test), then run what it found as a full attempt (``judge``)."""
+    """Bisect for the fewest FP32 blocks on top of full FP16, then narrow each to its cheapest
+    part that passes (``passes`` is the quick, untimed test); run what it found as a full
+    attempt (``judge``)."""
     fp16 = next((a for a in attempts if a.role == "attempt" and a.name == FP16.name), None)
     if fp16 is None or fp16.passed:
         notes.append("search skipped: " + ("full FP16 passed" if fp16 else "full FP16 was not among the attempts"))
         return None
-    found = search_fp32_blocks(passes, blocks)
+    found = search_fp32_islands(passes, blocks)
     if found.policy is None:
         notes.append(
             f"search: even every block in FP32 (inputs and outputs in FP16) fails, after {found.forward_passes} "

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..policy import Policy
-from ..precision import AppliedPolicy, Fp32LayerNorm, block_islands, cast_except, layer_norm_islands
+from ..precision import AppliedPolicy, Fp32LayerNorm, block_islands, cast_except, layer_norm_islands, part_islands
 from .base import LoadedModel, ModelSource, files_sha256
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
@@ -287,6 +287,13 @@ class DnabertTarget(HfTarget):
     def adapts(self, module: nn.Module) -> bool:
         return isinstance(module, DnaBertModel)
 
+    @staticmethod
+    def block_parts(block: nn.Module) -> dict:
+        """The native layer's attention and gated MLP; a transformers layer as HF reads it."""
+        if isinstance(block, DnaBertLayer):
+            return {"attention": block.attention.self, "mlp": (block.mlp.gated_layers, block.mlp.wo)}
+        return HfTarget.block_parts(block)
+
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
         """Layer norms as FP32 islands; the ALiBi-plus-mask bias and softmax in FP32; each
         post-LN residual add in FP32 inside its island."""
@@ -308,8 +315,9 @@ class DnabertTarget(HfTarget):
         if policy.fp32_layer_norms:
             islands += layer_norm_islands(module, policy.torch_dtype)
         names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, policy.torch_dtype)
-        islands += names
-        cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks)
+        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, policy.torch_dtype, self.block_parts)
+        islands += names + part_names
+        cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
         return AppliedPolicy(policy, tuple(islands), ("the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional",))
 
 

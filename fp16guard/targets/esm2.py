@@ -18,6 +18,7 @@ from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
     block_islands,
+    part_islands,
     Fp32LayerNorm,
     cast_except,
     layer_norm_islands,
@@ -215,6 +216,11 @@ class Esm2Target:
     def block_orientation(hidden: torch.Tensor) -> torch.Tensor:
         return hidden.transpose(0, 1)  # fair-esm blocks work on [T, B, D]
 
+    @staticmethod
+    def block_parts(block: nn.Module) -> dict:
+        """The attention (with its rotary tables) and the MLP's two linears of one layer."""
+        return {"attention": block.self_attn, "mlp": (block.fc1, block.fc2)}
+
     def adapts(self, module: nn.Module) -> bool:
         return type(module).__name__ == "ESM2" and type(module).__module__.startswith("esm.")
 
@@ -244,9 +250,10 @@ class Esm2Target:
                     replace_module(module, name, Fp32Rotary(rotary))
                     islands.append(name)
         names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, dtype)
-        islands += names
+        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, dtype, self.block_parts)
+        islands += names + part_names
         kept = [m for m in module.modules() if isinstance(m, (Fp32LayerNorm, Fp32Rotary))]
-        cast_except(module, dtype, kept + blocks)
+        cast_except(module, dtype, kept + blocks + parts)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
 
 

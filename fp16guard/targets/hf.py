@@ -25,6 +25,7 @@ from ..precision import (
     cast_except,
     layer_norm_islands,
     make_fp32_island,
+    part_islands,
     replace_module,
 )
 from .base import LoadedModel, ModelSource, files_sha256
@@ -271,6 +272,20 @@ class HfTarget:
     def block_orientation(hidden: torch.Tensor) -> torch.Tensor:
         return hidden
 
+    @staticmethod
+    def block_parts(block: nn.Module) -> dict:
+        """BERT-style layers (BERT, ESM, DNABERT): ``attention.self``, and the MLP from
+        ``intermediate.dense`` to ``output.dense``; other layouts have no known parts."""
+        parts = {}
+        attention = getattr(getattr(block, "attention", None), "self", None)
+        if isinstance(attention, nn.Module):
+            parts["attention"] = attention
+        first = getattr(getattr(block, "intermediate", None), "dense", None)
+        last = getattr(getattr(block, "output", None), "dense", None)
+        if isinstance(first, nn.Linear) and isinstance(last, nn.Linear):
+            parts["mlp"] = (first, last)
+        return parts
+
     def adapts(self, module: nn.Module) -> bool:
         return any(cls.__name__ == "PreTrainedModel" for cls in type(module).__mro__)
 
@@ -308,8 +323,9 @@ class HfTarget:
             else:
                 notes.append("this transformers version cannot swap the attention function: softmax stays in the compute dtype")
         names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, dtype)
-        islands += names
-        keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks
+        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, dtype, self.block_parts)
+        islands += names + part_names
+        keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts
         cast_except(module, dtype, keep)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
 

@@ -22,8 +22,10 @@ def test_search_finds_exactly_the_planted_layers_and_the_saved_policy_passes(tmp
     # The ladder cannot fix an FP16 overflow inside an MLP; the search can.
     assert [a["passed"] for a in report["attempts"][1:5]] == [False] * 4
     found = report["attempts"][-1]
-    assert found["policy"]["fp32_blocks"] == [layer + 1 for layer in planted]
-    assert found["passed"] and report["passing_policy"] == "fp16+blocks32"
+    # Each planted layer is narrowed from the whole block to its MLP, and nothing else is FP32.
+    assert found["policy"]["fp32_blocks"] == []
+    assert found["policy"]["fp32_parts"] == {"mlp": [layer + 1 for layer in planted]}
+    assert found["passed"] and report["passing_policy"] == "fp16+islands32"
     assert any("forward passes" in note for note in found["notes"])
 
     # The saved policy, re-applied through --policy, passes on its own.
@@ -32,7 +34,7 @@ def test_search_finds_exactly_the_planted_layers_and_the_saved_policy_passes(tmp
         "--policy", policy_file,
     )
     assert result.exit_code == 0, text
-    assert read_report(tmp_path / "again")["attempts"][1]["policy"]["fp32_blocks"] == [layer + 1 for layer in planted]
+    assert read_report(tmp_path / "again")["attempts"][1]["policy"]["fp32_parts"] == {"mlp": [layer + 1 for layer in planted]}
 
 
 def test_search_says_when_no_blocks_help(checkpoints, small_fasta, tmp_path):
