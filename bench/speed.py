@@ -180,16 +180,18 @@ def bare_forward(family: str, model, tokens: torch.Tensor, layer: int, pad_id: i
     return model(tokens, (tokens != pad_id).long())[layer]
 
 
-def bare_pass(family: str, model, batches: list[tuple[torch.Tensor, torch.Tensor]], layer: int, pad_id: int):
-    """One pass of the user's loop: forward, then each sequence's mean over its residues."""
+def time_bare(family: str, model, batches: list[TokenBatch], device: torch.device, layer: int, pad_id: int) -> dict:
+    """Time the user's loop over ``batches``: forward, then each sequence's mean over its
+    residues. Nothing of it outlives the call, so the next model's peak memory is its own."""
+    moved = [(b.tokens.to(device), b.pool_mask.to(device)) for b in batches]
 
     def step() -> None:
-        for tokens, mask in batches:
+        for tokens, mask in moved:
             hidden = bare_forward(family, model, tokens, layer, pad_id)
             keep = mask.unsqueeze(-1)
             (hidden.float() * keep).sum(1) / keep.sum(1)
 
-    return step
+    return timed(step, device)
 
 
 def with_rates(record: dict, tokens: int, flops_per_token: float | None, matmul_flops: float) -> dict:
@@ -276,10 +278,10 @@ def block_parameters(target, loaded: LoadedModel) -> int:
 # --- one architecture --------------------------------------------------------------------------
 
 
-def bench_arch(spec: Arch, args, device: torch.device, policies: dict[str, Policy | None], matmul_flops: float,
+def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy | None], matmul_flops: float,
                reference_cli: bool, tmp: Path) -> dict:
     """Everything measured for one architecture, as a JSON-ready dict."""
-    name = next(k for k, v in ARCHS.items() if v == spec)
+    spec = ARCHS[name]
     target = get_target(spec.family)
     layers, dim, heads = ARCHITECTURES[spec.size]
     record: dict = {"label": spec.label, "target": spec.family, "layers": layers, "dim": dim, "heads": heads}
@@ -317,18 +319,16 @@ def bench_arch(spec: Arch, args, device: torch.device, policies: dict[str, Polic
             model = model.half()
         for label, batch in batches.items():
             shape = record["shapes"][label]
-            step = bare_pass(spec.family, model, [(batch.tokens.to(device), batch.pool_mask.to(device))], layer, pad_id)
-            run = with_rates({"kind": "bare", "policy": precision, **timed(step, device)}, shape["tokens"], shape["flops_per_token"], matmul_flops)
+            measured = time_bare(spec.family, model, [batch], device, layer, pad_id)
+            run = with_rates({"kind": "bare", "policy": precision, **measured}, shape["tokens"], shape["flops_per_token"], matmul_flops)
             shape["runs"].append(run)
             log(f"{name} {label}: bare {precision}: {run['tokens_per_second']:,.0f} tokens/s, peak {fmt_bytes(run['peak_memory_bytes'])}")
         if precision == "fp32" and set_batches:
-            moved = [(b.tokens.to(device), b.pool_mask.to(device)) for b in set_batches]
             tokens = sum(b.tokens_used for b in set_batches)
-            run = with_rates(timed(bare_pass(spec.family, model, moved, layer, pad_id), device), tokens, None, matmul_flops)
+            run = with_rates(time_bare(spec.family, model, set_batches, device, layer, pad_id), tokens, None, matmul_flops)
             run.update(sequences=sum(len(b.indices) for b in set_batches), batches=len(set_batches), fasta=fasta.name)
             record["bare_fp32_set"] = run
             log(f"{name}: bare fp32 over {fasta.name} ({tokens:,} tokens): {run['seconds']:.2f} s")
-            del moved
         del model
         free(device)
 
@@ -503,7 +503,7 @@ def render_markdown(results: dict) -> str:
             "(2 x transformer-block parameters + 4 x layers x tokens per row x width) / the matmul rate. TF32 "
             f"{'on' if env.get('allow_tf32') else 'off'}, so FP32 means FP32 matmuls."
         ),
-        f"- {results['settings']['note']}",
+        f"- {results['settings']['note']} Whole run: {_num(results['settings'].get('wall_seconds'), 0)} s.",
         "",
         "## Targets",
         "",
@@ -638,7 +638,7 @@ def main() -> int:
     matmul = matmul_rate(device, n, iterations, repeats)
     log(f"dense FP16 matmul {n}^3: {matmul['flops'] / 1e12:,.3g} TFLOP/s")
     note = ("--quick: tiny shapes on a tiny model; the numbers only show that every code path runs" if args.quick
-            else "Random weights at the real sizes: speed and memory are those of the trained models.")
+            else "Random weights at the real sizes: the same shapes, hence the same kernels, as the trained models.")
     results = {
         "schema": 1,
         "environment": env,
@@ -652,8 +652,9 @@ def main() -> int:
         for name in args.arch:
             arch_dir = Path(tmp) / name
             arch_dir.mkdir()
-            results["architectures"][name] = bench_arch(ARCHS[name], args, device, policies, matmul["flops"], reference_cli, arch_dir)
+            results["architectures"][name] = bench_arch(name, args, device, policies, matmul["flops"], reference_cli, arch_dir)
             write_results(args.out, results)  # after each architecture, so a cut-off run keeps what it measured
+    results["settings"]["wall_seconds"] = time.perf_counter() - _START
     write_results(args.out, results)
     log(f"done: {args.out / 'results.md'}")
     print((args.out / "results.md").read_text())
