@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import run_cli, write_weights
+
 from fp16guard.report import read_report
-from fp16guard.testing import ARCHITECTURES, write_checkpoint, write_dnabert, write_hf_esm
+from fp16guard.testing import ARCHITECTURES
 
 RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
 #: With --search-layer N (fair-esm only): an MLP overflow planted in block N that no rung fixes.
@@ -42,7 +42,6 @@ def main() -> int:
     parser.add_argument("--search-layer", type=int, help="add a run with an MLP overflow in this block (from 1), with --search")
     parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert"], help="checkpoint format and target")
     args = parser.parse_args()
-    layers, dim, heads = ARCHITECTURES[args.arch]
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"# fp16guard on {args.device}: {args.arch} architecture ({args.format}), random weights", ""]
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,33 +50,17 @@ def main() -> int:
             runs[SEARCH_RUN] = ("mlp", ["--search"])
         for run, (plant, extra) in runs.items():
             start = time.perf_counter()
-            if args.format == "dnabert":
-                weights = write_dnabert(
-                    Path(tmp) / f"dnabert_{args.arch}_{run}", plant, layers=layers, hidden=dim, heads=heads,
-                    intermediate=4 * dim, vocab_size=4096, corpus=20000,
-                )
-                target = ["dnabert", "--model", str(weights)]
-            elif args.format == "hf":
-                weights = write_hf_esm(Path(tmp) / f"esm2_{args.arch}_{run}", plant, layers=layers, hidden=dim, heads=heads)
-                target = ["hf", "--model", str(weights)]
-            else:
-                weights = write_checkpoint(
-                    Path(tmp) / f"esm2_{args.arch}_{run}.pt", plant, plant_layer=(args.search_layer or 2) - 1,
-                    layers=layers, dim=dim, heads=heads,
-                )
-                target = ["esm2", "--weights", str(weights)]
+            name = f"dnabert_{args.arch}_{run}" if args.format == "dnabert" else f"esm2_{args.arch}_{run}"
+            suffix = ".pt" if args.format == "fair-esm" else ""
+            target = write_weights(args.format, args.arch, Path(tmp) / (name + suffix), plant, (args.search_layer or 2) - 1)
             written = time.perf_counter() - start
-            command = [
-                sys.executable, "-m", "fp16guard_cli", "validate", *target,
-                "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run), *extra,
-                *(["--profile"] if args.profile else []),
-            ]
-            start = time.perf_counter()
-            proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-            wall = time.perf_counter() - start
-            (args.out / f"{run}.log").write_text(proc.stdout + proc.stderr)
-            print(proc.stderr[-4000:], file=sys.stderr)
-            lines += [f"## {run}: exit code {proc.returncode}, {wall:.1f} s end to end (checkpoint written in {written:.1f} s)", ""]
+            cli = run_cli(
+                ["validate", *target, "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run),
+                 *extra, *(["--profile"] if args.profile else [])],
+                log=args.out / f"{run}.log",
+            )
+            print(cli.output[-4000:], file=sys.stderr)
+            lines += [f"## {run}: exit code {cli.returncode}, {cli.seconds:.1f} s end to end (checkpoint written in {written:.1f} s)", ""]
             if (args.out / run / "report.json").is_file():
                 report = read_report(args.out / run / "report.json")
                 rows = report.summary_rows()
