@@ -107,9 +107,10 @@ class SdpaAttention(nn.Module):
         self.embed_dim = source.embed_dim
         self.num_heads = source.num_heads
         self.head_dim = source.head_dim
-        self.q_proj = source.q_proj
+        # fair-esm's order, so that state-dict keys come in the same order too
         self.k_proj = source.k_proj
         self.v_proj = source.v_proj
+        self.q_proj = source.q_proj
         self.out_proj = source.out_proj
         self.rot_emb = source.rot_emb
 
