@@ -55,7 +55,7 @@ MinCosineOption = Annotated[
 ]
 PolicyOption = Annotated[
     Optional[str],
-    typer.Option("--policy", "-p", help="Test only this policy (fp16, fp16+ln32, fp16+pos32, fp16+res32, fp32, or a .json)."),
+    typer.Option("--policy", "-p", help="Test only this policy (fp16, fp16+ln32, fp16+pos32, fp16+res32, fp16+sdpa, fp32, or a .json)."),
 ]
 NoFallbackOption = Annotated[bool, typer.Option("--no-fallback", help="Test full FP16 only.")]
 FullLadderOption = Annotated[
@@ -76,7 +76,7 @@ SearchOption = Annotated[
 ]
 SavePolicyOption = Annotated[
     Optional[Path],
-    typer.Option("--save-policy", help="Write the policy that passed to this JSON file, for fp16guard.apply_policy."),
+    typer.Option("--save-policy", help="Write the recommended policy (the one that passed, or its faster fused-attention variant that passed too) to this JSON file, for fp16guard.apply_policy."),
 ]
 OfflineOption = Annotated[
     bool, typer.Option("--offline", envvar="FP16GUARD_OFFLINE", help="Never download weights; use local files only.")

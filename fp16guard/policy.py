@@ -7,7 +7,7 @@ one to a model is fp16guard.precision's job.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from .errors import InputError
@@ -24,13 +24,16 @@ class Policy:
     """Where a model computes in reduced precision and what it keeps in FP32.
 
     ``fp32_layer_norms``: every layer norm is an FP32 island.
-    ``fp32_positional``: positional tables (rotary cos/sin, ALiBi) and attention softmax in FP32.
+    ``fp32_positional``: positional tables (rotary cos/sin, ALiBi) computed in FP32, and attention
+    softmax in FP32 (under ``fast_attention`` the fused kernel's softmax, which accumulates in FP32).
     ``fp32_residual``: the residual stream is carried and summed in FP32; it reads through
     layer-norm islands, so it requires ``fp32_layer_norms``.
     ``fp32_blocks``: transformer blocks (numbered from 1) computed wholly in FP32, their input
     cast up and their output cast back.
     ``fp32_parts``: parts of single blocks in FP32, as (kind, block) pairs with kinds from
     ``PART_KINDS``; written ``{"mlp": [3]}`` in JSON. ``--search`` finds blocks, then parts.
+    ``fast_attention``: attention through torch's scaled_dot_product_attention, so that fused
+    (flash or memory-efficient) kernels run instead of separate matmuls and softmax.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Policy:
     fp32_residual: bool = False
     fp32_blocks: tuple[int, ...] = ()
     fp32_parts: tuple[tuple[str, int], ...] = ()
+    fast_attention: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists; a frozen policy keeps an ordered, duplicate-free tuple.
@@ -110,7 +114,7 @@ class Policy:
         if self.fp32_layer_norms:
             parts.append("FP32 layer norms")
         if self.fp32_positional:
-            parts.append("FP32 positional tables and softmax")
+            parts.append("FP32 positional tables" if self.fast_attention else "FP32 positional tables and softmax")
         if self.fp32_residual:
             parts.append("FP32 residual stream")
         if self.fp32_blocks:
@@ -118,6 +122,8 @@ class Policy:
         for kind, blocks in self.parts_by_kind().items():
             label = {"layer_norm": "layer norms", "attention": "attention", "mlp": "MLP"}[kind]
             parts.append(f"{label} of block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} in FP32")
+        if self.fast_attention:
+            parts.append("fused attention (SDPA)")
         return ", ".join(parts)
 
 
@@ -131,9 +137,23 @@ FP16_RES32 = Policy("fp16+res32", fp32_layer_norms=True, fp32_positional=True, f
 #: FP16; ``--try bf16`` reports it beside the ladder so users can choose on evidence.
 BF16 = Policy("bf16", "bfloat16")
 
+#: Not a rung: full FP16 with fused attention and FP32 positional tables (fast_variant of fp16).
+#: No layer-norm islands: CUDA's FP16 layer norm already accumulates in FP32, and islands cost
+#: two casts per norm. The workflow offers it (or the fast variant of the rung that passed).
+FP16_SDPA = Policy("fp16+sdpa", fp32_positional=True, fast_attention=True)
+
 #: The fallback ladder, tried in order after the FP32 reference; each rung adds to the one before.
 LADDER: tuple[Policy, ...] = (FP16, FP16_LN32, FP16_POS32, FP16_RES32)
-POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, BF16)}
+POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, BF16, FP16_SDPA)}
+
+
+def fast_variant(policy: Policy) -> Policy:
+    """``policy`` with fused attention and FP32 positional tables (free at run time, and the
+    fused path should not inherit FP16 rotary angles); named as the built-in it equals, or
+    ``NAME+sdpa``."""
+    fast = replace(policy, name=f"{policy.name}+sdpa", fast_attention=True, fp32_positional=True)
+    same = {**fast.to_dict(), "name": None}
+    return next((p for p in POLICIES.values() if {**p.to_dict(), "name": None} == same), fast)
 
 
 def get_policy(spec: "str | Path | Policy | dict") -> Policy:

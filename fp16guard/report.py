@@ -26,8 +26,9 @@ def finite_or_none(value):
 
 @dataclass
 class Attempt:
-    """One pass: the FP32 reference (``role`` "reference"), a policy under test ("attempt"), or
-    one run beside the ladder for information ("comparison", never part of the verdict)."""
+    """One pass: the FP32 reference (``role`` "reference"), a policy under test ("attempt"),
+    one run beside the ladder for information ("comparison", never part of the verdict), or the
+    fast-attention variant of the policy that passed ("fast", a candidate for the recommendation)."""
 
     policy: dict
     description: str
@@ -66,6 +67,7 @@ class Report:
     passed: bool
     passing_policy: str | None
     summary: str
+    recommended_policy: str | None = None  # the fast variant when it passes and is faster, else passing_policy
     notes: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
@@ -121,6 +123,8 @@ def _verdict(attempt: Attempt) -> str:
     if attempt.passed is None:
         return "reference"
     verdict = "PASS" if attempt.passed else "FAIL"
+    if attempt.role == "fast":
+        return verdict + " (fast)"
     return verdict.lower() + " (info)" if attempt.role == "comparison" else verdict
 
 
@@ -179,8 +183,10 @@ class MarkdownFormat:
             f"- **Device**: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
             f"CUDA {env.get('cuda') or 'none'}",
             f"- **Threshold**: every sequence at cosine >= {report.thresholds['min_cosine']}, no NaN/Inf",
-            "",
         ]
+        if report.recommended_policy:
+            lines.append(f"- **Recommended policy**: `{report.recommended_policy}` (what --save-policy writes)")
+        lines.append("")
         rows = report.summary_rows()
         headers = list(rows[0])
         lines.append("| " + " | ".join(headers) + " |")
@@ -361,10 +367,12 @@ POLICY_FILE_VERSION = 1
 
 
 def write_policy(report: Report, path: str | Path) -> Path:
-    """Save the policy that passed, with what it was validated on, for ``apply_policy(model, path)``."""
+    """Save the recommended policy (the policy that passed, or its faster fast-attention variant
+    that passed too), with what it was validated on, for ``apply_policy(model, path)``."""
     if not report.passing_policy:
         raise ValueError("no policy passed, so there is none to save")
-    attempt = next(a for a in report.attempts if a.role == "attempt" and a.name == report.passing_policy)
+    name = report.recommended_policy or report.passing_policy
+    attempt = next(a for a in report.attempts if a.role in ("attempt", "fast") and a.name == name and a.passed)
     document = {
         "fp16guard_policy": POLICY_FILE_VERSION,
         "policy": attempt.policy,

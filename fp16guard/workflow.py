@@ -13,8 +13,8 @@ import torch
 
 from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
-from .errors import Fp16GuardError, InputError
-from .policy import FP16, FP32, LADDER, Policy, get_policy
+from .errors import Fp16GuardError, InputError, UnsupportedPolicyError
+from .policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy
 from .report import Attempt, Report, finite_or_none
 from .profile import profile_policy
 from .search import search_fp32_islands
@@ -118,6 +118,34 @@ def _search(
         f"found by bisection in {found.forward_passes} forward passes ({found.seconds:.1f} s); speed {', '.join(ratios)}"
     )
     return attempt
+
+
+#: The fast variant is recommended over the policy that passed only when at least this much
+#: faster, so that timing noise does not swap policies.
+FAST_MARGIN = 1.05
+
+
+def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None, judge: Callable[..., Attempt]) -> Attempt | None:
+    """Run the fast-attention variant of the policy that passed; return its attempt when it
+    passes too and is faster (the recommended policy), else None."""
+    if passing is None or passing.fast_attention or passing.is_full_precision:
+        return None
+    base = next(a for a in attempts if a.role != "reference" and a.name == passing.name)
+    try:
+        attempt = judge(fast_variant(passing), role="fast")
+    except UnsupportedPolicyError as exc:
+        notes.append(f"fast attention not tried: {exc}")
+        return None
+    attempts.append(attempt)
+    fast, slow = attempt.timing.get("tokens_per_second"), base.timing.get("tokens_per_second")
+    ratio = fast / slow if fast and slow else None
+    speed = "speed not measured" if ratio is None else f"{ratio:.2f}x the speed of '{passing.name}'"
+    if attempt.passed and ratio is not None and ratio >= FAST_MARGIN:
+        attempt.notes.append(speed)
+        return attempt
+    why = "it failed the threshold" if not attempt.passed else f"it is not {FAST_MARGIN:.2f}x as fast ({speed})"
+    attempt.notes.append(f"not recommended: {why}")
+    return None
 
 
 def policies_to_try(config: ValidationConfig) -> list[Policy]:
@@ -239,12 +267,17 @@ def validate(
             if searched.passed and passing is None:
                 passing = Policy.from_dict(searched.policy)
 
+    # Only after the ladder or the search: --policy/--no-fallback test just what was named.
+    recommended = _try_fast(attempts, notes, passing, judge) if config.policies is None else None
+
     for policy in extras:
         attempts.append(judge(policy, role="comparison"))
 
     reference.token_states.clear()
     if passing:
         summary = f"PASS: {loaded.name} meets the threshold under policy '{passing.name}' ({passing.describe()})."
+        if recommended is not None:
+            summary += f" Recommended: '{recommended.name}' ({recommended.description}), which also passes, {recommended.notes[-1]}."
     else:
         tried = ", ".join(p.name for p in policies)
         summary = f"FAIL: no policy met the threshold ({tried} tried); keep this model in FP32."
@@ -276,6 +309,7 @@ def validate(
         attempts=attempts,
         passed=passing is not None,
         passing_policy=passing.name if passing else None,
+        recommended_policy=recommended.name if recommended else (passing.name if passing else None),
         summary=summary,
         notes=notes,
     )

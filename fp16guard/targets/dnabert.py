@@ -80,9 +80,13 @@ class DnaBertEmbeddings(nn.Module):
 class DnaBertSelfAttention(nn.Module):
     """Fused QKV projection; scores plus the ALiBi-and-padding bias; softmax; times V.
 
-    By default through scaled_dot_product_attention with the bias as an additive mask (cast to
-    the compute dtype), so fused kernels run. With ``fp32_scores`` the scores, bias and softmax
-    are FP32 and only the probabilities are cast back.
+    By default through scaled_dot_product_attention with the bias as an additive mask in the
+    compute dtype: the bias is built in FP32 and rounded once to FP16 (ALiBi values near 0,
+    where softmax weights matter, keep 11 significant bits; -10000 on padding is exact). An
+    additive bias rules out the flash kernel; on CUDA the memory-efficient kernel takes it in
+    the compute dtype and accumulates the softmax in FP32. An FP32 bias with FP16 q/k/v is
+    refused by the fused kernels, hence the cast. With ``fp32_scores`` the scores, bias and
+    softmax are FP32 (separate matmuls) and only the probabilities are cast back.
     """
 
     def __init__(self, config: DnaBertConfig):
@@ -100,7 +104,7 @@ class DnaBertSelfAttention(nn.Module):
             scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.head_dim) + bias
             out = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias if bias.dtype == q.dtype else bias.to(q.dtype))
         return out.transpose(1, 2).reshape(batch, length, width)
 
 
@@ -165,22 +169,47 @@ class DnaBertEncoder(nn.Module):
         self.slopes = alibi_slopes(config.num_attention_heads)
 
     def attention_bias(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """FP32 [B, H, T, T]: slope_h * -|i - j| plus -10000 on padded keys."""
+        """FP32 slope_h * -|i - j|, plus -10000 on padded keys: [B, H, T, T], or [1, H, T, T]
+        when no row has padding (the kernel broadcasts it over the batch).
+
+        The last dimension is allocated padded to a multiple of 8 and sliced back, so the rows
+        are 16-byte aligned in FP16 as the memory-efficient kernel wants its bias (it would
+        otherwise copy it into an aligned buffer at every call)."""
         length = attention_mask.shape[-1]
-        positions = torch.arange(length, device=attention_mask.device, dtype=torch.float32)
+        device = attention_mask.device
+        positions = torch.arange(length, device=device, dtype=torch.float32)
         distance = -(positions[None, :] - positions[:, None]).abs()
-        slopes = torch.tensor(self.slopes, device=attention_mask.device, dtype=torch.float32)
-        alibi = slopes[:, None, None] * distance[None]
-        padding = (1.0 - attention_mask[:, None, None, :].float()) * PADDING_BIAS
-        return alibi[None] + padding
+        slopes = torch.tensor(self.slopes, device=device, dtype=torch.float32)
+        padded = bool((attention_mask == 0).any())
+        rows = attention_mask.shape[0] if padded else 1
+        bias = torch.empty(rows, len(self.slopes), length, -(-length // 8) * 8, device=device)[..., :length]
+        torch.mul(slopes[:, None, None], distance[None], out=bias[0])
+        if padded:
+            bias[1:] = bias[0]
+            bias += (1.0 - attention_mask[:, None, None, :].float()) * PADDING_BIAS
+        return bias
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         bias = self.attention_bias(attention_mask)
+        # The bias in each block's compute dtype, cast once per forward rather than per block.
+        # Blocks that compute scores in FP32 (fp32_scores, or an FP32 block) get the FP32 bias.
+        by_dtype = {torch.float32: bias}
         states = [hidden]
         for layer in self.layer:
-            hidden = layer(hidden, bias)
+            attention = layer.attention.self
+            dtype = torch.float32 if attention.fp32_scores else attention.Wqkv.weight.dtype
+            if dtype not in by_dtype:
+                by_dtype[dtype] = _aligned_cast(bias, dtype)
+            hidden = layer(hidden, by_dtype[dtype])
             states.append(hidden)
         return states
+
+
+def _aligned_cast(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``bias`` in ``dtype``, keeping its rows 16-byte aligned (see attention_bias)."""
+    length = bias.shape[-1]
+    out = torch.empty(*bias.shape[:-1], -(-length // 8) * 8, dtype=dtype, device=bias.device)[..., :length]
+    return out.copy_(bias)
 
 
 class DnaBertModel(nn.Module):
@@ -309,8 +338,10 @@ class DnabertTarget(HfTarget):
                 if policy.fp32_residual:
                     islands.append(f"{name} (residual add)")
             if isinstance(sub, DnaBertSelfAttention):
-                sub.fp32_scores = policy.fp32_positional
-                if policy.fp32_positional:
+                # The fused kernel takes its bias in the compute dtype: fast attention keeps the
+                # FP32-built ALiBi table but not the FP32 scores.
+                sub.fp32_scores = policy.fp32_positional and not policy.fast_attention
+                if sub.fp32_scores:
                     islands.append(f"{name} (ALiBi bias and softmax)")
         if policy.fp32_layer_norms:
             islands += layer_norm_islands(module, policy.torch_dtype)
@@ -318,7 +349,10 @@ class DnabertTarget(HfTarget):
         part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, policy.torch_dtype, self.block_parts)
         islands += names + part_names
         cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
-        return AppliedPolicy(policy, tuple(islands), ("the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional",))
+        note = "the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional"
+        if policy.fast_attention:
+            note = "fused attention: the ALiBi bias is built in FP32 and cast once to the compute dtype for the kernel"
+        return AppliedPolicy(policy, tuple(islands), (note,))
 
 
 TARGET = DnabertTarget()

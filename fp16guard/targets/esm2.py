@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..catalog import ESM2_CHECKPOINTS as CHECKPOINTS
 from ..catalog import esm2_checkpoint_path
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError, ModelLoadError, UnsupportedPolicyError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
@@ -86,6 +87,62 @@ class Fp32Rotary(nn.Module):
 
         cos, sin = self._tables(k)
         return apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
+
+
+class SdpaAttention(nn.Module):
+    """fair-esm's self-attention computed by torch's scaled_dot_product_attention.
+
+    fair-esm multiplies q and k with bmm, adds -inf on padded keys, takes an FP32 softmax and
+    always materialises head-averaged attention weights; here one fused kernel (flash or
+    memory-efficient on CUDA) does it all, its softmax accumulating in FP32. The projections are
+    one matmul over the concatenated q/k/v weights (concatenated per call: a few MB, negligible
+    next to the matmul, and no second copy of the weights to keep in step). The children keep
+    fair-esm's names (q_proj, k_proj, v_proj, out_proj, rot_emb), so state-dict keys, module
+    names and policy files are unchanged.
+    """
+
+    def __init__(self, source: nn.Module):
+        super().__init__()
+        if getattr(source, "bias_k", None) is not None or getattr(source, "add_zero_attn", False):
+            raise UnsupportedPolicyError("fast attention supports ESM-2's attention (no bias_kv, no zero attention)")
+        self.embed_dim = source.embed_dim
+        self.num_heads = source.num_heads
+        self.head_dim = source.head_dim
+        # fair-esm's order, so that state-dict keys come in the same order too
+        self.k_proj = source.k_proj
+        self.v_proj = source.v_proj
+        self.q_proj = source.q_proj
+        self.out_proj = source.out_proj
+        self.rot_emb = source.rot_emb
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None,
+                need_head_weights=False, **_unused):
+        """[T, B, D] in, ([T, B, D], None) out; ``key_padding_mask`` [B, T] is True on padding."""
+        if need_head_weights:
+            raise UnsupportedPolicyError(
+                "fast attention computes no attention maps (need_head_weights, return_contacts); "
+                "use a policy without fast_attention for contacts"
+            )
+        if attn_mask is not None or (key is not None and key is not query):
+            raise UnsupportedPolicyError("fast attention supports ESM-2's self-attention without an attn_mask only")
+        length, batch, _ = query.shape
+        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        biases = (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        bias = None if biases[0] is None else torch.cat(biases)
+        qkv = F.linear(query, weight, bias).view(length, batch, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # each [B, H, T, Dh]
+        # fair-esm scales q before the rotation; rotation is linear, so scaling inside the
+        # kernel (its default 1/sqrt(head_dim), applied to FP32 scores) is the same product.
+        if self.rot_emb is not None:
+            q, k = self.rot_emb(q, k)
+        mask = None
+        if key_padding_mask is not None:
+            # Boolean, True where attention is allowed; ESM2 passes None for a batch without
+            # padding, and no mask is what lets the flash kernel run.
+            mask = ~key_padding_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.permute(2, 0, 1, 3).reshape(length, batch, self.embed_dim)
+        return self.out_proj(out), None
 
 
 class Fp32ResidualLayer(nn.Module):
@@ -231,12 +288,18 @@ class Esm2Target:
             # model that already ran in FP32 does not hand FP32 tables to FP16 attention.
             if hasattr(rotary, "_seq_len_cached"):
                 rotary._seq_len_cached = None
+        softmax = "attention softmax is FP32 in fair-esm under every policy"
+        if policy.fast_attention:
+            for name, sub in list(module.named_modules()):
+                if name.endswith("self_attn") and not isinstance(sub, SdpaAttention):
+                    replace_module(module, name, SdpaAttention(sub))
+            softmax = "attention through scaled_dot_product_attention (fused kernels accumulate the softmax in FP32); no attention maps"
         if policy.is_full_precision:
             module.float()
-            return AppliedPolicy(policy, notes=("attention softmax is FP32 in fair-esm",))
+            return AppliedPolicy(policy, notes=(softmax,))
         dtype = policy.torch_dtype
         islands: list[str] = []
-        notes = ["attention softmax is FP32 in fair-esm under every policy"]
+        notes = [softmax]
         if policy.fp32_residual:
             for i, layer in enumerate(module.layers):
                 if not isinstance(layer, Fp32ResidualLayer):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..catalog import PRESETS, Preset
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError, ModelLoadError, UnsupportedPolicyError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
@@ -291,13 +291,21 @@ class HfTarget:
 
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
         """Convert a transformers model in place: layer-norm islands, FP32 positional tables and
-        softmax, FP32 residual adds."""
+        softmax, FP32 residual adds; fast attention is transformers' own "sdpa" attention."""
+        notes: list[str] = []
+        if policy.fast_attention:
+            if not getattr(module, "_supports_sdpa", False):
+                raise UnsupportedPolicyError(
+                    f"fast attention: {type(module).__name__} has no scaled_dot_product_attention "
+                    "implementation in this transformers version"
+                )
+            _set_attention(module, "sdpa")
+            notes.append("attention: transformers' sdpa implementation (fused kernels accumulate the softmax in FP32)")
         if policy.is_full_precision:
             module.float()
-            return AppliedPolicy(policy)
+            return AppliedPolicy(policy, notes=tuple(notes))
         dtype = policy.torch_dtype
         islands: list[str] = []
-        notes: list[str] = []
         keep: list[nn.Module] = []
         if policy.fp32_residual:
             for name, sub in list(module.named_modules()):
@@ -314,11 +322,10 @@ class HfTarget:
                 if is_table or type(sub).__name__.endswith("RotaryEmbedding"):
                     keep.append(make_fp32_island(sub, dtype))
                     islands.append(name)
-            if register_fp32_softmax():
-                if hasattr(module, "set_attn_implementation"):
-                    module.set_attn_implementation(FP32_SOFTMAX)
-                else:
-                    module.config._attn_implementation = FP32_SOFTMAX
+            if policy.fast_attention:
+                pass  # the fused kernel's softmax, not the FP32 eager one
+            elif register_fp32_softmax():
+                _set_attention(module, FP32_SOFTMAX)
                 islands.append("attention softmax (every layer)")
             else:
                 notes.append("this transformers version cannot swap the attention function: softmax stays in the compute dtype")
@@ -328,6 +335,13 @@ class HfTarget:
         keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts
         cast_except(module, dtype, keep)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
+
+
+def _set_attention(module: nn.Module, implementation: str) -> None:
+    if hasattr(module, "set_attn_implementation"):
+        module.set_attn_implementation(implementation)
+    else:
+        module.config._attn_implementation = implementation
 
 
 HF = HfTarget("hf", "any Hugging Face encoder (AutoModel) from a local directory or the hub cache")

@@ -18,3 +18,9 @@ def run_cli(*args, env=None):
 def read_report(out):
     """report.json from an --out directory, as plain data."""
     return json.loads((out / "report.json").read_text())
+
+
+def ladder(report):
+    """The reference and the attempts that decide the verdict (not --try comparisons, not the
+    fast-attention variant of the policy that passed)."""
+    return [a for a in report["attempts"] if a["role"] in ("reference", "attempt")]

@@ -11,7 +11,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from cli_runner import read_report, run_cli
+from cli_runner import ladder, read_report, run_cli
 
 def validate(*args, env=None):
     return run_cli("validate", "esm2", *args, env=env)
@@ -23,7 +23,7 @@ def test_healthy_model_passes_in_full_fp16(checkpoints, small_fasta, tmp_path):
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["passed"] and report["passing_policy"] == "fp16"
-    assert [a["policy"]["name"] for a in report["attempts"]] == ["fp32", "fp16"]
+    assert [a["policy"]["name"] for a in ladder(report)] == ["fp32", "fp16"]
     fp16 = report["attempts"][1]
     assert fp16["metrics"]["min_cosine"] > 0.999
     assert fp16["metrics"]["tokens"]["sequences"] == 5
@@ -42,14 +42,14 @@ def test_planted_residual_overflow_is_fixed_by_the_fp32_residual_rung(checkpoint
     report = read_report(out)
     assert report["passing_policy"] == "fp16+res32"
     assert "fp16+res32" in text
-    names = [a["policy"]["name"] for a in report["attempts"]]
+    names = [a["policy"]["name"] for a in ladder(report)]
     assert names == ["fp32", "fp16", "fp16+ln32", "fp16+pos32", "fp16+res32"]
     for failed in report["attempts"][1:4]:
         assert failed["passed"] is False and failed["metrics"]["nan_count"] > 0
     rescued = report["attempts"][4]
     assert rescued["passed"] and rescued["metrics"]["min_cosine"] > 0.999
     # The report names what each rung kept in FP32.
-    counts = [a["fp32_modules"] for a in report["attempts"][1:]]
+    counts = [a["fp32_modules"] for a in ladder(report)[1:]]
     assert counts[0] == [] and len(counts[1]) < len(counts[2]) < len(counts[3])
     assert "layers.0.self_attn_layer_norm" in counts[1]
     assert "layers.0.self_attn.rot_emb" in counts[2]
@@ -70,7 +70,7 @@ def test_unfixable_failure_exits_1_and_still_writes_the_report(checkpoints, smal
 def test_no_fallback_and_single_policy(checkpoints, small_fasta, tmp_path):
     result, _ = validate("--weights", checkpoints["residual"], "-s", small_fasta, "-o", tmp_path / "a", "--no-fallback", "--device", "cpu")
     assert result.exit_code == 1
-    assert [a["policy"]["name"] for a in read_report(tmp_path / "a")["attempts"]] == ["fp32", "fp16"]
+    assert [a["policy"]["name"] for a in ladder(read_report(tmp_path / "a"))] == ["fp32", "fp16"]
     result, _ = validate("--weights", checkpoints["residual"], "-s", small_fasta, "-o", tmp_path / "b", "--policy", "fp16+res32", "--device", "cpu")
     assert result.exit_code == 0
     assert [a["policy"]["name"] for a in read_report(tmp_path / "b")["attempts"]] == ["fp32", "fp16+res32"]
@@ -82,7 +82,7 @@ def test_full_ladder_runs_every_rung_after_a_pass(checkpoints, small_fasta, tmp_
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["passing_policy"] == "fp16"
-    assert [a["passed"] for a in report["attempts"]] == [None, True, True, True, True]
+    assert [a["passed"] for a in ladder(report)] == [None, True, True, True, True]
 
 
 def test_layer_and_truncation_options(checkpoints, small_fasta, tmp_path):

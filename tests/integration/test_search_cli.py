@@ -1,7 +1,7 @@
 """--search on tiny fair-esm checkpoints with planted FP16 failures in known layers."""
 
 import pytest
-from cli_runner import read_report, run_cli
+from cli_runner import ladder, read_report, run_cli
 
 from fp16guard.testing import build_model, plant_mlp_overflow, save_checkpoint
 
@@ -21,7 +21,7 @@ def test_search_finds_exactly_the_planted_layers_and_the_saved_policy_passes(tmp
     report = read_report(out)
     # The ladder cannot fix an FP16 overflow inside an MLP; the search can.
     assert [a["passed"] for a in report["attempts"][1:5]] == [False] * 4
-    found = report["attempts"][-1]
+    found = ladder(report)[-1]
     # Each planted layer is narrowed from the whole block to its MLP, and nothing else is FP32.
     assert found["policy"]["fp32_blocks"] == []
     assert found["policy"]["fp32_parts"] == {"mlp": [layer + 1 for layer in planted]}
