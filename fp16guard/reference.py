@@ -15,10 +15,10 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -176,20 +176,35 @@ def load_reference(path: str | Path) -> SavedReference:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--reference {path}: no such file")
-    problem = None
+    try:
+        meta, embeddings, ids = _read(path)
+    except _Unreadable as exc:
+        raise InputError(
+            f"--reference {path} is not a readable fp16guard reference file ({exc}); write one with --save-reference"
+        ) from None
+    return SavedReference(path, torch.from_numpy(embeddings), ids, meta)
+
+
+class _Unreadable(Exception):
+    """Why a file is not a reference."""
+
+
+def _read(path: Path) -> tuple[dict, np.ndarray, tuple[str, ...]]:
+    if not zipfile.is_zipfile(path):
+        raise _Unreadable("not an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["metadata"][()]))
-            embeddings = np.asarray(data["embeddings"])
+            embeddings = np.array(data["embeddings"])
             ids = tuple(str(i) for i in data["ids"].tolist())
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if problem is None and not (isinstance(meta, dict) and meta.get(FORMAT_KEY) == FORMAT_VERSION):
-        problem = f"no {FORMAT_KEY} = {FORMAT_VERSION} in its metadata"
-    elif problem is None and (embeddings.dtype != np.float32 or embeddings.ndim != 2 or embeddings.shape[0] != len(ids)):
-        problem = f"embeddings of {embeddings.dtype} {embeddings.shape} for {len(ids)} ids"
-    elif problem is None and not isinstance(meta.get("timing"), dict):
-        problem = "no timing in its metadata"
-    if problem is not None:
-        raise InputError(f"--reference {path} is not a readable fp16guard reference file ({problem}); write one with --save-reference")
-    return SavedReference(path, torch.from_numpy(embeddings.copy()), ids, meta)
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
+        if "pickle" in str(exc):
+            raise _Unreadable("it holds pickled (object) arrays, which fp16guard never loads") from None
+        raise _Unreadable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    if not isinstance(meta, dict) or meta.get(FORMAT_KEY) != FORMAT_VERSION:
+        raise _Unreadable(f"no {FORMAT_KEY} = {FORMAT_VERSION} in its metadata")
+    if embeddings.dtype != np.float32 or embeddings.ndim != 2 or embeddings.shape[0] != len(ids):
+        raise _Unreadable(f"embeddings of {embeddings.dtype} {embeddings.shape} for {len(ids)} ids")
+    if not isinstance(meta.get("timing"), dict):
+        raise _Unreadable("no timing in its metadata")
+    return meta, embeddings, ids
