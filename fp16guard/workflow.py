@@ -151,7 +151,9 @@ def validate(
 ) -> Report:
     """Run the FP32 reference and the policies to try; return the Report (never raises for an
     accuracy failure: ``report.passed`` says it). Raises Fp16GuardError for bad input,
-    missing weights, or a broken FP32 reference."""
+    missing weights, or a broken FP32 reference. ``config.reference`` loads the FP32 reference
+    from a file instead of computing it (InputError if it was saved for another run);
+    ``config.save_reference`` writes it after computing it."""
     progress = progress or Progress()
     target = get_target(target_name)
     policies = policies_to_try(config)

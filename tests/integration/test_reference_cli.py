@@ -141,3 +141,14 @@ def test_reference_and_save_reference_together_is_a_usage_error(checkpoints, sav
     )
     assert result.exit_code == 2, text
     assert "either --reference or --save-reference" in text
+
+
+def test_a_reference_from_another_device_is_used_without_speed_ups(checkpoints, saved, tmp_path):
+    ref = _tampered(saved, tmp_path, device="cuda:0", device_name="NVIDIA H100 80GB HBM3")
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", out, "--reference", ref)
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    assert report["passing_policy"] == "fp16+res32"
+    assert all(a["speedup_vs_fp32"] is None and a["memory_ratio_vs_fp32"] is None for a in report["attempts"][1:])
+    assert any("NVIDIA H100 80GB HBM3 (cuda:0)" in note and "not reported" in note for note in report["notes"])
