@@ -43,7 +43,12 @@ SequencesOption = Annotated[
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run; auto picks CUDA when present.")]
 MaxTokensOption = Annotated[
-    int, typer.Option("--max-tokens", min=1, help="Token budget per batch (rows x padded length).")
+    str,
+    typer.Option(
+        "--max-tokens",
+        metavar="auto|N",
+        help="Token budget per batch (rows x padded length), or auto: from free GPU memory and the model's size (8192 on CPU).",
+    ),
 ]
 MaxLengthOption = Annotated[
     Optional[int],
@@ -74,6 +79,16 @@ SearchOption = Annotated[
     bool,
     typer.Option("--search", help="If full FP16 fails, bisect for the fewest transformer blocks to keep in FP32."),
 ]
+SaveReferenceOption = Annotated[
+    Optional[Path],
+    typer.Option("--save-reference", help="Write the FP32 reference embeddings to this .npz, for reruns with --reference."),
+]
+ReferenceOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--reference", help="Compare with the FP32 embeddings saved by --save-reference instead of computing them."
+    ),
+]
 SavePolicyOption = Annotated[
     Optional[Path],
     typer.Option("--save-policy", help="Write the recommended policy (the one that passed, or its faster fused-attention variant that passed too) to this JSON file, for fp16guard.apply_policy."),
@@ -100,7 +115,7 @@ def validate_esm2(
     ] = None,
     sequences: SequencesOption = None,
     device: DeviceOption = Device.auto,
-    max_tokens: MaxTokensOption = 8192,
+    max_tokens: MaxTokensOption = "auto",
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
@@ -109,6 +124,8 @@ def validate_esm2(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    save_reference: SaveReferenceOption = None,
+    reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
@@ -127,7 +144,7 @@ def validate_hf(
     pooling: PoolingOption = Pooling.mean,
     trust_remote_code: TrustRemoteCodeOption = False,
     device: DeviceOption = Device.auto,
-    max_tokens: MaxTokensOption = 8192,
+    max_tokens: MaxTokensOption = "auto",
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
@@ -136,6 +153,8 @@ def validate_hf(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    save_reference: SaveReferenceOption = None,
+    reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
@@ -159,7 +178,7 @@ def validate_dnabert(
         typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
     ] = False,
     device: DeviceOption = Device.auto,
-    max_tokens: MaxTokensOption = 8192,
+    max_tokens: MaxTokensOption = "auto",
     max_length: Annotated[
         Optional[int], typer.Option("--max-length", min=1, help="Truncate sequences to this many tokens (default: no limit).")
     ] = None,
@@ -170,6 +189,8 @@ def validate_dnabert(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    save_reference: SaveReferenceOption = None,
+    reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
@@ -187,7 +208,7 @@ def validate_antiberty(
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
     device: DeviceOption = Device.auto,
-    max_tokens: MaxTokensOption = 8192,
+    max_tokens: MaxTokensOption = "auto",
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
@@ -196,6 +217,8 @@ def validate_antiberty(
     full_ladder: FullLadderOption = False,
     also_try: TryOption = None,
     save_policy: SavePolicyOption = None,
+    save_reference: SaveReferenceOption = None,
+    reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
     out: OutOption = Path("fp16guard-report"),
@@ -210,14 +233,14 @@ def _settings(options: dict) -> dict:
     """The options every validate command shares, from a command's locals()."""
     names = (
         "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
-        "full_ladder", "also_try", "save_policy", "profile", "search", "out",
+        "full_ladder", "also_try", "save_policy", "profile", "search", "out", "save_reference", "reference",
     )
     return {name: options[name] for name in names}
 
 
 def run_validation(
     target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences, device,
-    **settings,
+    max_tokens, save_reference, reference, **settings,
 ) -> None:
     """Build the config, run the workflow with live progress, write the report, exit."""
     from . import render
@@ -225,6 +248,9 @@ def run_validation(
     console = render.stderr_console()
     if policy and no_fallback:
         render.error(console, "use either --policy or --no-fallback, not both")
+        raise typer.Exit(2)
+    if max_tokens != "auto" and not (max_tokens.isdigit() and int(max_tokens) >= 1):
+        render.error(console, f"--max-tokens must be auto or a positive whole number, not {max_tokens!r}")
         raise typer.Exit(2)
     try:
         from fp16guard.config import Thresholds, ValidationConfig
@@ -237,6 +263,9 @@ def run_validation(
             policies=(policy,) if policy else ("fp16",) if no_fallback else None,
             stop_at_first_pass=not full_ladder,
             also_try=tuple(also_try or ()),
+            max_tokens=None if max_tokens == "auto" else int(max_tokens),
+            save_reference=str(save_reference) if save_reference else None,
+            reference=str(reference) if reference else None,
             **settings,
         )
         with render.LiveProgress(console) as progress:

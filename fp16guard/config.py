@@ -27,7 +27,7 @@ class ValidationConfig:
 
     thresholds: Thresholds = field(default_factory=Thresholds)
     device: str = "auto"
-    max_tokens: int = 8192
+    max_tokens: int | None = None  # tokens per batch; None derives it from free memory (budget.py)
     max_length: int | None = None  # residues; None means the target's own limit
     layer: int | None = None  # None means the last layer
     policies: tuple[str, ...] | None = None  # None means the whole fallback ladder
@@ -38,3 +38,5 @@ class ValidationConfig:
     # Per-token metrics need the FP32 reference's token states kept on the host; beyond this
     # many bytes they are kept for the first batches only, and the report says how many.
     token_reference_budget_bytes: int = 4 * 1024**3
+    save_reference: str | None = None  # write the FP32 reference (.npz) here after computing it
+    reference: str | None = None  # load the FP32 reference from this .npz instead of computing it

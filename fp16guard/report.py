@@ -43,6 +43,7 @@ class Attempt:
     reason: str
     metrics: dict | None = None
     layers: list[dict] | None = None  # per-block profile (--profile)
+    source: str | None = None  # the file a saved FP32 reference was loaded from (--reference)
 
     @property
     def name(self) -> str:
@@ -100,7 +101,7 @@ class Report:
                 delta = _delta(previous.get("min_cosine"), m.get("min_cosine"))
             rows.append(
                 {
-                    "policy": attempt.name + (" (ref)" if attempt.role == "reference" else ""),
+                    "policy": attempt.name + ((" (saved ref)" if attempt.source else " (ref)") if attempt.role == "reference" else ""),
                     "min cos": fmt_cos(m.get("min_cosine")) if m else "-",
                     "mean cos": fmt_cos(m.get("mean_cosine")) if m else "-",
                     "vs previous": delta,

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .budget import auto_max_tokens
 from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError, UnsupportedPolicyError
@@ -19,6 +20,7 @@ from .report import Attempt, Report, finite_or_none
 from .profile import profile_policy
 from .search import search_fp32_islands
 from .progress import Progress
+from .reference import SavedReference, library_versions, load_reference, reference_metadata, save_reference
 from .runner import RunResult, run_policy
 from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
 from .targets import get_target
@@ -148,6 +150,20 @@ def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None,
     return None
 
 
+def token_budget(
+    config: ValidationConfig, loaded: LoadedModel, device: torch.device, length: int, saved: SavedReference | None
+) -> tuple[int, str]:
+    """Tokens per batch and where the number came from: --max-tokens, the saved reference's own
+    (so that a rerun replays its batches), or derived from free memory (``length``: the longest
+    padded sequence)."""
+    if config.max_tokens is not None:
+        return config.max_tokens, "--max-tokens"
+    if saved is not None and saved.meta.get("max_tokens"):
+        return int(saved.meta["max_tokens"]), f"the budget of the saved reference {saved.path}, so that its batches are replayed"
+    # With --profile the FP32 and FP16 models are on the device together.
+    return auto_max_tokens(loaded.module, loaded.num_parameters, device, length, 1.5 if config.profile else 1.0)
+
+
 def policies_to_try(config: ValidationConfig) -> list[Policy]:
     """The ladder, or the policies the user named."""
     if config.policies is None:
@@ -164,12 +180,17 @@ def validate(
 ) -> Report:
     """Run the FP32 reference and the policies to try; return the Report (never raises for an
     accuracy failure: ``report.passed`` says it). Raises Fp16GuardError for bad input,
-    missing weights, or a broken FP32 reference."""
+    missing weights, or a broken FP32 reference. ``config.reference`` loads the FP32 reference
+    from a file instead of computing it (InputError if it was saved for another run);
+    ``config.save_reference`` writes it after computing it."""
     progress = progress or Progress()
     target = get_target(target_name)
     policies = policies_to_try(config)
     extras = [get_policy(p) for p in config.also_try]
     device = resolve_device(config.device)
+    if config.reference and config.save_reference:
+        raise InputError("use either --reference or --save-reference, not both")
+    saved = load_reference(config.reference) if config.reference else None
 
     seq_path = Path(sequences) if sequences else bundled_path(target.default_sequences)
     records: SequenceSet = read_fasta(seq_path, target.input_alphabet, "sequence")
@@ -186,6 +207,8 @@ def validate(
         progress.warn(message)
         notes.append(message)
 
+    if saved is not None:  # before the weights load, which takes a while
+        saved.check(target=target_name, dataset_sha256=records.sha256, versions=library_versions(target_name))
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)
     check_alphabet(records, loaded.alphabet, f"{loaded.name}'s vocabulary")
@@ -207,7 +230,10 @@ def validate(
         message = f"{len(truncated)} sequence(s) longer than {max_length} tokens were truncated"
         progress.warn(message)
         notes.append(message + " (listed under dataset.truncated)")
-    batches = prepare_batches(target, loaded, texts, lengths, config.max_tokens)
+    if saved is not None:
+        saved.check(weights_sha256=loaded.weights_sha256, layer=layer, pooling=source.pooling, max_length=max_length, ids=ids)
+    max_tokens, budget_reason = token_budget(config, loaded, device, max(lengths) + target.special_tokens_per_row, saved)
+    batches = prepare_batches(target, loaded, texts, lengths, max_tokens)
 
     def run(policy: Policy, reference: RunResult | None = None, keep: int = 0) -> RunResult:
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
@@ -216,7 +242,7 @@ def validate(
         except torch.OutOfMemoryError:
             raise Fp16GuardError(
                 f"out of GPU memory under {policy.name}, with batches split down to single sequences; "
-                f"lower --max-length or --max-tokens (now {config.max_tokens})"
+                f"lower --max-length or --max-tokens (now {max_tokens})"
             ) from None
         if result.oom_splits:
             message = f"{policy.name}: {result.oom_splits} batch(es) ran out of GPU memory and were split in half; no sequence was lost (a lower --max-tokens avoids the retries)"
@@ -224,16 +250,35 @@ def validate(
             notes.append(message)
         return result
 
-    reference = run(FP32, keep=config.token_reference_budget_bytes)
-    covered = sum(len(b.indices) for b, s in zip(batches, reference.token_states) if s is not None)
-    if covered < len(texts):
+    env = environment(device)
+    if saved is None:
+        reference = run(FP32, keep=config.token_reference_budget_bytes)
+        covered = sum(len(b.indices) for b, s in zip(batches, reference.token_states) if s is not None)
+        if covered < len(texts):
+            notes.append(
+                f"per-token metrics cover {covered} of {len(texts)} sequences (the FP32 token states "
+                "kept for them are capped in memory); pooled metrics cover all"
+            )
+    else:
+        reference = saved.run_result(len(batches))
         notes.append(
-            f"per-token metrics cover {covered} of {len(texts)} sequences (the FP32 token states "
-            "kept for them are capped in memory); pooled metrics cover all"
+            f"FP32 reference loaded from {saved.path}, not computed: per-token metrics are skipped (a saved "
+            "reference holds pooled embeddings only); pooled metrics and the NaN/Inf scan of every hidden state still run"
         )
     # The reference is checked before any attempt: a NaN there is an error, not a pass.
     check_reference(reference.pooled, ids)
+    if config.save_reference:
+        save_reference(
+            config.save_reference, reference.pooled, ids,
+            reference_metadata(
+                reference, target=target_name, model=loaded.name, weights_sha256=loaded.weights_sha256,
+                dataset=records.name, dataset_sha256=records.sha256, layer=layer, pooling=source.pooling,
+                max_length=max_length, max_tokens=max_tokens, environment=env,
+            ),
+        )
     attempts = [_attempt(reference, None, None)]
+    if saved is not None:
+        same_device = saved.describe(attempts[0], env, notes)
     passing: Policy | None = None
 
     def judge(policy: Policy, role: str = "attempt") -> Attempt:
@@ -274,6 +319,9 @@ def validate(
         attempts.append(judge(policy, role="comparison"))
 
     reference.token_states.clear()
+    if saved is not None and not same_device:
+        for attempt in attempts[1:]:
+            attempt.speedup_vs_fp32 = attempt.memory_ratio_vs_fp32 = None
     if passing:
         summary = f"PASS: {loaded.name} meets the threshold under policy '{passing.name}' ({passing.describe()})."
         if recommended is not None:
@@ -284,7 +332,7 @@ def validate(
     return Report(
         tool={"name": "fp16guard", "version": _version()},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        environment=environment(device),
+        environment=env,
         model={
             "target": target_name,
             "name": loaded.name,
@@ -302,7 +350,8 @@ def validate(
             "lengths": records.length_stats(),
             "max_length": max_length,
             "truncated": [ids[i] for i in truncated],
-            "max_tokens": config.max_tokens,
+            "max_tokens": max_tokens,
+            "max_tokens_reason": budget_reason,
             "batches": len(batches),
         },
         thresholds={"min_cosine": config.thresholds.min_cosine, "allow_nonfinite": False},

@@ -51,3 +51,20 @@ def test_a_single_sequence_that_does_not_fit_is_an_error(checkpoints):
     batches = prepare_batches(TARGET, loaded, SEQUENCES, TARGET.measure(loaded, SEQUENCES), max_tokens=10_000)
     with pytest.raises(torch.OutOfMemoryError):
         run_policy(SmallMemory(0), loaded, get_policy("fp16"), batches, len(SEQUENCES), torch.device("cpu"), 3, measure=False)
+
+
+def test_the_report_counts_every_input_sequence_after_splits(checkpoints, tmp_path, monkeypatch):
+    from fp16guard import workflow
+    from fp16guard.config import ValidationConfig
+
+    fasta = tmp_path / "five.fasta"
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(SEQUENCES)))
+    monkeypatch.setattr(workflow, "get_target", lambda name: SmallMemory(2))
+    config = ValidationConfig(device="cpu", policies=("fp16",))
+    report = workflow.validate("esm2", config, ModelSource(weights=checkpoints["healthy"]), sequences=fasta)
+    assert report.dataset["sequences"] == len(SEQUENCES)
+    for attempt in report.attempts[1:]:
+        assert attempt.metrics["sequences"] == len(SEQUENCES)
+        assert len(attempt.metrics["cosines"]) == len(SEQUENCES) and None not in attempt.metrics["cosines"]
+        assert attempt.timing["tokens"] == report.attempts[0].timing["tokens"]
+    assert any("split in half; no sequence was lost" in note for note in report.notes)
