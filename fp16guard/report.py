@@ -42,6 +42,8 @@ class Attempt:
     reason: str
     metrics: dict | None = None
     layers: list[dict] | None = None  # per-block profile (--profile)
+    placement: str | None = None  # where it ran: a device, or the GPUs its blocks were spread over
+    ranks: list[dict] | None = None  # per-rank figures of a distributed run
 
     @property
     def name(self) -> str:
