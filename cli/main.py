@@ -250,14 +250,21 @@ def run_validation(
     if policy and no_fallback:
         render.error(console, "use either --policy or --no-fallback, not both")
         raise typer.Exit(2)
+    from fp16guard.launch import from_env, launch
+
+    if gpus and from_env() is None:
+        try:
+            code = launch(sys.argv[1:], gpus, device.value)
+        except Fp16GuardError as exc:
+            render.error(console, str(exc))
+            code = exc.exit_code
+        raise typer.Exit(code)
     from fp16guard import distributed
 
     world = None
     error: Fp16GuardError | None = None
     report = None
     try:
-        if gpus and distributed.from_env() is None:
-            raise typer.Exit(distributed.launch(sys.argv[1:], gpus, device.value))
         from fp16guard.config import Thresholds, ValidationConfig
         from fp16guard.progress import Progress
         from fp16guard.report import write_policy, write_report
