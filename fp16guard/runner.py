@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -199,6 +200,8 @@ def run_policy(
             repeats += 1
 
     del model
+    if spread:
+        gc.collect()  # accelerate's hooks and the modules refer to each other
     if cuda:
         torch.cuda.empty_cache()
     timing = Timing(
