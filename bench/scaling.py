@@ -86,11 +86,52 @@ def embedding_seconds(report: dict) -> float:
     return sum(a["timing"]["seconds"] or 0.0 for a in report["attempts"])
 
 
+def scaling(args, cli: list[str], tmp: Path, summary: dict) -> None:
+    """One GPU against --gpus N on the same sequences; fills ``summary``."""
+    fasta = args.out / "sequences.fasta"
+    summary["dataset"] = protein_set(fasta, args.sequences)
+    layers, dim, heads = ARCHITECTURES[args.arch]
+    start = time.perf_counter()
+    weights = write_checkpoint(tmp / f"esm2_{args.arch}.pt", layers=layers, dim=dim, heads=heads)
+    summary["checkpoint_seconds"] = time.perf_counter() - start
+    common = ["--weights", str(weights), "-s", str(fasta), "--device", args.device, "--max-tokens", args.max_tokens]
+    runs = {}
+    for name, extra in (("1gpu", []), (f"{args.gpus}gpu", ["--gpus", str(args.gpus)])):
+        code, wall = run([*cli, *common, "-o", str(args.out / name), *extra], args.out / f"{name}.log")
+        report = json.loads((args.out / name / "report.json").read_text()) if (args.out / name / "report.json").is_file() else None
+        runs[name] = {"exit_code": code, "wall_seconds": wall, "report": report}
+    one, many = runs["1gpu"], runs[f"{args.gpus}gpu"]
+    summary["runs"] = {
+        name: {
+            "exit_code": r["exit_code"],
+            "wall_seconds": r["wall_seconds"],
+            "embedding_seconds": embedding_seconds(r["report"]) if r["report"] else None,
+            "passing_policy": r["report"]["passing_policy"] if r["report"] else None,
+            "devices": [x["device_name"] for x in r["report"]["environment"].get("ranks", [r["report"]["environment"]])] if r["report"] else None,
+            "attempts": [
+                {"policy": a["policy"]["name"], "seconds": a["timing"]["seconds"], "tokens_per_second": a["timing"]["tokens_per_second"],
+                 "peak_memory_bytes": a["peak_memory_bytes"], "ranks": a.get("ranks")}
+                for a in r["report"]["attempts"]
+            ] if r["report"] else None,
+        }
+        for name, r in runs.items()
+    }
+    if one["report"] and many["report"]:
+        summary["agreement"] = agreement(one["report"], many["report"])
+        speedup = one["wall_seconds"] / many["wall_seconds"]
+        embed = embedding_seconds(one["report"]) / embedding_seconds(many["report"])
+        summary["scaling"] = {
+            "wall_speedup": speedup, "wall_efficiency": speedup / args.gpus,
+            "embedding_speedup": embed, "embedding_efficiency": embed / args.gpus,
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="650M", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--sequences", type=int, default=4000)
+    parser.add_argument("--sequences", type=int, default=10000)
+    parser.add_argument("--no-scaling", action="store_true", help="only the --big-arch run")
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--max-tokens", default="16384")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (gloo)")
@@ -98,45 +139,11 @@ def main() -> int:
     parser.add_argument("--big-sequences", type=int, default=400)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    fasta = args.out / "sequences.fasta"
-    data = protein_set(fasta, args.sequences)
-    summary: dict = {"dataset": data, "arch": args.arch, "gpus": args.gpus, "max_tokens": int(args.max_tokens)}
+    summary: dict = {"arch": args.arch, "gpus": args.gpus, "max_tokens": int(args.max_tokens), "runs": {}}
     cli = [sys.executable, "-m", "fp16guard_cli", "validate", "esm2"]
     with tempfile.TemporaryDirectory() as tmp:
-        layers, dim, heads = ARCHITECTURES[args.arch]
-        start = time.perf_counter()
-        weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}.pt", layers=layers, dim=dim, heads=heads)
-        summary["checkpoint_seconds"] = time.perf_counter() - start
-        common = ["--weights", str(weights), "-s", str(fasta), "--device", args.device, "--max-tokens", args.max_tokens]
-        runs = {}
-        for name, extra in (("1gpu", []), (f"{args.gpus}gpu", ["--gpus", str(args.gpus)])):
-            code, wall = run([*cli, *common, "-o", str(args.out / name), *extra], args.out / f"{name}.log")
-            report = json.loads((args.out / name / "report.json").read_text()) if (args.out / name / "report.json").is_file() else None
-            runs[name] = {"exit_code": code, "wall_seconds": wall, "report": report}
-        one, many = runs["1gpu"], runs[f"{args.gpus}gpu"]
-        summary["runs"] = {
-            name: {
-                "exit_code": r["exit_code"],
-                "wall_seconds": r["wall_seconds"],
-                "embedding_seconds": embedding_seconds(r["report"]) if r["report"] else None,
-                "passing_policy": r["report"]["passing_policy"] if r["report"] else None,
-                "devices": [x["device_name"] for x in r["report"]["environment"].get("ranks", [r["report"]["environment"]])] if r["report"] else None,
-                "attempts": [
-                    {"policy": a["policy"]["name"], "seconds": a["timing"]["seconds"], "tokens_per_second": a["timing"]["tokens_per_second"],
-                     "peak_memory_bytes": a["peak_memory_bytes"], "ranks": a.get("ranks")}
-                    for a in r["report"]["attempts"]
-                ] if r["report"] else None,
-            }
-            for name, r in runs.items()
-        }
-        if one["report"] and many["report"]:
-            summary["agreement"] = agreement(one["report"], many["report"])
-            speedup = one["wall_seconds"] / many["wall_seconds"]
-            embed = embedding_seconds(one["report"]) / embedding_seconds(many["report"])
-            summary["scaling"] = {
-                "wall_speedup": speedup, "wall_efficiency": speedup / args.gpus,
-                "embedding_speedup": embed, "embedding_efficiency": embed / args.gpus,
-            }
+        if not args.no_scaling:
+            scaling(args, cli, Path(tmp), summary)
         if args.big_arch:
             big_fasta = args.out / "sequences-big.fasta"
             protein_set(big_fasta, args.big_sequences, seed=1)
@@ -161,19 +168,21 @@ def main() -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "summary.md").write_text(markdown(summary) + "\n")
     print(markdown(summary))
-    return 0 if summary.get("agreement", {}).get("same_verdict") else 1
+    return 0 if args.no_scaling or summary.get("agreement", {}).get("same_verdict") else 1
 
 
 def markdown(s: dict) -> str:
-    d = s["dataset"]
-    lines = [
-        f"# Data-parallel scaling: ESM-2 {s['arch']} architecture, random weights, --max-tokens {s['max_tokens']}",
-        "",
-        f"{d['sequences']} sequences, {d['residues']:,} residues, {d['min']}-{d['max']} (median {d['median']})",
-        "",
-        "| run | GPUs | exit | wall s | embedding s | passing policy |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = ["# fp16guard on several GPUs (random-weight ESM-2 checkpoints)", ""]
+    if "dataset" in s:
+        d = s["dataset"]
+        lines += [
+            f"## Data-parallel scaling: {s['arch']} architecture, --max-tokens {s['max_tokens']}",
+            "",
+            f"{d['sequences']} sequences, {d['residues']:,} residues, {d['min']}-{d['max']} (median {d['median']})",
+            "",
+            "| run | GPUs | exit | wall s | embedding s | passing policy |",
+            "|---|---|---|---|---|---|",
+        ]
     for name, r in s["runs"].items():
         embed = f"{r['embedding_seconds']:.1f}" if r["embedding_seconds"] is not None else "-"
         lines.append(f"| {name} | {', '.join(r['devices'] or [])} | {r['exit_code']} | {r['wall_seconds']:.1f} | {embed} | {r['passing_policy']} |")

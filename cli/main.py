@@ -313,7 +313,7 @@ def _exit(code: int) -> None:
 
     from fp16guard import distributed
 
-    world = distributed.current()
+    world = distributed.from_env()
     distributed.shutdown()
     code_file = os.environ.get(distributed.EXIT_CODE_FILE_ENV)
     if world is not None and code_file:

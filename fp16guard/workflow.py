@@ -42,7 +42,9 @@ def resolve_placement(name: str) -> tuple[torch.device, bool]:
     if name == "map":
         if distributed.current() is not None:
             raise InputError("'map' spreads one model over every GPU; it cannot be combined with several processes")
-        return resolve_device("cuda:0"), True
+        if not torch.cuda.is_available():
+            raise Fp16GuardError("'map' spreads the model over GPUs, and no CUDA device is visible to PyTorch")
+        return torch.device("cuda", 0), True
     return distributed.local_device(resolve_device(name)), False
 
 
