@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +32,7 @@ class Device(str, Enum):
     auto = "auto"
     cuda = "cuda"
     cpu = "cpu"
+    map = "map"
 
 
 class Pooling(str, Enum):
@@ -41,7 +44,18 @@ SequencesOption = Annotated[
     Optional[Path],
     typer.Option("--sequences", "-s", help="FASTA file to embed (default: the bundled reference set)."),
 ]
-DeviceOption = Annotated[Device, typer.Option(help="Where to run; auto picks CUDA when present.")]
+DeviceOption = Annotated[
+    Device,
+    typer.Option(help="Where to run; auto picks CUDA when present; map spreads the model's blocks over every GPU (needs accelerate)."),
+]
+ReferenceDeviceOption = Annotated[
+    Optional[Device],
+    typer.Option("--reference-device", help="Where the FP32 reference runs, if not where --device says (cpu, or map for a model too big for one GPU)."),
+]
+GpusOption = Annotated[
+    Optional[int],
+    typer.Option("--gpus", min=1, help="Start this many processes under torchrun, one GPU each (with --device cpu: on the CPU), and split the batches between them."),
+]
 MaxTokensOption = Annotated[
     str,
     typer.Option(
@@ -115,6 +129,8 @@ def validate_esm2(
     ] = None,
     sequences: SequencesOption = None,
     device: DeviceOption = Device.auto,
+    reference_device: ReferenceDeviceOption = None,
+    gpus: GpusOption = None,
     max_tokens: MaxTokensOption = "auto",
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
@@ -144,6 +160,8 @@ def validate_hf(
     pooling: PoolingOption = Pooling.mean,
     trust_remote_code: TrustRemoteCodeOption = False,
     device: DeviceOption = Device.auto,
+    reference_device: ReferenceDeviceOption = None,
+    gpus: GpusOption = None,
     max_tokens: MaxTokensOption = "auto",
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
@@ -178,6 +196,8 @@ def validate_dnabert(
         typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
     ] = False,
     device: DeviceOption = Device.auto,
+    reference_device: ReferenceDeviceOption = None,
+    gpus: GpusOption = None,
     max_tokens: MaxTokensOption = "auto",
     max_length: Annotated[
         Optional[int], typer.Option("--max-length", min=1, help="Truncate sequences to this many tokens (default: no limit).")
@@ -208,6 +228,8 @@ def validate_antiberty(
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
     device: DeviceOption = Device.auto,
+    reference_device: ReferenceDeviceOption = None,
+    gpus: GpusOption = None,
     max_tokens: MaxTokensOption = "auto",
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
@@ -234,15 +256,18 @@ def _settings(options: dict) -> dict:
     names = (
         "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
         "full_ladder", "also_try", "save_policy", "profile", "search", "out", "save_reference", "reference",
+        "reference_device", "gpus",
     )
     return {name: options[name] for name in names}
 
 
 def run_validation(
     target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences, device,
-    max_tokens, save_reference, reference, **settings,
+    max_tokens, save_reference, reference, reference_device, gpus, **settings,
 ) -> None:
-    """Build the config, run the workflow with live progress, write the report, exit."""
+    """Build the config, run the workflow with live progress, write the report, exit.
+
+    Under torchrun every rank runs this; rank 0 alone prints and writes the report."""
     from . import render
 
     console = render.stderr_console()
@@ -252,14 +277,31 @@ def run_validation(
     if max_tokens != "auto" and not (max_tokens.isdigit() and int(max_tokens) >= 1):
         render.error(console, f"--max-tokens must be auto or a positive whole number, not {max_tokens!r}")
         raise typer.Exit(2)
+
+    from fp16guard.launch import from_env, launch
+
+    if gpus and from_env() is None:
+        try:
+            code = launch(sys.argv[1:], gpus, device.value)
+        except Fp16GuardError as exc:
+            render.error(console, str(exc))
+            code = exc.exit_code
+        raise typer.Exit(code)
+    from fp16guard import distributed
+
+    world = None
+    error: Fp16GuardError | None = None
+    report = None
     try:
         from fp16guard.config import Thresholds, ValidationConfig
+        from fp16guard.progress import Progress
         from fp16guard.report import write_policy, write_report
         from fp16guard.workflow import validate
 
         config = ValidationConfig(
             thresholds=Thresholds(min_cosine=min_cosine),
             device=device.value,
+            reference_device=reference_device.value if reference_device else None,
             policies=(policy,) if policy else ("fp16",) if no_fallback else None,
             stop_at_first_pass=not full_ladder,
             also_try=tuple(also_try or ()),
@@ -268,19 +310,48 @@ def run_validation(
             reference=str(reference) if reference else None,
             **settings,
         )
-        with render.LiveProgress(console) as progress:
+        world = distributed.init(device.value)
+        main = world is None or world.main
+        with render.LiveProgress(console) if main else nullcontext(Progress()) as progress:
             report = validate(target, config, source, sequences=sequences, progress=progress)
-        paths = write_report(report, out)
-        if save_policy and report.passed:
+        paths = write_report(report, out) if main else []
+        if main and save_policy and report.passed:
             paths.append(write_policy(report, save_policy))
     except Fp16GuardError as exc:
-        render.error(console, str(exc))
-        raise typer.Exit(exc.exit_code) from None
+        error = exc
     except KeyboardInterrupt:
         render.error(console, "interrupted")
         raise typer.Exit(130) from None
-    render.summary(console, report, paths)
-    raise typer.Exit(report.exit_code)
+    main = world is None or world.main
+    if not isinstance(error, distributed.RankError):
+        # Every rank ends on the same status: one rank's failure outside the gathers (loading,
+        # writing) reaches the others here, or wherever they wait.
+        error = distributed.finish(world, error)
+    if error is not None:
+        if main:
+            render.error(console, str(error))
+        _exit(error.exit_code)
+    if main:
+        render.summary(console, report, paths)
+    _exit(report.exit_code)
+
+
+def _exit(code: int) -> None:
+    """Leave the process group and exit with ``code``. Started by ``--gpus``, rank 0 hands the
+    code to the launcher through a file and every rank exits 0, so that torchrun (which reports
+    any failure as 1, with a traceback) stays quiet; every rank has ended on the same status."""
+    import os
+
+    from fp16guard import distributed
+
+    world = distributed.from_env()
+    distributed.shutdown()
+    code_file = os.environ.get(distributed.EXIT_CODE_FILE_ENV)
+    if world is not None and code_file:
+        if world.main:
+            Path(code_file).write_text(f"{code}\n")
+        code = 0
+    raise typer.Exit(code)
 
 
 @app.command("list")

@@ -26,7 +26,8 @@ class ValidationConfig:
     """Everything that shapes a run apart from the model and the sequences."""
 
     thresholds: Thresholds = field(default_factory=Thresholds)
-    device: str = "auto"
+    device: str = "auto"  # auto, cuda, cpu, or map (blocks spread over every GPU)
+    reference_device: str | None = None  # where the FP32 reference runs; None: as ``device``
     max_tokens: int | None = None  # tokens per batch; None derives it from free memory (budget.py)
     max_length: int | None = None  # residues; None means the target's own limit
     layer: int | None = None  # None means the last layer

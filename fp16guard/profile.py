@@ -47,6 +47,16 @@ class LayerProfile:
             self.squared_reference += float((ref**2).sum())
             self.max_abs_activation = max(self.max_abs_activation, float(cand.abs().max()))
 
+    def merge(self, other: "LayerProfile") -> None:
+        """Add ``other``'s tokens (the same block, other batches) to this profile."""
+        self.min_cosine = min(self.min_cosine, other.min_cosine)
+        self.cosine_sum += other.cosine_sum
+        self.tokens += other.tokens
+        self.squared_error += other.squared_error
+        self.squared_reference += other.squared_reference
+        self.max_abs_activation = max(self.max_abs_activation, other.max_abs_activation)
+        self.nonfinite += other.nonfinite
+
     def to_dict(self) -> dict:
         mean = self.cosine_sum / self.tokens if self.tokens else math.nan
         relative = math.sqrt(self.squared_error / self.squared_reference) if self.squared_reference else math.nan
@@ -73,16 +83,16 @@ def _capture(blocks: list[nn.Module], orient, sink: list) -> list:
     return handles
 
 
-def profile_policy(
+def profile_batches(
     target: Target, loaded: LoadedModel, policy: Policy, batches: list[TokenBatch], device: torch.device, layer: int
-) -> list[dict]:
-    """Per-block agreement of ``policy`` with FP32, one entry per block, in order.
+) -> list[list[LayerProfile]]:
+    """Per batch, the agreement of each block's output under ``policy`` with FP32.
 
     Needs the FP32 and the candidate model in memory together."""
     reference, _ = build(target, loaded, FP32, device)
     candidate, _ = build(target, loaded, policy, device)
     ref_blocks, cand_blocks = target.blocks(reference), target.blocks(candidate)
-    stats = [LayerProfile(i + 1) for i in range(len(ref_blocks))]
+    per_batch = []
     ref_out: list = [None] * len(ref_blocks)
     cand_out: list = [None] * len(cand_blocks)
     handles = _capture(ref_blocks, target.block_orientation, ref_out)
@@ -94,12 +104,32 @@ def profile_policy(
                 mask = batch.pool_mask.to(device)
                 target.hidden_states(loaded, reference, tokens, layer)
                 target.hidden_states(loaded, candidate, tokens, layer)
+                stats = [LayerProfile(i + 1) for i in range(len(ref_blocks))]
                 for stat, ref, cand in zip(stats, ref_out, cand_out):
                     stat.update(ref[mask], cand[mask])
+                per_batch.append(stats)
     finally:
         for handle in handles:
             handle.remove()
-    return [s.to_dict() for s in stats]
+    return per_batch
+
+
+def combine_profiles(per_batch: list[list[LayerProfile]]) -> list[dict]:
+    """One entry per block over every batch, summed in batch order."""
+    total = [LayerProfile(p.layer) for p in per_batch[0]] if per_batch else []
+    for stats in per_batch:
+        for merged, stat in zip(total, stats):
+            merged.merge(stat)
+    return [s.to_dict() for s in total]
+
+
+def profile_policy(
+    target: Target, loaded: LoadedModel, policy: Policy, batches: list[TokenBatch], device: torch.device, layer: int
+) -> list[dict]:
+    """Per-block agreement of ``policy`` with FP32, one entry per block, in order.
+
+    Needs the FP32 and the candidate model in memory together."""
+    return combine_profiles(profile_batches(target, loaded, policy, batches, device, layer))
 
 
 def first_divergent_layer(layers: list[dict], min_cosine: float) -> dict | None:

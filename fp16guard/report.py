@@ -44,6 +44,8 @@ class Attempt:
     metrics: dict | None = None
     layers: list[dict] | None = None  # per-block profile (--profile)
     source: str | None = None  # the file a saved FP32 reference was loaded from (--reference)
+    placement: str | None = None  # where it ran: a device, or the GPUs its blocks were spread over
+    ranks: list[dict] | None = None  # per-rank figures of a distributed run
 
     @property
     def name(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ import torch
 from .metrics import TokenStats, count_nonfinite, masked_mean
 from .policy import Policy
 from .precision import AppliedPolicy
+from .placement import describe as placement_of
 from .progress import Progress
 from .targets.base import LoadedModel, Target, TokenBatch, build
 
@@ -43,6 +45,13 @@ class RunResult:
     token_nonfinite: tuple[int, int] = (0, 0)
     token_states: list[torch.Tensor | None] = field(default_factory=list)
     oom_splits: int = 0  # batches halved after running out of GPU memory
+    # Per batch, the token statistics of each row, in the order they were summed into
+    # ``token_stats`` (empty where no reference states were kept): lets a distributed run
+    # redo the sum in the single-process order, so the float totals match bit for bit.
+    token_rows: list[tuple[TokenStats, ...]] = field(default_factory=list)
+    kept_sequences: int = 0  # sequences whose token states were kept (for the reference)
+    placement: str = ""  # where the model ran: a device, or the GPUs its blocks were spread over
+    ranks: list[dict] | None = None  # per-rank figures of a distributed run
 
 
 MIN_TIMED_SECONDS = 2.0
@@ -100,17 +109,22 @@ def run_policy(
     reference: RunResult | None = None,
     keep_states_bytes: int = 0,
     measure: bool = True,
+    spread: bool = False,
 ) -> RunResult:
     """Build a fresh model under ``policy`` and embed every batch.
 
     With ``reference``, token-level statistics are gathered against its kept token states.
     ``keep_states_bytes`` > 0 keeps this pass's token states on the host, up to that many bytes.
     ``measure=False`` skips the warm-up and the repeated timing passes (for searches).
+    ``spread`` spreads the model's blocks over every visible GPU (``device`` is then the first);
+    peak memory is then the sum over the GPUs.
     """
     progress = progress or Progress()
     cuda = device.type == "cuda"
     start = time.perf_counter()
-    model, applied = build(target, loaded, policy, device)
+    model, applied = build(target, loaded, policy, device, spread)
+    gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if spread else [device]
+    placement = placement_of(model) if spread else str(device)
     _sync(device)
     build_seconds = time.perf_counter() - start
 
@@ -118,6 +132,7 @@ def run_policy(
     stats = TokenStats() if reference is not None else None
     nonfinite = [0, 0]
     kept: list[torch.Tensor | None] = []
+    rows_stats: list[tuple[TokenStats, ...]] = []
     kept_bytes = 0
     peak = 0
     seconds = 0.0
@@ -136,7 +151,8 @@ def run_policy(
             tokens = batch.tokens.to(device, non_blocking=True)
             mask = batch.pool_mask.to(device, non_blocking=True)
             if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
+                for gpu in gpus:
+                    torch.cuda.reset_peak_memory_stats(gpu)
             _sync(device)
             start = time.perf_counter()
             hidden = forward_splitting(target, loaded, model, tokens, layer, splits)
@@ -144,7 +160,9 @@ def run_policy(
             _sync(device)
             seconds += time.perf_counter() - start
             if cuda:
-                peak = max(peak, torch.cuda.max_memory_allocated(device))
+                for gpu in gpus[1:]:
+                    _sync(gpu)
+                peak = max(peak, sum(torch.cuda.max_memory_allocated(gpu) for gpu in gpus))
 
             if pooled is None:
                 pooled = torch.empty(count, rows.shape[-1], dtype=torch.float32)
@@ -152,11 +170,14 @@ def run_policy(
             nan, inf = count_nonfinite(hidden[mask])
             nonfinite[0] += nan
             nonfinite[1] += inf
+            batch_rows: list[TokenStats] = []
             if reference is not None and reference.token_states[number] is not None:
                 # Row by row: the float64 comparison of a whole batch would rival the model's
                 # own activations in memory.
                 for row, ref_row in enumerate(reference.token_states[number]):
-                    stats = stats + TokenStats.of_batch(ref_row[None].to(device), hidden[row : row + 1], mask[row : row + 1])
+                    batch_rows.append(TokenStats.of_batch(ref_row[None].to(device), hidden[row : row + 1], mask[row : row + 1]))
+                    stats = stats + batch_rows[-1]
+            rows_stats.append(tuple(batch_rows))
             if keep_states_bytes:
                 size = hidden.numel() * 4
                 if kept_bytes + size <= keep_states_bytes:
@@ -179,6 +200,8 @@ def run_policy(
             repeats += 1
 
     del model
+    if spread:
+        gc.collect()  # accelerate's hooks and the modules refer to each other
     if cuda:
         torch.cuda.empty_cache()
     timing = Timing(
@@ -199,4 +222,7 @@ def run_policy(
         token_nonfinite=(nonfinite[0], nonfinite[1]),
         oom_splits=splits[0],
         token_states=kept,
+        token_rows=rows_stats,
+        kept_sequences=sum(state.shape[0] for state in kept if state is not None),
+        placement=placement,
     )

@@ -11,17 +11,17 @@ from typing import Callable
 
 import torch
 
+from . import distributed
 from .budget import auto_max_tokens
 from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError, UnsupportedPolicyError
 from .policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy
 from .report import Attempt, Report, finite_or_none
-from .profile import profile_policy
 from .search import search_fp32_islands
 from .progress import Progress
 from .reference import SavedReference, library_versions, load_reference, reference_metadata, save_reference
-from .runner import RunResult, run_policy
+from .runner import RunResult
 from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
 from .targets import get_target
 from .targets.base import LoadedModel, ModelSource, Target, TokenBatch
@@ -36,6 +36,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu" or name.startswith("cuda"):
         return torch.device(name)
     raise InputError(f"--device must be auto, cuda or cpu, not {name!r}")
+
+
+def resolve_placement(name: str) -> tuple[torch.device, bool]:
+    """A device (each rank's own GPU under torchrun), or for ``map`` the first GPU and True:
+    the model's blocks spread over every visible GPU."""
+    if name == "map":
+        if distributed.current() is not None:
+            raise InputError("'map' spreads one model over every GPU; it cannot be combined with several processes")
+        if not torch.cuda.is_available():
+            raise Fp16GuardError("'map' spreads the model over GPUs, and no CUDA device is visible to PyTorch")
+        return torch.device("cuda", 0), True
+    return distributed.local_device(resolve_device(name)), False
 
 
 def environment(device: torch.device) -> dict:
@@ -69,12 +81,13 @@ def prepare_batches(
 
 
 def _attempt(
-    result: RunResult, reference: RunResult | None, comparison: Comparison | None, role: str = "attempt"
+    result: RunResult, reference: RunResult | None, comparison: Comparison | None, role: str = "attempt",
+    comparable: bool = True,
 ) -> Attempt:
     policy = result.applied.policy
     timing = {**asdict(result.timing), "tokens_per_second": result.timing.tokens_per_second}
     speedup = memory_ratio = None
-    if reference is not None:
+    if reference is not None and comparable:
         speedup = reference.timing.seconds / result.timing.seconds if result.timing.seconds else None
         if result.peak_memory_bytes and reference.peak_memory_bytes:
             memory_ratio = result.peak_memory_bytes / reference.peak_memory_bytes
@@ -91,6 +104,8 @@ def _attempt(
         passed=None if comparison is None else comparison.passed,
         reason="FP32 reference" if comparison is None else comparison.reason,
         metrics=None if comparison is None else finite_or_none(comparison.to_dict()),
+        placement=result.placement,
+        ranks=finite_or_none(result.ranks) if result.ranks else None,
     )
 
 
@@ -187,7 +202,9 @@ def validate(
     target = get_target(target_name)
     policies = policies_to_try(config)
     extras = [get_policy(p) for p in config.also_try]
-    device = resolve_device(config.device)
+    device, spread = resolve_placement(config.device)
+    ref_device, ref_spread = resolve_placement(config.reference_device) if config.reference_device else (device, spread)
+    comparable = (ref_device, ref_spread) == (device, spread)
     if config.reference and config.save_reference:
         raise InputError("use either --reference or --save-reference, not both")
     saved = load_reference(config.reference) if config.reference else None
@@ -235,10 +252,12 @@ def validate(
     max_tokens, budget_reason = token_budget(config, loaded, device, max(lengths) + target.special_tokens_per_row, saved)
     batches = prepare_batches(target, loaded, texts, lengths, max_tokens)
 
-    def run(policy: Policy, reference: RunResult | None = None, keep: int = 0) -> RunResult:
+    def run(policy: Policy, reference: RunResult | None = None, keep: int = 0, on=(device, spread)) -> RunResult:
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
         try:
-            result = run_policy(target, loaded, policy, batches, len(texts), device, layer, progress, reference, keep)
+            result = distributed.run_policy(
+                target, loaded, policy, batches, len(texts), on[0], layer, progress, reference, keep, spread=on[1]
+            )
         except torch.OutOfMemoryError:
             raise Fp16GuardError(
                 f"out of GPU memory under {policy.name}, with batches split down to single sequences; "
@@ -250,10 +269,15 @@ def validate(
             notes.append(message)
         return result
 
-    env = environment(device)
+    env = distributed.environment(environment(device))
     if saved is None:
-        reference = run(FP32, keep=config.token_reference_budget_bytes)
-        covered = sum(len(b.indices) for b, s in zip(batches, reference.token_states) if s is not None)
+        reference = run(FP32, keep=config.token_reference_budget_bytes, on=(ref_device, ref_spread))
+        if not comparable:
+            notes.append(
+                f"the FP32 reference ran on {reference.placement}, the attempts on {'GPUs (spread)' if spread else device}: "
+                "speed-up and memory ratio against FP32 are not reported"
+            )
+        covered = reference.kept_sequences
         if covered < len(texts):
             notes.append(
                 f"per-token metrics cover {covered} of {len(texts)} sequences (the FP32 token states "
@@ -267,7 +291,8 @@ def validate(
         )
     # The reference is checked before any attempt: a NaN there is an error, not a pass.
     check_reference(reference.pooled, ids)
-    if config.save_reference:
+    world = distributed.current()
+    if config.save_reference and (world is None or world.main):  # every rank holds the same reference
         save_reference(
             config.save_reference, reference.pooled, ids,
             reference_metadata(
@@ -287,19 +312,19 @@ def validate(
         comparison = compare(
             reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
         )
-        return _attempt(result, reference, comparison, role)
+        return _attempt(result, reference, comparison, role, comparable)
 
     def passes(policy: Policy) -> bool:
         """An untimed pass, for the search: does ``policy`` meet the threshold?"""
         progress.stage(f"search: {policy.describe()}")
-        result = run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False)
+        result = distributed.run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False, spread=spread)
         return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite))
 
     for policy in policies:
         attempts.append(judge(policy))
         if config.profile:
             progress.stage(f"{policy.name}: profiling every layer against FP32")
-            attempts[-1].layers = finite_or_none(profile_policy(target, loaded, policy, batches, device, layer))
+            attempts[-1].layers = finite_or_none(distributed.profile_policy(target, loaded, policy, batches, device, layer))
         if attempts[-1].passed:
             passing = passing or policy
             if config.stop_at_first_pass:

@@ -106,14 +106,21 @@ class Target(Protocol):
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy: ...
 
 
-def build(target: Target, loaded: LoadedModel, policy: Policy, device: torch.device) -> tuple[nn.Module, AppliedPolicy]:
-    """A fresh model from the loaded weights with ``policy`` applied, in eval mode on ``device``.
+def build(
+    target: Target, loaded: LoadedModel, policy: Policy, device: torch.device, spread: bool = False
+) -> tuple[nn.Module, AppliedPolicy]:
+    """A fresh model from the loaded weights with ``policy`` applied, in eval mode on ``device``
+    (with ``spread``: its blocks spread over every visible GPU, inputs and outputs on the first).
 
     A fresh copy per attempt means no state (such as a rotary cos/sin cache) leaks between
     precisions. The cast happens on the host, so FP16 attempts move half the bytes.
     """
     module = copy.deepcopy(loaded.module)
     applied = target.apply_policy(module, policy)
+    if spread:
+        from ..placement import spread as spread_over_gpus
+
+        return spread_over_gpus(module, {type(b).__name__ for b in target.blocks(module)})[0], applied
     return module.to(device).eval(), applied
 
 
