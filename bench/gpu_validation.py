@@ -55,7 +55,7 @@ def main() -> int:
             target = write_weights(args.format, args.arch, Path(tmp) / (name + suffix), plant, (args.search_layer or 2) - 1)
             written = time.perf_counter() - start
             cli = run_cli(
-                ["validate", *target, "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run),
+                ["validate", *target, "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run), "--careful-timing",
                  *extra, *(["--profile"] if args.profile else [])],
                 log=args.out / f"{run}.log",
             )

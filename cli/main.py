@@ -91,7 +91,11 @@ ProfileOption = Annotated[
 ]
 SearchOption = Annotated[
     bool,
-    typer.Option("--search", help="If full FP16 fails, bisect for the fewest transformer blocks to keep in FP32."),
+    typer.Option("--search", help="If full FP16 fails, bisect for the fewest FP32 islands: whole blocks, then their layer norms, attention or MLP."),
+]
+CarefulTimingOption = Annotated[
+    bool,
+    typer.Option("--careful-timing", help="Repeat embedding passes shorter than 2 s on a GPU and keep the fastest (steadier speed figures, longer run)."),
 ]
 SaveReferenceOption = Annotated[
     Optional[Path],
@@ -144,6 +148,7 @@ def validate_esm2(
     reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
+    careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -175,6 +180,7 @@ def validate_hf(
     reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
+    careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -213,6 +219,7 @@ def validate_dnabert(
     reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
+    careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
     offline: OfflineOption = False,
 ) -> None:
@@ -243,6 +250,7 @@ def validate_antiberty(
     reference: ReferenceOption = None,
     profile: ProfileOption = False,
     search: SearchOption = False,
+    careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""

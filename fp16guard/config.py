@@ -35,6 +35,9 @@ class ValidationConfig:
     stop_at_first_pass: bool = True
     also_try: tuple[str, ...] = ()  # reported beside the ladder, never part of the verdict
     profile: bool = False  # per-layer agreement of every attempt with FP32
+    # Repeat embedding passes shorter than 2 s on a GPU and keep the fastest: steadier speed
+    # figures for small sets, at the cost of wall time (off: one timed pass per policy).
+    careful_timing: bool = False
     search: bool = False  # when full FP16 fails: the fewest blocks to keep in FP32
     # Per-token metrics need the FP32 reference's token states kept on the host; beyond this
     # many bytes they are kept for the first batches only, and the report says how many.

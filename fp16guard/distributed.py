@@ -157,7 +157,7 @@ def finish(world: World | None, error: Fp16GuardError | None) -> Fp16GuardError 
 
 
 def run_policy(target, loaded, policy, batches, count, device, layer, progress=None, reference=None,
-               keep_states_bytes=0, measure=True, spread=False) -> RunResult:
+               keep_states_bytes=0, measure=True, spread=False, repeat=True) -> RunResult:
     """``runner.run_policy`` over this rank's share of ``batches``, gathered from every rank
     into the result a single process would return. Without a process group, exactly
     ``runner.run_policy``. The returned result's ``token_states`` are this rank's own (they
@@ -165,7 +165,7 @@ def run_policy(target, loaded, policy, batches, count, device, layer, progress=N
     world = current()
     if world is None:
         return _run_policy(target, loaded, policy, batches, count, device, layer, progress, reference,
-                           keep_states_bytes, measure, spread)
+                           keep_states_bytes, measure, spread, repeat)
     share = shard([b.tokens.numel() for b in batches], world.size)[world.rank]
     result: RunResult | None = None
 
@@ -173,7 +173,7 @@ def run_policy(target, loaded, policy, batches, count, device, layer, progress=N
         nonlocal result
         # The host-memory cap on kept token states is for the whole host, which the ranks share.
         result = _run_policy(target, loaded, policy, [batches[i] for i in share], count, device, layer,
-                             progress, reference, keep_states_bytes // world.size, measure, spread)
+                             progress, reference, keep_states_bytes // world.size, measure, spread, repeat)
         rows = [i for number in share for i in batches[number].indices]
         return {
             "batches": share,

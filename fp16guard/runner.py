@@ -110,6 +110,7 @@ def run_policy(
     keep_states_bytes: int = 0,
     measure: bool = True,
     spread: bool = False,
+    repeat: bool = True,
 ) -> RunResult:
     """Build a fresh model under ``policy`` and embed every batch.
 
@@ -193,7 +194,7 @@ def run_policy(
         # the fastest, as timeit's autorange does. CPU figures are for workflow tests only.
         repeats = 0
         spent = seconds
-        while measure and cuda and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
+        while measure and repeat and cuda and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
             again = _timed_pass(target, loaded, model, batches, device, layer)
             seconds = min(seconds, again)
             spent += again

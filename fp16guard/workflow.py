@@ -256,7 +256,8 @@ def validate(
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
         try:
             result = distributed.run_policy(
-                target, loaded, policy, batches, len(texts), on[0], layer, progress, reference, keep, spread=on[1]
+                target, loaded, policy, batches, len(texts), on[0], layer, progress, reference, keep, spread=on[1],
+                repeat=config.careful_timing,
             )
         except torch.OutOfMemoryError:
             raise Fp16GuardError(
