@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", default="16384")
     parser.add_argument("--profile", action="store_true", help="pass --profile to every run")
     parser.add_argument("--search-layer", type=int, help="add a run with an MLP overflow in this block (from 1), with --search")
+    parser.add_argument("--only", nargs="+", metavar="RUN", help=f"run only these ({', '.join([*RUNS, SEARCH_RUN])})")
     parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert"], help="checkpoint format and target")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,8 @@ def main() -> int:
         runs = dict(RUNS)
         if args.search_layer:
             runs[SEARCH_RUN] = ("mlp", ["--search"])
+        if args.only:
+            runs = {run: spec for run, spec in runs.items() if run in args.only}
         for run, (plant, extra) in runs.items():
             start = time.perf_counter()
             name = f"dnabert_{args.arch}_{run}" if args.format == "dnabert" else f"esm2_{args.arch}_{run}"
