@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -122,6 +124,33 @@ def build(
 
         return spread_over_gpus(module, {type(b).__name__ for b in target.blocks(module)})[0], applied
     return module.to(device).eval(), applied
+
+
+@contextmanager
+def skipped_init():
+    """Build modules without their random initialisation, for weights that a checkpoint then
+    overwrites: drawing random numbers for every parameter is most of the time a large model
+    takes to load on the host (about two thirds for ESM-2 650M). Parameters that the checkpoint
+    does not fill hold arbitrary values: initialise those afterwards."""
+    names = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+             "xavier_uniform_", "xavier_normal_", "constant_", "zeros_", "ones_", "orthogonal_")
+    saved = {name: getattr(nn.init, name) for name in names if hasattr(nn.init, name)}
+    try:
+        for name in saved:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def hash_in_background(paths: Sequence[Path]) -> "Future[str]":
+    """``files_sha256`` in a thread (hashlib releases the GIL on large reads), so that hashing
+    overlaps reading and building the model; call ``.result()`` for the digest."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fp16guard-sha256")
+    future = executor.submit(files_sha256, list(paths))
+    executor.shutdown(wait=False)
+    return future
 
 
 def files_sha256(paths: Sequence[Path], chunk: int = 1 << 24) -> str:

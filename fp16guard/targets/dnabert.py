@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ModelLoadError
 from ..policy import Policy
 from ..precision import AppliedPolicy, Fp32LayerNorm, block_islands, cast_except, layer_norm_islands, part_islands
-from .base import LoadedModel, ModelSource, files_sha256
+from .base import LoadedModel, ModelSource, hash_in_background
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
 DEFAULT_MODEL = "zhihan1996/DNABERT-S"
@@ -279,6 +279,7 @@ class DnabertTarget(HfTarget):
         except (OSError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{model_dir}: cannot read config.json ({exc})") from None
         state, weight_files = read_state_dict(model_dir)
+        digest = hash_in_background(weight_files)
         with torch.device("meta"):
             module = DnaBertModel(config)
         expected = set(module.state_dict())
@@ -302,7 +303,7 @@ class DnabertTarget(HfTarget):
             source=str(model_dir),
             module=module.eval(),
             num_layers=config.num_hidden_layers,
-            weights_sha256=files_sha256(weight_files),
+            weights_sha256=digest.result(),
             alphabet=vocab_letters or "ACGTN",
             max_length=None,  # ALiBi: no position limit, memory is the limit
             extra={"tokenizer": tokenizer, "separator": "", "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},

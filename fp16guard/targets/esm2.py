@@ -25,7 +25,7 @@ from ..precision import (
     layer_norm_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, files_sha256
+from .base import LoadedModel, ModelSource, hash_in_background, skipped_init
 
 DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
@@ -209,24 +209,28 @@ class Esm2Target:
             if not path.is_file():
                 self._download(name, path, offline)
         data = _read_checkpoint(path)
+        digest = hash_in_background([path])
         model_cfg = data["cfg"]["model"]
+        has_regression = any(k.endswith("contact_head.regression.weight") for k in data["model"])
         import esm.pretrained
 
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), skipped_init():
                 # Contact-regression weights are not needed for embeddings.
                 warnings.filterwarnings("ignore", message="Regression weights not found")
                 module, alphabet = esm.pretrained.load_model_and_alphabet_core("esm2", data, None)
         except RuntimeError as exc:
             summary = str(exc).strip().splitlines()
             raise ModelLoadError(f"{path}: weights do not fit ESM-2 ({' '.join(summary)[:300]})") from None
+        if not has_regression:  # the one part a checkpoint may lack; unused for embeddings
+            module.contact_head.regression.reset_parameters()
         return LoadedModel(
             target=self.name,
             name=name,
             source=str(path),
             module=module.eval(),
             num_layers=int(model_cfg.encoder_layers),
-            weights_sha256=files_sha256([path]),
+            weights_sha256=digest.result(),
             alphabet=ALPHABET,
             max_length=MAX_RESIDUES,
             extra={"alphabet": alphabet},

@@ -28,7 +28,7 @@ from ..precision import (
     part_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, files_sha256
+from .base import LoadedModel, ModelSource, hash_in_background
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FP32_SOFTMAX = "fp16guard_fp32_softmax"
@@ -175,6 +175,7 @@ class HfTarget:
         weight_files = sorted(p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern))
         if not weight_files:
             raise ModelLoadError(f"{model_dir}: no weights (model.safetensors or pytorch_model.bin)")
+        digest = hash_in_background(weight_files)
         kwargs = {"local_files_only": True, "trust_remote_code": source.trust_remote_code}
         if "weights_only" in inspect.signature(PreTrainedModel.from_pretrained).parameters:
             kwargs["weights_only"] = True
@@ -206,7 +207,7 @@ class HfTarget:
             source=str(model_dir),
             module=module.eval(),
             num_layers=int(config.num_hidden_layers),
-            weights_sha256=files_sha256(weight_files),
+            weights_sha256=digest.result(),
             alphabet=alphabet,
             max_length=int(positions) - specials,
             extra={"tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},

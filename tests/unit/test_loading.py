@@ -1,0 +1,36 @@
+"""Loading skips the random initialisation the checkpoint overwrites: the loaded model must hold
+exactly the saved weights, and nothing left unfilled may hold arbitrary values."""
+
+import hashlib
+
+import torch
+from torch import nn
+
+from fp16guard.targets import get_target
+from fp16guard.targets.base import ModelSource, skipped_init
+from fp16guard.testing import build_model, save_checkpoint
+
+
+def test_esm2_load_gives_exactly_the_saved_weights_and_hash(tmp_path):
+    model = build_model(layers=2, seed=3)
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    loaded = get_target("esm2").load(ModelSource(weights=path))
+    saved = model.state_dict()
+    got = loaded.module.state_dict()
+    compared = [k for k in saved if not k.startswith("contact_head.regression")]
+    assert compared and all(torch.equal(saved[k], got[k]) for k in compared)
+    # Not in the checkpoint, so initialised afresh rather than left as arbitrary memory.
+    regression = loaded.module.contact_head.regression.weight
+    assert torch.isfinite(regression).all() and regression.abs().max() < 1
+    assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_skipped_init_restores_torch_init_functions():
+    before = nn.init.kaiming_uniform_
+    with skipped_init():
+        assert nn.init.kaiming_uniform_ is not before
+        layer = nn.Linear(4, 4)
+    assert nn.init.kaiming_uniform_ is before
+    torch.manual_seed(0)
+    assert nn.Linear(4, 4).weight.abs().max() > 0
+    assert layer.weight.shape == (4, 4)
