@@ -54,13 +54,13 @@ class Clock(Progress):
         return self.marks[i + 1][0] - self.marks[i][0]
 
 
-def bare_fp32(weights: Path, device: torch.device) -> dict:
+def bare_fp32(weights: Path, device: torch.device, fasta: Path | None = None) -> dict:
     """Load, then time building the FP32 model and one pass over the batches validate uses."""
     target = get_target("esm2")
     start = time.perf_counter()
     loaded = target.load(ModelSource(weights=weights))
     load = time.perf_counter() - start
-    records = read_fasta(bundled_path(target.default_sequences), target.input_alphabet, "sequence")
+    records = read_fasta(fasta or bundled_path(target.default_sequences), target.input_alphabet, "sequence")
     texts = [r.sequence for r in records.records]
     lengths = target.measure(loaded, texts)
     limit = loaded.max_length
@@ -89,10 +89,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_validate(weights: Path, config: ValidationConfig, out: Path) -> dict:
+def timed_validate(weights: Path, config: ValidationConfig, out: Path, fasta: Path | None = None) -> dict:
     clock = Clock()
     start = time.perf_counter()
-    report = validate("esm2", config, ModelSource(weights=weights), progress=clock)
+    report = validate("esm2", config, ModelSource(weights=weights), sequences=fasta, progress=clock)
     total = time.perf_counter() - start
     write_report(report, out)
     load = clock.load_seconds()
@@ -112,6 +112,7 @@ def main() -> int:
     parser.add_argument("--arch", default="650M", choices=sorted(ARCHITECTURES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cuda, or cpu to try the script on a tiny --arch")
+    parser.add_argument("--sequences", type=Path, help="a FASTA file instead of the bundled set (e.g. bench/scaling.py's)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible (use --device cpu to try the script)", file=sys.stderr)
@@ -123,14 +124,15 @@ def main() -> int:
         weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}.pt", layers=layers, dim=dim, heads=heads)
         reference = Path(tmp) / "reference.npz"
         bare_fp32(weights, device)  # warm-up: CUDA context, cuBLAS, lazy kernel loading
-        bare = bare_fp32(weights, device)
-        full = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",), save_reference=str(reference)), args.out / "full")
-        rerun = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",), reference=str(reference)), args.out / "rerun")
+        bare = bare_fp32(weights, device, args.sequences)
+        full = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",), save_reference=str(reference)), args.out / "full", args.sequences)
+        rerun = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",), reference=str(reference)), args.out / "rerun", args.sequences)
         reference_bytes = reference.stat().st_size
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
         "arch": args.arch,
+        "sequences": str(args.sequences) if args.sequences else "bundled protein_reference.fasta",
         "bare_fp32": bare,
         "full": full,
         "rerun": rerun,

@@ -49,13 +49,20 @@ def protein_set(path: Path, count: int, seed: int = 0) -> dict:
 
 
 def run(command: list[str], log: Path) -> tuple[int, float]:
-    """Run ``command``; returns its exit code and wall time, with its output in ``log``."""
+    """Run ``command``; returns its exit code and wall time, with its output in ``log``, each
+    line stamped with the seconds since the start (where the fixed costs go)."""
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    lines = []
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(f"[{time.perf_counter() - start:7.1f} s] {line.rstrip()}")
+        code = proc.wait()
     wall = time.perf_counter() - start
-    log.write_text(proc.stdout + proc.stderr)
-    print(proc.stderr[-3000:], file=sys.stderr)
-    return proc.returncode, wall
+    log.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-40:]), file=sys.stderr)
+    return code, wall
 
 
 def agreement(one: dict, many: dict) -> dict:
