@@ -34,3 +34,17 @@ def test_skipped_init_restores_torch_init_functions():
     torch.manual_seed(0)
     assert nn.Linear(4, 4).weight.abs().max() > 0
     assert layer.weight.shape == (4, 4)
+
+
+def test_esm2_tokens_equal_fair_esms_batch_converter(tmp_path):
+    import random
+
+    from fp16guard.targets.esm2 import ALPHABET
+
+    loaded = get_target("esm2").load(ModelSource(weights=save_checkpoint(build_model(layers=1), tmp_path / "m.pt")))
+    rng = random.Random(1)
+    sequences = ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 60))) for _ in range(25)]
+    tokens, mask, used = get_target("esm2").tokenize(loaded, sequences)
+    _, _, expected = loaded.extra["alphabet"].get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
+    assert torch.equal(tokens, expected)
+    assert mask.sum().item() == sum(map(len, sequences)) and used == mask.sum().item() + 2 * len(sequences)
