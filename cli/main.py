@@ -264,7 +264,7 @@ def _settings(options: dict) -> dict:
     names = (
         "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
         "full_ladder", "also_try", "save_policy", "profile", "search", "out", "save_reference", "reference",
-        "reference_device", "gpus",
+        "reference_device", "gpus", "careful_timing",
     )
     return {name: options[name] for name in names}
 

@@ -157,7 +157,7 @@ def finish(world: World | None, error: Fp16GuardError | None) -> Fp16GuardError 
 
 
 def run_policy(target, loaded, policy, batches, count, device, layer, progress=None, reference=None,
-               keep_states_bytes=0, measure=True, spread=False, repeat=True) -> RunResult:
+               keep_states_bytes=0, measure=True, spread=False, repeat=None) -> RunResult:
     """``runner.run_policy`` over this rank's share of ``batches``, gathered from every rank
     into the result a single process would return. Without a process group, exactly
     ``runner.run_policy``. The returned result's ``token_states`` are this rank's own (they

@@ -111,7 +111,7 @@ def run_policy(
     keep_states_bytes: int = 0,
     measure: bool = True,
     spread: bool = False,
-    repeat: bool = True,
+    repeat: bool | None = None,
 ) -> RunResult:
     """Build a fresh model under ``policy`` and embed every batch.
 
@@ -119,7 +119,8 @@ def run_policy(
     ``keep_states_bytes`` > 0 keeps this pass's token states on the host, up to that many bytes.
     ``measure=False`` skips the warm-up and the repeated timing passes (for searches).
     ``spread`` spreads the model's blocks over every visible GPU (``device`` is then the first);
-    peak memory is then the sum over the GPUs.
+    peak memory is then the sum over the GPUs. ``repeat``: repeat passes shorter than
+    MIN_TIMED_SECONDS and keep the fastest (None: on CUDA only).
     """
     progress = progress or Progress()
     cuda = device.type == "cuda"
@@ -193,10 +194,11 @@ def run_policy(
 
         # On a GPU, a pass shorter than MIN_TIMED_SECONDS is dominated by launch overheads and
         # one-time costs (lazy kernel loading per new shape); repeat it, timing only, and keep
-        # the fastest, as timeit's autorange does. CPU figures are for workflow tests only.
+        # the fastest, as timeit's autorange does (CPU figures are for workflow tests only).
         repeats = 0
         spent = seconds
-        while measure and repeat and cuda and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
+        wanted = cuda if repeat is None else repeat
+        while measure and wanted and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
             again = _timed_pass(target, loaded, model, batches, device, layer)
             seconds = min(seconds, again)
             spent += again

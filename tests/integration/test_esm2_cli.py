@@ -76,6 +76,19 @@ def test_no_fallback_and_single_policy(checkpoints, small_fasta, tmp_path):
     assert [a["policy"]["name"] for a in read_report(tmp_path / "b")["attempts"]] == ["fp32", "fp16+res32"]
 
 
+def test_careful_timing_repeats_short_passes_and_one_pass_is_timed_by_default(checkpoints, small_fasta, tmp_path):
+    passes = {}
+    for flag in ([], ["--careful-timing"]):
+        out = tmp_path / ("careful" if flag else "default")
+        result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out,
+                               "--device", "cpu", "--no-fallback", *flag)
+        assert result.exit_code == 0, text
+        passes[bool(flag)] = [a["timing"]["passes"] for a in read_report(out)["attempts"]]
+    assert passes[False] == [1, 1]
+    # The tiny model's passes take far less than 2 s, so each is repeated (at most 5 more times).
+    assert all(1 < n <= 6 for n in passes[True])
+
+
 def test_full_ladder_runs_every_rung_after_a_pass(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--full-ladder", "--device", "cpu")
