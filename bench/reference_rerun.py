@@ -2,6 +2,7 @@
 the saved reference, against the bare FP32 pass, on a random-weight ESM-2 checkpoint.
 
     python bench/reference_rerun.py --arch 650M --out results-ref/
+    python bench/reference_rerun.py --arch 650M --proteins 4000 --out results-ref-4000/
 
 All three run in this process on the bundled reference set with the same batches (the auto
 token budget); loading the weights from disk (with their SHA-256) is timed separately:
@@ -112,7 +113,8 @@ def main() -> int:
     parser.add_argument("--arch", default="650M", choices=sorted(ARCHITECTURES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cuda, or cpu to try the script on a tiny --arch")
-    parser.add_argument("--sequences", type=Path, help="a FASTA file instead of the bundled set (e.g. bench/scaling.py's)")
+    parser.add_argument("--sequences", type=Path, help="a FASTA file instead of the bundled set")
+    parser.add_argument("--proteins", type=int, help="instead, this many random proteins of 50-1000 residues (bench/scaling.py's set)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible (use --device cpu to try the script)", file=sys.stderr)
@@ -122,6 +124,11 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         weights = write_checkpoint(Path(tmp) / f"esm2_{args.arch}.pt", layers=layers, dim=dim, heads=heads)
+        if args.proteins:
+            from scaling import protein_set  # a sibling script
+
+            args.sequences = Path(tmp) / f"proteins-{args.proteins}.fasta"
+            protein_set(args.sequences, args.proteins)
         reference = Path(tmp) / "reference.npz"
         bare_fp32(weights, device)  # warm-up: CUDA context, cuBLAS, lazy kernel loading
         bare = bare_fp32(weights, device, args.sequences)
@@ -132,7 +139,7 @@ def main() -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
         "arch": args.arch,
-        "sequences": str(args.sequences) if args.sequences else "bundled protein_reference.fasta",
+        "sequences": f"{args.proteins} random proteins (bench/scaling.py)" if args.proteins else str(args.sequences) if args.sequences else "bundled protein_reference.fasta",
         "bare_fp32": bare,
         "full": full,
         "rerun": rerun,
