@@ -78,7 +78,7 @@ def agreement(one: dict, many: dict) -> dict:
             if x != y:
                 identical = False
                 worst = max(worst, abs((x or 0.0) - (y or 0.0)))
-    strip = lambda r: [{k: v for k, v in a.items() if k not in VOLATILE} for a in r["attempts"]]  # noqa: E731
+    strip = lambda r: [{k: v for k, v in a.items() if k not in VOLATILE} for a in r["attempts"]]
     return {
         "same_attempts": [a["policy"]["name"] for a in one["attempts"]] == [a["policy"]["name"] for a in many["attempts"]],
         "same_verdict": (one["passed"], one["passing_policy"]) == (many["passed"], many["passing_policy"]),

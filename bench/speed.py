@@ -342,7 +342,7 @@ def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy
                 continue
             try:
                 result = runner.run_policy(target, loaded, policy, [batch], len(batch.indices), device, layer)
-            except Exception as exc:  # noqa: BLE001 - a policy this target refuses, or out of memory: a row, not a crash
+            except Exception as exc:
                 message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 shape["runs"].append({**row, "note": f"failed: {message}"})
                 log(f"{name} {label}: {policy_name} failed: {message}")

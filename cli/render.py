@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from fp16guard.report import Report
 from fp16guard.progress import Progress as LibraryProgress
+from fp16guard.report import Report
 
 
 def stderr_console() -> Console:
@@ -40,7 +46,7 @@ class LiveProgress(LibraryProgress):
         )
         self.task = None
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
         self.bars.start()
         return self
 

@@ -59,7 +59,7 @@ class TokenStats:
     squared_reference: float = 0.0
 
     @classmethod
-    def of_batch(cls, reference: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> "TokenStats":
+    def of_batch(cls, reference: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> TokenStats:
         """Stats over the masked positions of [B, T, D] tensors; non-finite tokens are counted
         and left out of the cosine and error sums."""
         ref = reference[mask].double()
@@ -78,7 +78,7 @@ class TokenStats:
             squared_reference=float((ref**2).sum()),
         )
 
-    def __add__(self, other: "TokenStats") -> "TokenStats":
+    def __add__(self, other: TokenStats) -> TokenStats:
         return TokenStats(
             tokens=self.tokens + other.tokens,
             sequences=self.sequences + other.sequences,

@@ -99,7 +99,7 @@ class Policy:
         return {kind: sorted(grouped[kind]) for kind in PART_KINDS if kind in grouped}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Policy":
+    def from_dict(cls, data: dict) -> Policy:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -156,7 +156,7 @@ def fast_variant(policy: Policy) -> Policy:
     return next((p for p in POLICIES.values() if {**p.to_dict(), "name": None} == same), fast)
 
 
-def get_policy(spec: "str | Path | Policy | dict") -> Policy:
+def get_policy(spec: str | Path | Policy | dict) -> Policy:
     """A policy from a built-in name, a JSON file, a dict or a Policy."""
     if isinstance(spec, Policy):
         return spec

@@ -6,9 +6,9 @@ raises, so every island casts its inputs up and its output back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import UnsupportedPolicyError
 from .policy import Policy, get_policy
+
 
 @dataclass(frozen=True)
 class AppliedPolicy:
@@ -190,7 +191,7 @@ def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
     return AppliedPolicy(policy, tuple(names))
 
 
-def apply_policy(model: nn.Module, policy: "str | Path | Policy | dict") -> AppliedPolicy:
+def apply_policy(model: nn.Module, policy: str | Path | Policy | dict) -> AppliedPolicy:
     """Convert ``model`` in place to ``policy`` (a name, a JSON file, a dict or a Policy).
 
     Use it on an FP32 model, on the device it will run on, and do not cast the model

@@ -47,7 +47,7 @@ class LayerProfile:
             self.squared_reference += float((ref**2).sum())
             self.max_abs_activation = max(self.max_abs_activation, float(cand.abs().max()))
 
-    def merge(self, other: "LayerProfile") -> None:
+    def merge(self, other: LayerProfile) -> None:
         """Add ``other``'s tokens (the same block, other batches) to this profile."""
         self.min_cosine = min(self.min_cosine, other.min_cosine)
         self.cosine_sum += other.cosine_sum

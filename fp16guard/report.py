@@ -83,7 +83,7 @@ class Report:
         return finite_or_none(data)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Report":
+    def from_dict(cls, data: dict) -> Report:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ValueError(f"report schema version {version} is not {SCHEMA_VERSION}")

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .metrics import TokenStats, count_nonfinite, masked_mean
+from .placement import describe as placement_of
 from .policy import Policy
 from .precision import AppliedPolicy
-from .placement import describe as placement_of
 from .progress import Progress
 from .targets.base import LoadedModel, Target, TokenBatch, build
 

@@ -13,8 +13,8 @@ reference:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from .policy import FP16, PART_KINDS, Policy
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from .errors import Fp16GuardError, InputError
 

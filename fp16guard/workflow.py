@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -17,12 +17,25 @@ from .compare import Comparison, check_reference, compare
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError, UnsupportedPolicyError
 from .policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy
-from .report import Attempt, Report, finite_or_none
-from .search import search_fp32_islands
 from .progress import Progress
-from .reference import SavedReference, library_versions, load_reference, reference_metadata, save_reference
+from .reference import (
+    SavedReference,
+    library_versions,
+    load_reference,
+    reference_metadata,
+    save_reference,
+)
+from .report import Attempt, Report, finite_or_none
 from .runner import RunResult
-from .sequences import SequenceSet, bundled_path, check_alphabet, make_batches, read_fasta, replace_letters
+from .search import search_fp32_islands
+from .sequences import (
+    SequenceSet,
+    bundled_path,
+    check_alphabet,
+    make_batches,
+    read_fasta,
+    replace_letters,
+)
 from .targets import get_target
 from .targets.base import LoadedModel, ModelSource, Target, TokenBatch
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 
@@ -23,7 +24,7 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def get_target(name: str) -> "Target":
+def get_target(name: str) -> Target:
     """The target registered as ``name``."""
     try:
         module_name, attribute = REGISTRY[name].split(":")
@@ -32,7 +33,7 @@ def get_target(name: str) -> "Target":
     return getattr(import_module(module_name), attribute)
 
 
-def adapter_for(model: "nn.Module") -> "Callable[[nn.Module, Policy], AppliedPolicy]":
+def adapter_for(model: nn.Module) -> Callable[[nn.Module, Policy], AppliedPolicy]:
     """The policy converter for ``model``: its target's, or the generic one."""
     from ..precision import apply_generic
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -144,7 +145,7 @@ def skipped_init():
             setattr(nn.init, name, function)
 
 
-def hash_in_background(paths: Sequence[Path]) -> "Future[str]":
+def hash_in_background(paths: Sequence[Path]) -> Future[str]:
     """``files_sha256`` in a thread (hashlib releases the GIL on large reads), so that hashing
     overlaps reading and building the model; call ``.result()`` for the digest."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fp16guard-sha256")

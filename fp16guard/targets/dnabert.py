@@ -21,7 +21,14 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..policy import Policy
-from ..precision import AppliedPolicy, Fp32LayerNorm, block_islands, cast_except, layer_norm_islands, part_islands
+from ..precision import (
+    AppliedPolicy,
+    Fp32LayerNorm,
+    block_islands,
+    cast_except,
+    layer_norm_islands,
+    part_islands,
+)
 from .base import LoadedModel, ModelSource, hash_in_background
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
@@ -59,7 +66,7 @@ class DnaBertConfig:
     layer_norm_eps: float = 1e-12
 
     @classmethod
-    def from_json(cls, data: dict) -> "DnaBertConfig":
+    def from_json(cls, data: dict) -> DnaBertConfig:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 

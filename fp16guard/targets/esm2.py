@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +18,11 @@ from ..errors import InputError, ModelLoadError, UnsupportedPolicyError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
-    block_islands,
-    part_islands,
     Fp32LayerNorm,
+    block_islands,
     cast_except,
     layer_norm_islands,
+    part_islands,
     replace_module,
 )
 from .base import LoadedModel, ModelSource, hash_in_background, skipped_init

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -20,8 +20,8 @@ from ..errors import InputError, ModelLoadError, UnsupportedPolicyError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
-    block_islands,
     Fp32LayerNorm,
+    block_islands,
     cast_except,
     layer_norm_islands,
     make_fp32_island,

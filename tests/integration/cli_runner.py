@@ -2,9 +2,8 @@
 
 import json
 
-from typer.testing import CliRunner
-
 from fp16guard_cli.main import app
+from typer.testing import CliRunner
 
 _runner = CliRunner()
 

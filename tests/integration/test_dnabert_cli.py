@@ -2,8 +2,9 @@
 
 
 import pytest
-from fp16guard.testing import write_dnabert
 from cli_runner import ladder, read_report, run_cli
+
+from fp16guard.testing import write_dnabert
 
 DNA = """>gc_mid
 ACGTACGTTTGACNNNNACGTAGCTAGCTAGGGCGCGCATATATATTAGCGATCGACTAGCTAGCATCGATCGACTGACTAGCTAGCAT

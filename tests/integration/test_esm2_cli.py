@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from cli_runner import ladder, read_report, run_cli
 
+
 def validate(*args, env=None):
     return run_cli("validate", "esm2", *args, env=env)
 

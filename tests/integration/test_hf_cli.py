@@ -9,6 +9,7 @@ from fp16guard.catalog import PRESETS
 from fp16guard.sequences import read_fasta
 from fp16guard.testing import write_hf_bert, write_hf_esm
 
+
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")

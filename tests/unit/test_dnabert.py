@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from fp16guard.errors import ModelLoadError
-from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel, alibi_slopes, read_state_dict
+from fp16guard.targets.dnabert import (
+    DnaBertConfig,
+    DnaBertModel,
+    alibi_slopes,
+    read_state_dict,
+)
 
 
 @pytest.mark.parametrize("heads", [8, 12, 16])

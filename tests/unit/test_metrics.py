@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from fp16guard.metrics import TokenStats, cosine_rows, count_nonfinite, masked_mean, percentile
+from fp16guard.metrics import (
+    TokenStats,
+    cosine_rows,
+    count_nonfinite,
+    masked_mean,
+    percentile,
+)
 
 NAN, INF = math.nan, math.inf
 

@@ -6,7 +6,11 @@ from torch import nn
 
 from fp16guard import apply_policy
 from fp16guard.precision import make_fp32_island
-from fp16guard.targets.hf import Fp32ResidualOutput, fp32_softmax_attention, is_residual_output
+from fp16guard.targets.hf import (
+    Fp32ResidualOutput,
+    fp32_softmax_attention,
+    is_residual_output,
+)
 
 
 def test_fp32_softmax_attention_matches_eager_attention_in_fp32():
@@ -47,7 +51,7 @@ def test_hook_island_runs_fp32_inside_and_returns_the_compute_dtype():
 def test_residual_output_adds_in_fp32():
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertOutput
-    from transformers.models.esm.modeling_esm import EsmOutput, EsmConfig
+    from transformers.models.esm.modeling_esm import EsmConfig, EsmOutput
 
     bert = BertOutput(BertConfig(hidden_size=8, intermediate_size=16)).eval()
     esm = EsmOutput(EsmConfig(hidden_size=8, intermediate_size=16, vocab_size=33)).eval()
