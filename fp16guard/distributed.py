@@ -138,6 +138,16 @@ def exchange(world: World, what: str | None, work: Callable[[], T]) -> list[T]:
     return [status[1] for status in gathered]
 
 
+def smallest(value: int, what: str) -> int:
+    """The smallest of every rank's ``value`` (the value itself when running alone): for
+    settings each rank derives from its own device, such as the auto token budget from free GPU
+    memory, which must agree for the ranks to form the same batches."""
+    world = current()
+    if world is None:
+        return value
+    return min(exchange(world, what, lambda: value))
+
+
 def finish(world: World | None, error: Fp16GuardError | None) -> Fp16GuardError | None:
     """The last status exchange of a run: ``error`` is this rank's own failure outside any
     exchange (None if it has none). Returns the error every rank ends with (this rank's own

@@ -263,6 +263,9 @@ def validate(
     if saved is not None:
         saved.check(weights_sha256=loaded.weights_sha256, layer=layer, pooling=source.pooling, max_length=max_length, ids=ids)
     max_tokens, budget_reason = token_budget(config, loaded, device, max(lengths) + target.special_tokens_per_row, saved)
+    agreed = distributed.smallest(max_tokens, "agreeing on the token budget")
+    if agreed != max_tokens:  # every rank must form the same batches
+        max_tokens, budget_reason = agreed, f"the smallest of the ranks' budgets ({budget_reason} on this rank)"
     batches = prepare_batches(target, loaded, texts, lengths, max_tokens)
 
     def run(policy: Policy, reference: RunResult | None = None, keep: int = 0, on=(device, spread)) -> RunResult:
