@@ -259,14 +259,26 @@ def validate_antiberty(
     run_validation("antiberty", ModelSource(offline=True, pooling=pooling.value), **_settings(locals()))
 
 
+#: Options that say where the model comes from; each command turns them into its ModelSource.
+SOURCE_OPTIONS = frozenset({"model", "weights", "offline", "pooling", "trust_remote_code"})
+
+
 def _settings(options: dict) -> dict:
-    """The options every validate command shares, from a command's locals()."""
-    names = (
-        "sequences", "device", "max_tokens", "max_length", "layer", "min_cosine", "policy", "no_fallback",
-        "full_ladder", "also_try", "save_policy", "profile", "search", "out", "save_reference", "reference",
-        "reference_device", "gpus", "careful_timing",
-    )
-    return {name: options[name] for name in names}
+    """The options every validate command shares, from a command's locals(): every option that
+    is not a source option. Derived from the parameters, not listed, so that an option added to
+    the commands cannot be dropped on its way to the config."""
+    return {name: value for name, value in options.items() if name in _shared_option_names()}
+
+
+def _shared_option_names() -> frozenset[str]:
+    """run_validation's own keywords and the ValidationConfig fields its ``**settings`` fill."""
+    import inspect
+    from dataclasses import fields
+
+    from fp16guard.config import ValidationConfig
+
+    keywords = {p.name for p in inspect.signature(run_validation).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return frozenset(keywords | {f.name for f in fields(ValidationConfig)})
 
 
 def run_validation(

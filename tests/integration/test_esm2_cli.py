@@ -242,3 +242,17 @@ def test_help_and_list_do_not_import_torch(command):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_every_validate_option_reaches_the_workflow():
+    # A command's option that is neither a source option nor shared would be silently dropped
+    # (as --careful-timing once was).
+    import inspect
+
+    from fp16guard_cli.main import SOURCE_OPTIONS, _shared_option_names, validate_app
+
+    shared = _shared_option_names()
+    for command in validate_app.registered_commands:
+        options = set(inspect.signature(command.callback).parameters)
+        assert options - SOURCE_OPTIONS <= shared, (command.name, options - SOURCE_OPTIONS - shared)
+        assert "careful_timing" in options and "careful_timing" in shared
