@@ -48,21 +48,49 @@ def protein_set(path: Path, count: int, seed: int = 0) -> dict:
     return {"sequences": count, "residues": sum(lengths), "min": ordered[0], "median": ordered[count // 2], "max": ordered[-1]}
 
 
-def run(command: list[str], log: Path) -> tuple[int, float]:
+def run(command: list[str], log: Path, first: str | None = None) -> tuple[int, float]:
     """Run ``command``; returns its exit code and wall time, with its output in ``log``, each
-    line stamped with the seconds since the start (where the fixed costs go)."""
+    line stamped with the seconds since the start (where the fixed costs go). With ``first``,
+    the time returned is instead when the first line containing ``first`` appeared (None if
+    none did)."""
     start = time.perf_counter()
     lines = []
+    seen = None
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
-            lines.append(f"[{time.perf_counter() - start:7.1f} s] {line.rstrip()}")
+            now = time.perf_counter() - start
+            if first and seen is None and first in line:
+                seen = now
+            lines.append(f"[{now:7.1f} s] {line.rstrip()}")
         code = proc.wait()
     wall = time.perf_counter() - start
     log.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-40:]), file=sys.stderr)
-    return code, wall
+    return code, (seen if first else wall)
+
+
+def startup(args, cli: list[str], weights: Path, summary: dict) -> None:
+    """The fixed cost of starting N processes: seconds until the first stage ("loading") on
+    one process, with --gpus N, and under torchrun, on a small set; runs interleaved and
+    repeated, since one start-up is a few seconds on a shared host."""
+    fasta = args.out / "sequences-startup.fasta"
+    protein_set(fasta, args.startup_sequences, seed=2)
+    common = ["--weights", str(weights), "-s", str(fasta), "--device", args.device, "--max-tokens", args.max_tokens, "--no-fallback"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.gpus),
+                "-m", "fp16guard_cli", *cli[3:]]
+    variants = {"1 process": [*cli, *common], f"--gpus {args.gpus}": [*cli, *common, "--gpus", str(args.gpus)],
+                f"torchrun x{args.gpus}": [*torchrun, *common]}
+    seconds: dict[str, list[float | None]] = {name: [] for name in variants}
+    logs = args.out / "startup"
+    logs.mkdir(parents=True, exist_ok=True)
+    for repeat in range(args.startup_repeats):
+        for name, command in variants.items():
+            out = logs / f"{name.replace(' ', '').replace('-', '')}-{repeat}"
+            code, first = run([*command, "-o", str(out)], out.with_suffix(".log"), first="loading")
+            seconds[name].append(first if code == 0 else None)
+    summary["startup"] = {"sequences": args.startup_sequences, "seconds_to_first_stage": seconds}
 
 
 def agreement(one: dict, many: dict) -> dict:
@@ -144,6 +172,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (gloo)")
     parser.add_argument("--big-arch", choices=sorted(ARCHITECTURES), help="also run this architecture with the FP32 reference spread over the GPUs")
     parser.add_argument("--big-sequences", type=int, default=400)
+    parser.add_argument("--startup-repeats", type=int, default=0, help="also time the start-up of 1 process, --gpus N and torchrun, this many times each")
+    parser.add_argument("--startup-sequences", type=int, default=100)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"arch": args.arch, "gpus": args.gpus, "max_tokens": int(args.max_tokens), "runs": {}}
@@ -151,6 +181,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_scaling:
             scaling(args, cli, Path(tmp), summary)
+        if args.startup_repeats:
+            weights = Path(tmp) / f"esm2_{args.arch}.pt"
+            if not weights.is_file():
+                layers, dim, heads = ARCHITECTURES[args.arch]
+                write_checkpoint(weights, layers=layers, dim=dim, heads=heads)
+            startup(args, cli, weights, summary)
         if args.big_arch:
             big_fasta = args.out / "sequences-big.fasta"
             protein_set(big_fasta, args.big_sequences, seed=1)
@@ -207,6 +243,12 @@ def markdown(s: dict) -> str:
             ranks = a.get("ranks") or []
             per_rank = "; ".join(f"rank {x['rank']}: {x['sequences']} seq, {x['seconds']:.2f} s" for x in ranks)
             lines.append(f"- {name} {a['policy']}: {a['seconds']:.2f} s, {a['tokens_per_second']:,.0f} tokens/s" + (f" ({per_rank})" if per_rank else ""))
+    if "startup" in s:
+        lines += ["", f"## Start-up: seconds until the first stage, {s['startup']['sequences']} sequences", "",
+                  "| launch | runs | fastest | median |", "|---|---|---|---|"]
+        for name, values in s["startup"]["seconds_to_first_stage"].items():
+            ok = sorted(v for v in values if v is not None)
+            lines.append(f"| {name} | {len(ok)}/{len(values)} | {ok[0]:.1f} s | {ok[len(ok) // 2]:.1f} s |" if ok else f"| {name} | 0/{len(values)} | - | - |")
     if "big" in s:
         b = s["big"]
         lines += ["", f"## ESM-2 {b['arch']} architecture, FP32 reference spread over the GPUs: exit {b['exit_code']}, {b['wall_seconds']:.1f} s", ""]

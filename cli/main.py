@@ -54,7 +54,7 @@ ReferenceDeviceOption = Annotated[
 ]
 GpusOption = Annotated[
     Optional[int],
-    typer.Option("--gpus", min=1, help="Start this many processes under torchrun, one GPU each (with --device cpu: on the CPU), and split the batches between them."),
+    typer.Option("--gpus", min=1, help="Start this many processes, one GPU each (with --device cpu: on the CPU), and split the batches between them."),
 ]
 MaxTokensOption = Annotated[
     str,
@@ -287,7 +287,7 @@ def run_validation(
 ) -> None:
     """Build the config, run the workflow with live progress, write the report, exit.
 
-    Under torchrun every rank runs this; rank 0 alone prints and writes the report."""
+    Under --gpus or torchrun every rank runs this; rank 0 alone prints and writes the report."""
     from . import render
 
     console = render.stderr_console()
@@ -300,9 +300,9 @@ def run_validation(
 
     from fp16guard.launch import from_env, launch
 
-    if gpus and from_env() is None:
+    if gpus and gpus > 1 and from_env() is None:  # --gpus 1 runs here, in this process
         try:
-            code = launch(sys.argv[1:], gpus, device.value)
+            code = launch(sys.argv[1:], gpus)
         except Fp16GuardError as exc:
             render.error(console, str(exc))
             code = exc.exit_code
@@ -313,6 +313,8 @@ def run_validation(
     error: Fp16GuardError | None = None
     report = None
     try:
+        # Joined first: after this, every failure is one the ranks can agree on.
+        world = distributed.init(device.value)
         from fp16guard.config import Thresholds, ValidationConfig
         from fp16guard.progress import Progress
         from fp16guard.report import write_policy, write_report
@@ -330,7 +332,6 @@ def run_validation(
             reference=str(reference) if reference else None,
             **settings,
         )
-        world = distributed.init(device.value)
         main = world is None or world.main
         with render.LiveProgress(console) if main else nullcontext(Progress()) as progress:
             report = validate(target, config, source, sequences=sequences, progress=progress)
@@ -340,8 +341,17 @@ def run_validation(
     except Fp16GuardError as exc:
         error = exc
     except KeyboardInterrupt:
-        render.error(console, "interrupted")
+        if world is None or world.main:
+            render.error(console, "interrupted")
         raise typer.Exit(130) from None
+    launched = distributed.from_env()
+    if world is None and launched is not None and launched.size > 1:
+        # This rank failed before joining the others (a missing GPU, the rendezvous): nothing
+        # was agreed, so it exits with its own code and the launcher stops the other ranks.
+        assert error is not None
+        if launched.main or not isinstance(error, distributed.DeviceCountError):
+            render.error(console, str(error))
+        raise typer.Exit(error.exit_code)
     main = world is None or world.main
     if not isinstance(error, distributed.RankError):
         # Every rank ends on the same status: one rank's failure outside the gathers (loading,
@@ -357,9 +367,9 @@ def run_validation(
 
 
 def _exit(code: int) -> None:
-    """Leave the process group and exit with ``code``. Started by ``--gpus``, rank 0 hands the
-    code to the launcher through a file and every rank exits 0, so that torchrun (which reports
-    any failure as 1, with a traceback) stays quiet; every rank has ended on the same status."""
+    """Leave the process group and exit with ``code``, on which every rank has agreed. Started
+    by ``--gpus``, rank 0 hands the code to the launcher through a file and every rank exits 0:
+    to the launcher, a non-zero exit means a rank that crashed or failed on its own."""
     import os
 
     from fp16guard import distributed

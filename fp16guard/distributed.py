@@ -1,6 +1,6 @@
 """Data-parallel validation over torch.distributed: shard the batches, gather the results.
 
-Under ``torchrun`` (or ``fp16guard validate ... --gpus N``, which starts it), every process
+Under ``fp16guard validate ... --gpus N`` (or torchrun), every process
 builds the same batches, deterministically, and embeds its own share of them (balanced by
 padded tokens); the pooled embeddings and statistics are then gathered on every rank
 (all_gather), so that every rank takes the same decisions (the ladder's stop, the search's
@@ -36,6 +36,10 @@ T = TypeVar("T")
 GATHER_TIMEOUT = timedelta(minutes=60)
 
 
+class DeviceCountError(Fp16GuardError):
+    """More ranks on this host than CUDA devices; raised alike on every rank, before joining."""
+
+
 class RankError(Fp16GuardError):
     """A failure on one rank, raised identically on every rank; keeps the failure's exit code."""
 
@@ -55,7 +59,7 @@ def current() -> World | None:
 
 
 def init(device: str) -> World | None:
-    """Join the process group torchrun set up (NCCL for CUDA, gloo for CPU); None when this
+    """Join the process group the launcher set up (NCCL for CUDA, gloo for CPU); None when this
     process runs alone. ``device`` is the --device value: auto, cuda or cpu."""
     import torch.distributed as dist
 
@@ -67,13 +71,20 @@ def init(device: str) -> World | None:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         visible = torch.cuda.device_count()
-        if world.local_rank >= visible:
-            raise Fp16GuardError(
-                f"{world.size} processes but {visible} CUDA device(s) visible on this host: start at most "
-                f"{visible} (--gpus / torchrun --nproc-per-node), or use --device cpu"
+        # Every rank on this host sees the same count, so each rank fails alike (the CLI lets
+        # rank 0 alone say so) instead of the first ranks waiting for the missing ones.
+        wanted = max(world.local_size, world.local_rank + 1)
+        if wanted > visible:
+            raise DeviceCountError(
+                f"{wanted} processes on this host but {visible} CUDA device(s) visible: start at most {visible} "
+                "(--gpus / torchrun --nproc-per-node)" if visible
+                else f"{wanted} processes for CUDA, but no CUDA device is visible (--device cpu runs them on the CPU)"
             )
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=GATHER_TIMEOUT)
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=GATHER_TIMEOUT)
+    except (RuntimeError, ValueError) as exc:  # torch's DistNetworkError and DistStoreError included
+        raise Fp16GuardError(f"rank {world.rank} of {world.size} could not join the others: {exc}") from exc
     return current()
 
 
@@ -274,4 +285,4 @@ def environment(info: dict) -> dict:
     ranks = exchange(world, "describing its device", lambda: mine)
     return {**info, "world_size": world.size, "ranks": [{"rank": r, **d} for r, d in enumerate(ranks)]}
 
-__all__ = ["EXIT_CODE_FILE_ENV", "RankError", "World", "exchange", "finish", "from_env", "init", "shutdown"]
+__all__ = ["EXIT_CODE_FILE_ENV", "DeviceCountError", "RankError", "World", "exchange", "finish", "from_env", "init", "shutdown"]

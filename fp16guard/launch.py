@@ -1,22 +1,38 @@
-"""Starting a data-parallel run: torchrun's environment and the ``--gpus N`` launcher.
+"""Starting a data-parallel run: the ranks' environment and the ``--gpus N`` launcher.
 
-Kept apart from fp16guard.distributed so that launching imports no torch in the parent process.
+``--gpus N`` starts the N worker processes itself, with the environment torchrun would give
+them, instead of going through ``python -m torch.distributed.run``: that saves the agent's
+interpreter and torch import before the workers even start (about 6 s of a two-GPU run's
+start-up on an H200 host, measured in docs/scaling.md). Kept apart from fp16guard.distributed
+so that launching imports no torch in the parent process; the workers check the GPU count.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Fp16GuardError, InputError
+from .errors import InputError
 
-#: Set by ``launch``: rank 0 writes its exit code to this file, so that the launcher returns
-#: fp16guard's own codes (torchrun turns any failure into exit code 1).
+#: Set by ``launch``: rank 0 writes its exit code to this file once every rank has agreed on
+#: how the run ends, and every rank then exits 0. A worker that exits non-zero has therefore
+#: crashed or failed on its own, and the launcher stops the others instead of letting them
+#: wait for it at the next gather.
 EXIT_CODE_FILE_ENV = "FP16GUARD_EXIT_CODE_FILE"
+
+#: Exit codes a worker ends with on its own that keep their meaning; anything else (a Python
+#: traceback's 1, a signal) is reported as 3, an environment failure, never as a verdict.
+OWN_CODES = (2, 3, 130)
+
+#: Seconds the other ranks get to exit after a SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,7 @@ class World:
     rank: int
     size: int
     local_rank: int
+    local_size: int = 0  # ranks on this host; 0: not known
 
     @property
     def main(self) -> bool:
@@ -33,13 +50,15 @@ class World:
 
 
 def from_env() -> World | None:
-    """The rank layout torchrun gives this process (RANK, WORLD_SIZE, LOCAL_RANK), or None."""
+    """The rank layout a launcher gives this process (RANK, WORLD_SIZE, LOCAL_RANK,
+    LOCAL_WORLD_SIZE, as torchrun and ``--gpus`` set them), or None."""
     try:
         size = int(os.environ["WORLD_SIZE"])
         rank = int(os.environ["RANK"])
     except (KeyError, ValueError):
         return None
-    return World(rank, size, int(os.environ.get("LOCAL_RANK", rank)))
+    local_size = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return World(rank, size, int(os.environ.get("LOCAL_RANK", rank)), int(local_size) if local_size.isdigit() else 0)
 
 
 def strip_option(args: list[str], name: str) -> list[str]:
@@ -56,31 +75,80 @@ def strip_option(args: list[str], name: str) -> list[str]:
     return out
 
 
-def launch(args: list[str], processes: int, device: str) -> int:
-    """Run ``fp16guard ARGS`` as ``processes`` ranks under torchrun (standalone rendezvous on
-    this host) and return the exit code rank 0 ended with. ``device``: auto, cuda or cpu."""
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now, for rank 0's rendezvous store."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def worker_environments(processes: int, code_file: Path, port: int) -> list[dict[str, str]]:
+    """Each worker's environment: what torchrun's standalone mode sets, plus the exit-code file."""
+    base = {
+        **os.environ,
+        EXIT_CODE_FILE_ENV: str(code_file),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(processes),
+        "LOCAL_WORLD_SIZE": str(processes),
+        "GROUP_RANK": "0",
+    }
+    # torchrun would give each process 1 thread; share the cores instead (the CPU work between
+    # passes, tokenising and comparing, is not negligible).
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    return [{**base, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(processes)]
+
+
+def _stop(workers: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to every worker still running; kill those still there after the grace time."""
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in workers:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def supervise(workers: list[subprocess.Popen], poll_seconds: float = 0.05) -> int:
+    """Wait for every worker; returns 0 when all exit 0, else the first non-zero exit status
+    seen, after stopping the others (they would otherwise wait at the next gather)."""
+    while True:
+        codes = [proc.poll() for proc in workers]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed:
+            _stop(workers)
+            return failed[0]
+        if all(code == 0 for code in codes):
+            return 0
+        time.sleep(poll_seconds)
+
+
+def launch(args: list[str], processes: int, worker: list[str] | None = None) -> int:
+    """Run ``fp16guard ARGS`` (without ``--gpus``) as ``processes`` ranks on this host and
+    return the exit code the run ended with: the one the ranks agreed on, or, when a rank
+    failed on its own (before joining the others, or by crashing), that rank's code.
+    ``worker``: the command that starts one rank (default: this interpreter's fp16guard)."""
     if processes < 1:
         raise InputError(f"--gpus must be at least 1, got {processes}")
-    if device != "cpu":
-        import torch
-
-        visible = torch.cuda.device_count()
-        if visible < processes:
-            raise Fp16GuardError(
-                f"--gpus {processes}: {visible} CUDA device(s) visible"
-                + ("" if visible else " (--device cpu runs the processes on the CPU, for testing)")
-            )
+    worker = worker or [sys.executable, "-m", "fp16guard_cli"]
+    command = [*worker, *strip_option(args, "--gpus")]
     with tempfile.TemporaryDirectory(prefix="fp16guard-") as tmp:
         code_file = Path(tmp) / "exit-code"
-        env = {**os.environ, EXIT_CODE_FILE_ENV: str(code_file)}
-        # torchrun would set 1 thread per process; share the cores instead.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-            "-m", "fp16guard_cli", *strip_option(args, "--gpus"),
-        ]
-        returncode = subprocess.run(command, env=env).returncode
+        workers: list[subprocess.Popen] = []
+        try:
+            for env in worker_environments(processes, code_file, free_port()):
+                workers.append(subprocess.Popen(command, env=env))
+            status = supervise(workers)
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to the workers as well; give them the time to leave.
+            _stop(workers, signal.SIGINT)
+            return 130
         if code_file.is_file():
             return int(code_file.read_text().strip())
-        # No rank reached the end: whatever failed, it is not a verdict.
-        return returncode if returncode not in (0, 1) else 3
+        if status == 0:  # every rank exited 0 without an agreed code: nothing was decided
+            return 3
+        return status if status in OWN_CODES else 3

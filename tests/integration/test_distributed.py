@@ -112,3 +112,18 @@ def test_a_sequence_that_breaks_fp32_fails_every_rank_through_the_launcher(tmp_p
     assert len(errors) == 1 and "withW" in errors[0] and "FP32 reference" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA devices")
+def test_more_processes_than_gpus_is_one_clear_error(checkpoints, tmp_path):
+    """Every rank finds too few GPUs before joining the others; rank 0 alone says so."""
+    out = tmp_path / "out"
+    proc = _cli(
+        "validate", "esm2", "--weights", checkpoints["healthy"], "-s", _fasta(tmp_path / "s.fasta"),
+        "--device", "cuda", "-o", out, "--gpus", "2",
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 2 processes for CUDA, but no CUDA device is visible (--device cpu runs them on the CPU)"], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
