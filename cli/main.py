@@ -153,7 +153,7 @@ def validate_esm2(
     offline: OfflineOption = False,
 ) -> None:
     """Validate an ESM-2 model (fair-esm) in FP16 against FP32."""
-    from fp16guard.targets.base import ModelSource
+    from fp16guard.config import ModelSource
 
     run_validation("esm2", ModelSource(model=model, weights=weights, offline=offline), **_settings(locals()))
 
@@ -185,7 +185,7 @@ def validate_hf(
     offline: OfflineOption = False,
 ) -> None:
     """Validate any Hugging Face encoder (transformers AutoModel) in FP16 against FP32."""
-    from fp16guard.targets.base import ModelSource
+    from fp16guard.config import ModelSource
 
     source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
     run_validation("hf", source, **_settings(locals()))
@@ -224,7 +224,7 @@ def validate_dnabert(
     offline: OfflineOption = False,
 ) -> None:
     """Validate DNABERT-S or DNABERT-2 (native implementation, no remote code) in FP16 against FP32."""
-    from fp16guard.targets.base import ModelSource
+    from fp16guard.config import ModelSource
 
     source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
     run_validation("dnabert", source, **_settings(locals()))
@@ -254,7 +254,7 @@ def validate_antiberty(
     out: OutOption = Path("fp16guard-report"),
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
-    from fp16guard.targets.base import ModelSource
+    from fp16guard.config import ModelSource
 
     run_validation("antiberty", ModelSource(offline=True, pooling=pooling.value), **_settings(locals()))
 

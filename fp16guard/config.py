@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from and how to read them, as the user asked. Kept free of torch
+    (like this whole module), so that the ``--gpus`` launcher starts its workers without it."""
+
+    model: str | None = None  # a checkpoint name, a hub id or a directory
+    weights: Path | None = None  # a local weights file
+    offline: bool = False
+    trust_remote_code: bool = False
+    pooling: str = "mean"  # "mean" over the pooled positions, or "cls"
 
 
 @dataclass(frozen=True)

@@ -14,19 +14,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..config import ModelSource
 from ..policy import Policy
 from ..precision import AppliedPolicy
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from and how to read them, as the user asked."""
-
-    model: str | None = None  # a checkpoint name, a hub id or a directory
-    weights: Path | None = None  # a local weights file
-    offline: bool = False
-    trust_remote_code: bool = False
-    pooling: str = "mean"  # "mean" over the pooled positions, or "cls"
 
 
 @dataclass

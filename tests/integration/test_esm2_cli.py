@@ -244,6 +244,26 @@ def test_help_and_list_do_not_import_torch(command):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+def test_the_gpus_launcher_starts_its_workers_without_importing_torch(tmp_path):
+    # Importing torch costs seconds on a CUDA host, and every worker imports it anyway.
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"")
+    code = (
+        "import sys, runpy\n"
+        "import fp16guard.launch\n"
+        "def launch(args, processes):\n"
+        "    assert 'torch' not in sys.modules, 'torch was imported before the launch'\n"
+        "    assert processes == 2 and '--gpus' in args\n"
+        "    return 0\n"
+        "fp16guard.launch.launch = launch\n"
+        f"sys.argv = ['fp16guard', 'validate', 'esm2', '--weights', {str(weights)!r}, '--gpus', '2']\n"
+        "try:\n    runpy.run_module('fp16guard_cli', run_name='__main__')\n"
+        "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_every_validate_option_reaches_the_workflow():
     # A command's option that is neither a source option nor shared would be silently dropped
     # (as --careful-timing once was).
