@@ -3,11 +3,12 @@
 Builds a deterministic set of protein sequences (lengths drawn log-normally around 350
 residues, clipped to 50-1000; residues at UniProt background frequencies), writes a
 random-weight ESM-2 checkpoint of the chosen architecture, runs the real CLI on one GPU and with
---gpus N (torchrun, NCCL), and checks that both reports agree sequence by sequence. With
+--gpus N (NCCL), and checks that both reports agree sequence by sequence. With
 --big-arch, it also validates a larger architecture with the FP32 reference spread over the
-GPUs (--reference-device map, needs accelerate).
+GPUs (--reference-device map, needs accelerate). With --startup-repeats K, it also times
+how long one process, --gpus N and plain torchrun take to reach the first stage, K times each.
 
-    python bench/scaling.py --out results-scaling/
+    python bench/scaling.py --out results-scaling/ --sequences 7000 --gpus 2 --startup-repeats 3
     python bench/scaling.py --out results-scaling/ --sequences 4000 --gpus 2 --big-arch 3B
 
 writes the FASTA, each run's report directory and log, summary.json and summary.md under --out.
