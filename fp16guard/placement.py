@@ -16,34 +16,46 @@ from .errors import Fp16GuardError
 #: Share of each GPU's free memory the weights may take; the rest is for activations.
 WEIGHT_SHARE = 0.8
 
+NEEDS_ACCELERATE = 'spreading a model over GPUs needs accelerate: pip install "fp16guard[multigpu]" (or accelerate)'
+
+
+def device_map(module: nn.Module, block_classes: set[str], free_bytes: list[int]) -> dict[str, int]:
+    """Which GPU (by index) each part of ``module`` goes to, for GPUs with ``free_bytes`` free:
+    weights balanced over them within WEIGHT_SHARE of that memory, no module whose class is in
+    ``block_classes`` split. Raises Fp16GuardError when the model does not fit."""
+    try:
+        from accelerate import infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+    except ImportError:
+        raise Fp16GuardError(NEEDS_ACCELERATE) from None
+    max_memory = {i: int(free * WEIGHT_SHARE) for i, free in enumerate(free_bytes)}
+    classes = sorted(block_classes)
+    if len(free_bytes) > 1:
+        max_memory = get_balanced_memory(module, max_memory=max_memory, no_split_module_classes=classes)
+    plan = infer_auto_device_map(module, max_memory=max_memory, no_split_module_classes=classes)
+    outside = sorted({str(d) for d in plan.values() if not isinstance(d, int)})
+    if outside:
+        raise Fp16GuardError(
+            f"the model does not fit in {len(free_bytes)} GPU(s) at {WEIGHT_SHARE:.0%} of their free memory "
+            f"(accelerate would put part of it on {', '.join(outside)})"
+        )
+    return dict(plan)
+
 
 def spread(module: nn.Module, block_classes: set[str], gpus: int | None = None) -> tuple[nn.Module, str]:
     """Dispatch ``module`` (already cast to its policy's dtypes, on the host) over ``gpus`` GPUs
     (default: every visible one), balancing the weights and never splitting a module whose class
     is in ``block_classes``. Returns the module and a description of where its parameters went."""
     try:
-        from accelerate import dispatch_model, infer_auto_device_map
-        from accelerate.utils import get_balanced_memory
+        from accelerate import dispatch_model
     except ImportError:
-        raise Fp16GuardError(
-            'spreading a model over GPUs needs accelerate: pip install "fp16guard[multigpu]" (or accelerate)'
-        ) from None
+        raise Fp16GuardError(NEEDS_ACCELERATE) from None
     visible = torch.cuda.device_count()
     gpus = visible if gpus is None else gpus
     if gpus < 1 or visible < gpus:
         raise Fp16GuardError(f"spreading a model over GPUs: {visible} CUDA device(s) visible")
-    max_memory = {i: int(torch.cuda.mem_get_info(i)[0] * WEIGHT_SHARE) for i in range(gpus)}
-    classes = sorted(block_classes)
-    if gpus > 1:
-        max_memory = get_balanced_memory(module, max_memory=max_memory, no_split_module_classes=classes)
-    device_map = infer_auto_device_map(module, max_memory=max_memory, no_split_module_classes=classes)
-    outside = sorted({str(d) for d in device_map.values() if not isinstance(d, int)})
-    if outside:
-        raise Fp16GuardError(
-            f"the model does not fit in {gpus} GPU(s) at {WEIGHT_SHARE:.0%} of their free memory "
-            f"(accelerate would put part of it on {', '.join(outside)})"
-        )
-    module = dispatch_model(module, device_map=device_map, main_device=torch.device("cuda", 0), force_hooks=True)
+    plan = device_map(module, block_classes, [torch.cuda.mem_get_info(i)[0] for i in range(gpus)])
+    module = dispatch_model(module, device_map=plan, main_device=torch.device("cuda", 0), force_hooks=True)
     return module.eval(), describe(module)
 
 

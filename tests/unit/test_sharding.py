@@ -8,7 +8,8 @@ import torch
 from fp16guard.distributed import shard
 from fp16guard.errors import Fp16GuardError, InputError
 from fp16guard.launch import from_env, strip_option
-from fp16guard.placement import describe, spread
+from fp16guard.placement import describe, device_map, spread
+from fp16guard.testing import build_model
 
 
 def test_shard_balances_padded_tokens_and_uses_every_batch_once():
@@ -68,3 +69,23 @@ def test_spreading_without_gpus_is_an_environment_error():
     pytest.importorskip("accelerate")
     with pytest.raises(Fp16GuardError, match="0 CUDA device"):
         spread(torch.nn.Linear(2, 2), set())
+
+
+def test_the_device_map_balances_whole_blocks_over_the_gpus():
+    pytest.importorskip("accelerate")
+    model = build_model(layers=6, dim=64, heads=4)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    plan = device_map(model, {"TransformerLayer"}, [weights, weights])
+    blocks = {name: gpu for name, gpu in plan.items() if name.startswith("layers.")}
+    # Every block whole on one GPU (no key inside a block), both GPUs used, in order.
+    assert sorted(blocks) == sorted(f"layers.{i}" for i in range(6))
+    assert set(plan.values()) == {0, 1}
+    assert [blocks[f"layers.{i}"] for i in range(6)] == sorted(blocks.values())
+
+
+def test_a_model_too_big_for_the_gpus_is_refused_not_offloaded():
+    pytest.importorskip("accelerate")
+    model = build_model(layers=6, dim=64, heads=4)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    with pytest.raises(Fp16GuardError, match=r"does not fit in 2 GPU\(s\)"):
+        device_map(model, {"TransformerLayer"}, [weights // 4, weights // 4])
