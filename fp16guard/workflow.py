@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -199,29 +199,30 @@ def policies_to_try(config: ValidationConfig) -> list[Policy]:
     return [get_policy(p) for p in config.policies]
 
 
-def validate(
-    target_name: str,
-    config: ValidationConfig,
-    source: ModelSource,
-    sequences: str | Path | None = None,
-    progress: Progress | None = None,
-) -> Report:
-    """Run the FP32 reference and the policies to try; return the Report (never raises for an
-    accuracy failure: ``report.passed`` says it). Raises Fp16GuardError for bad input,
-    missing weights, or a broken FP32 reference. ``config.reference`` loads the FP32 reference
-    from a file instead of computing it (InputError if it was saved for another run);
-    ``config.save_reference`` writes it after computing it."""
-    progress = progress or Progress()
-    target = get_target(target_name)
-    policies = policies_to_try(config)
-    extras = [get_policy(p) for p in config.also_try]
-    device, spread = resolve_placement(config.device)
-    ref_device, ref_spread = resolve_placement(config.reference_device) if config.reference_device else (device, spread)
-    comparable = (ref_device, ref_spread) == (device, spread)
-    if config.reference and config.save_reference:
-        raise InputError("use either --reference or --save-reference, not both")
-    saved = load_reference(config.reference) if config.reference else None
+@dataclass
+class Inputs:
+    """What every attempt runs on: the sequences as read, the loaded weights, and the batches."""
 
+    records: SequenceSet
+    source: str  # the FASTA path, or bundled:NAME
+    loaded: LoadedModel
+    layer: int
+    max_length: int | None
+    ids: list[str]
+    texts: list[str]  # after truncation
+    truncated: list[int]  # positions in ids
+    max_tokens: int
+    budget_reason: str
+    batches: list[TokenBatch]
+    notes: list[str]  # warnings so far, for the report
+
+
+def prepare_inputs(
+    target: Target, target_name: str, config: ValidationConfig, source: ModelSource, sequences: str | Path | None,
+    device: torch.device, policies: list[Policy], saved: SavedReference | None, progress: Progress,
+) -> Inputs:
+    """Read the sequences, load the weights, truncate, agree on the token budget and build the
+    batches; checks a saved reference against each as soon as it can."""
     seq_path = Path(sequences) if sequences else bundled_path(target.default_sequences)
     records: SequenceSet = read_fasta(seq_path, target.input_alphabet, "sequence")
     notes: list[str] = []
@@ -267,6 +268,40 @@ def validate(
     if agreed != max_tokens:  # every rank must form the same batches
         max_tokens, budget_reason = agreed, f"the smallest of the ranks' budgets ({budget_reason} on this rank)"
     batches = prepare_batches(target, loaded, texts, lengths, max_tokens)
+    return Inputs(
+        records=records, source=str(seq_path) if sequences else f"bundled:{seq_path.name}", loaded=loaded, layer=layer,
+        max_length=max_length, ids=ids, texts=texts, truncated=truncated, max_tokens=max_tokens,
+        budget_reason=budget_reason, batches=batches, notes=notes,
+    )
+
+
+def validate(
+    target_name: str,
+    config: ValidationConfig,
+    source: ModelSource,
+    sequences: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Run the FP32 reference and the policies to try; return the Report (never raises for an
+    accuracy failure: ``report.passed`` says it). Raises Fp16GuardError for bad input,
+    missing weights, or a broken FP32 reference. ``config.reference`` loads the FP32 reference
+    from a file instead of computing it (InputError if it was saved for another run);
+    ``config.save_reference`` writes it after computing it."""
+    progress = progress or Progress()
+    target = get_target(target_name)
+    policies = policies_to_try(config)
+    extras = [get_policy(p) for p in config.also_try]
+    device, spread = resolve_placement(config.device)
+    ref_device, ref_spread = resolve_placement(config.reference_device) if config.reference_device else (device, spread)
+    comparable = (ref_device, ref_spread) == (device, spread)
+    if config.reference and config.save_reference:
+        raise InputError("use either --reference or --save-reference, not both")
+    saved = load_reference(config.reference) if config.reference else None
+
+    inputs = prepare_inputs(target, target_name, config, source, sequences, device, policies, saved, progress)
+    records, loaded, layer, max_length = inputs.records, inputs.loaded, inputs.layer, inputs.max_length
+    ids, texts, batches, max_tokens = inputs.ids, inputs.texts, inputs.batches, inputs.max_tokens
+    notes = inputs.notes
 
     def run(policy: Policy, reference: RunResult | None = None, keep: int = 0, on=(device, spread)) -> RunResult:
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
@@ -386,14 +421,14 @@ def validate(
         },
         dataset={
             "name": records.name,
-            "source": str(seq_path) if sequences else f"bundled:{seq_path.name}",
+            "source": inputs.source,
             "sha256": records.sha256,
             "sequences": len(records),
             "lengths": records.length_stats(),
             "max_length": max_length,
-            "truncated": [ids[i] for i in truncated],
+            "truncated": [ids[i] for i in inputs.truncated],
             "max_tokens": max_tokens,
-            "max_tokens_reason": budget_reason,
+            "max_tokens_reason": inputs.budget_reason,
             "batches": len(batches),
         },
         thresholds={"min_cosine": config.thresholds.min_cosine, "allow_nonfinite": False},
