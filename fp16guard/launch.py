@@ -99,11 +99,19 @@ def worker_environments(processes: int, code_file: Path, port: int) -> list[dict
     return [{**base, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(processes)]
 
 
-def _stop(workers: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
-    """Send ``sig`` to every worker still running; kill those still there after the grace time."""
+def _stop(workers: list[subprocess.Popen], sig: int | None = signal.SIGTERM, wait: float = 0.0) -> None:
+    """Stop every worker still running: wait up to ``wait`` seconds for them to leave on their
+    own, then send ``sig`` (None: none), then kill those still there after the grace time."""
+    deadline = time.monotonic() + wait
     for proc in workers:
-        if proc.poll() is None:
-            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    if sig is not None:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(sig)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     for proc in workers:
         try:
@@ -111,6 +119,14 @@ def _stop(workers: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class _Terminated(Exception):
+    """The launcher itself was sent SIGTERM (a cancelled CI job, a batch system's time limit)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
 
 
 def supervise(workers: list[subprocess.Popen], poll_seconds: float = 0.05) -> int:
@@ -139,16 +155,30 @@ def launch(args: list[str], processes: int, worker: list[str] | None = None) -> 
     with tempfile.TemporaryDirectory(prefix="fp16guard-") as tmp:
         code_file = Path(tmp) / "exit-code"
         workers: list[subprocess.Popen] = []
+        # Without this, a SIGTERM would end the launcher alone and leave its workers holding GPUs.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
         try:
             for env in worker_environments(processes, code_file, free_port()):
                 workers.append(subprocess.Popen(command, env=env))
             status = supervise(workers)
         except KeyboardInterrupt:
-            # The terminal sent SIGINT to the workers as well; give them the time to leave.
-            _stop(workers, signal.SIGINT)
+            # A Ctrl-C in the terminal reached the workers too: let them leave on their own first.
+            _stop(workers, signal.SIGINT, wait=5.0)
             return 130
+        except _Terminated:
+            _stop(workers)
+            return 128 + signal.SIGTERM
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if code_file.is_file():
             return int(code_file.read_text().strip())
         if status == 0:  # every rank exited 0 without an agreed code: nothing was decided
             return 3
         return status if status in OWN_CODES else 3
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -65,3 +65,29 @@ def test_a_worker_that_ignores_sigterm_is_killed(monkeypatch):
     assert launch(["validate"], 2, worker=_worker(body)) == 3
     assert time.monotonic() - start < 30
     assert os.environ.get(EXIT_CODE_FILE_ENV) is None  # the parent's own environment is untouched
+
+
+def test_a_sigterm_to_the_launcher_stops_its_workers(tmp_path):
+    """A cancelled job must not leave ranks behind, holding their GPUs."""
+    import signal
+    import subprocess
+
+    body = f"pathlib.Path(r'{tmp_path}', str(rank)).write_text(str(os.getpid()))\ntime.sleep(60)"
+    script = (
+        "import sys\nfrom fp16guard.launch import launch\n"
+        f"sys.exit(launch(['validate'], 2, worker={_worker(body)!r}))\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [int(f.read_text()) for f in tmp_path.iterdir()]
+    assert len(pids) == 2
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=30) == 128 + signal.SIGTERM
+    for pid in pids:  # reaped by the launcher: no such process any more
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"worker {pid} outlived the launcher")
