@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -17,13 +18,27 @@ from rich.table import Table
 from fp16guard.progress import Progress as LibraryProgress
 from fp16guard.report import Report
 
+#: Least width for output that goes to a file or a pipe (a CI log), not a terminal: rich would
+#: otherwise take 80 columns (or a COLUMNS inherited from some terminal) and squeeze the table.
+LOG_WIDTH = 160
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        columns = os.environ.get("COLUMNS", "")
+        console.width = max(LOG_WIDTH, int(columns) if columns.isdigit() else 0)
+    return console
+
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    """Where validation writes: progress, warnings, the table and the verdict."""
+    return _console(stderr=True)
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    """Where ``list`` writes its tables."""
+    return _console(stderr=False)
 
 
 def error(console: Console, message: str) -> None:
@@ -80,7 +95,8 @@ def summary(console: Console, report: Report, paths: list[Path]) -> None:
     table = Table(title=f"{report.model['name']} on {report.environment['device_name']}", title_justify="left")
     for header in TERMINAL_COLUMNS:
         left = header in ("policy", "worst sequence", "verdict")
-        table.add_column(header, justify="left" if left else "right", no_wrap=header in ("policy", "verdict"))
+        # Folded, never cut with an ellipsis: a narrow terminal must not hide a cosine's digits.
+        table.add_column(header, justify="left" if left else "right", no_wrap=header in ("policy", "verdict"), overflow="fold")
     for row in rows:
         style = {"PASS": "green", "FAIL": "red"}.get(row["verdict"])
         table.add_row(*(row[h] for h in TERMINAL_COLUMNS), style=style)

@@ -230,6 +230,11 @@ def test_console_script_on_the_bundled_set(checkpoints, tmp_path):
     assert report["dataset"]["sequences"] >= 100
     assert report["dataset"]["truncated"], "the bundled set holds sequences longer than 400"
     assert "PASS" in proc.stderr
+    # Output to a pipe (a CI log) keeps the table whole: every figure, no cell cut short.
+    fp16 = report["attempts"][1]
+    row = next(line for line in proc.stderr.splitlines() if line.startswith("│ fp16 "))
+    assert f"{fp16['metrics']['min_cosine']:.6f}" in row and fp16["metrics"]["worst"][0][0] in row
+    assert "…" not in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["--help", "list"])
