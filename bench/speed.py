@@ -241,7 +241,7 @@ def fixed_batch(spec: Arch, target, loaded: LoadedModel, rows: int, length: int,
     vocabulary = [i for i in range(len(tokenizer)) if i not in special]
     ids = [[tokenizer.cls_token_id, *rng.choices(vocabulary, k=length - 2), tokenizer.sep_token_id] for _ in range(rows)]
     tokens = torch.tensor(ids, dtype=torch.long)
-    return TokenBatch(tuple(range(rows)), tokens, torch.ones_like(tokens, dtype=torch.bool), rows * length)
+    return TokenBatch(tuple(range(rows)), tokens, torch.ones_like(tokens, dtype=torch.bool), rows * length, (length,) * rows)
 
 
 def validate_sequences(spec: Arch, directory: Path, quick: bool) -> Path:

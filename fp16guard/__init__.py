@@ -10,7 +10,9 @@ from importlib import import_module
 from .errors import Fp16GuardError, InputError, ModelLoadError, NonFiniteReferenceError
 
 _LAZY = {
-    "apply_policy": "fp16guard.precision",
+    "apply_policy": "fp16guard.targets",
+    "Embedder": "fp16guard.embedding",
+    "embed_sequences": "fp16guard.embedding",
     "get_policy": "fp16guard.policy",
     "Policy": "fp16guard.policy",
     "LADDER": "fp16guard.policy",

@@ -39,6 +39,16 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / keep.sum(1).clamp_min(1).to(torch.float32)
 
 
+def segment_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor, count: int) -> torch.Tensor:
+    """Mean per sequence of a packed batch, over the tokens where ``mask`` is True, accumulated
+    in FP32: hidden [N, D], mask and segment numbers [N] -> [count, D] (``masked_mean`` for the
+    packed layout)."""
+    values = torch.where(mask.unsqueeze(-1), hidden.float(), 0.0)
+    total = values.new_zeros(count, hidden.shape[-1]).index_add_(0, segments, values)
+    kept = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add_(0, segments, mask.float())
+    return total / kept.clamp_min(1).unsqueeze(-1)
+
+
 def percentile(values: torch.Tensor, q: float) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
     if values.numel() == 0:

@@ -17,6 +17,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 #: tries before keeping the whole block): its layer norms; its attention (projections,
 #: positional tables and softmax); its feed-forward (both linears and the activation between).
 PART_KINDS = ("layer_norm", "attention", "mlp")
+#: How a batch reaches the model: ``padded`` rows of equal width with an attention mask, or
+#: ``packed``: the sequences concatenated without padding, attention confined to each sequence
+#: by cumulative offsets (variable-length fused attention), positions restarting per sequence.
+LAYOUTS = ("padded", "packed")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class Policy:
     ``PART_KINDS``; written ``{"mlp": [3]}`` in JSON. ``--search`` finds blocks, then parts.
     ``fast_attention``: attention through torch's scaled_dot_product_attention, so that fused
     (flash or memory-efficient) kernels run instead of separate matmuls and softmax.
+    ``layout``: ``padded`` (rows of equal width) or ``packed`` (no padding; needs
+    ``fast_attention``: the packed path's attention is a fused variable-length kernel).
     """
 
     name: str
@@ -44,6 +50,7 @@ class Policy:
     fp32_blocks: tuple[int, ...] = ()
     fp32_parts: tuple[tuple[str, int], ...] = ()
     fast_attention: bool = False
+    layout: str = "padded"
 
     def __post_init__(self) -> None:
         # JSON gives lists; a frozen policy keeps an ordered, duplicate-free tuple.
@@ -68,6 +75,10 @@ class Policy:
         object.__setattr__(self, "fp32_parts", tuple(sorted(pairs, key=lambda p: (p[1], order[p[0]]))))
         if self.dtype not in DTYPES:
             raise InputError(f"policy {self.name!r}: unknown dtype {self.dtype!r} ({', '.join(DTYPES)})")
+        if self.layout not in LAYOUTS:
+            raise InputError(f"policy {self.name!r}: unknown layout {self.layout!r} ({', '.join(LAYOUTS)})")
+        if self.layout == "packed" and not self.fast_attention:
+            raise InputError(f"policy {self.name!r}: the packed layout runs fused attention only; set fast_attention")
         if self.fp32_residual and not self.fp32_layer_norms:
             raise InputError(
                 f"policy {self.name!r}: fp32_residual needs fp32_layer_norms (the layer norms read "
@@ -122,7 +133,9 @@ class Policy:
         for kind, blocks in self.parts_by_kind().items():
             label = {"layer_norm": "layer norms", "attention": "attention", "mlp": "MLP"}[kind]
             parts.append(f"{label} of block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} in FP32")
-        if self.fast_attention:
+        if self.layout == "packed":
+            parts.append("packed without padding (variable-length fused attention)")
+        elif self.fast_attention:
             parts.append("fused attention (SDPA)")
         return ", ".join(parts)
 
@@ -142,16 +155,21 @@ BF16 = Policy("bf16", "bfloat16")
 #: two casts per norm. The workflow offers it (or the fast variant of the rung that passed).
 FP16_SDPA = Policy("fp16+sdpa", fp32_positional=True, fast_attention=True)
 
+#: Not a rung: ``fp16+sdpa`` on packed batches, the layout production pipelines deploy (see
+#: ``fast_variant``): no padding, one variable-length attention kernel per layer.
+FP16_PACKED = Policy("fp16+packed", fp32_positional=True, fast_attention=True, layout="packed")
+
 #: The fallback ladder, tried in order after the FP32 reference; each rung adds to the one before.
 LADDER: tuple[Policy, ...] = (FP16, FP16_LN32, FP16_POS32, FP16_RES32)
-POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, BF16, FP16_SDPA)}
+POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, BF16, FP16_SDPA, FP16_PACKED)}
 
 
-def fast_variant(policy: Policy) -> Policy:
+def fast_variant(policy: Policy, packed: bool = False) -> Policy:
     """``policy`` with fused attention and FP32 positional tables (free at run time, and the
-    fused path should not inherit FP16 rotary angles); named as the built-in it equals, or
-    ``NAME+sdpa``."""
-    fast = replace(policy, name=f"{policy.name}+sdpa", fast_attention=True, fp32_positional=True)
+    fused path should not inherit FP16 rotary angles), on packed batches with ``packed``; named
+    as the built-in it equals, or ``NAME+sdpa`` / ``NAME+packed``."""
+    suffix, layout = ("packed", "packed") if packed else ("sdpa", "padded")
+    fast = replace(policy, name=f"{policy.name}+{suffix}", fast_attention=True, fp32_positional=True, layout=layout)
     same = {**fast.to_dict(), "name": None}
     return next((p for p in POLICIES.values() if {**p.to_dict(), "name": None} == same), fast)
 

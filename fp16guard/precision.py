@@ -1,4 +1,7 @@
-"""FP32 islands and ``apply_policy``: turning a policy (fp16guard.policy) into a model.
+"""FP32 islands: the pieces targets turn a policy (fp16guard.policy) into a model with.
+
+``apply_policy``, which picks the target for a model, lives with the target registry
+(fp16guard.targets), so that this module needs nothing above it.
 
 Islands never rely on ``module.float()``: on CUDA an FP32 layer norm fed an FP16 tensor
 raises, so every island casts its inputs up and its output back.
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnsupportedPolicyError
-from .policy import Policy, get_policy
+from .policy import Policy
 
 
 @dataclass(frozen=True)
@@ -189,14 +192,3 @@ def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
     names = layer_norm_islands(model, policy.torch_dtype) if policy.fp32_layer_norms else []
     cast_except(model, policy.torch_dtype, [model.get_submodule(n) for n in names])
     return AppliedPolicy(policy, tuple(names))
-
-
-def apply_policy(model: nn.Module, policy: str | Path | Policy | dict) -> AppliedPolicy:
-    """Convert ``model`` in place to ``policy`` (a name, a JSON file, a dict or a Policy).
-
-    Use it on an FP32 model, on the device it will run on, and do not cast the model
-    afterwards (``.half()`` would round the FP32 islands). Returns the modules kept in FP32.
-    """
-    from .targets import adapter_for
-
-    return adapter_for(model)(model, get_policy(policy))

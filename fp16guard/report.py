@@ -46,6 +46,7 @@ class Attempt:
     source: str | None = None  # the file a saved FP32 reference was loaded from (--reference)
     placement: str | None = None  # where it ran: a device, or the GPUs its blocks were spread over
     ranks: list[dict] | None = None  # per-rank figures of a distributed run
+    composition: dict | None = None  # the batch-composition check (fp16guard.composition)
 
     @property
     def name(self) -> str:
@@ -114,7 +115,7 @@ class Report:
                     "speed-up": fmt_ratio(attempt.speedup_vs_fp32),
                     "peak memory": fmt_bytes(attempt.peak_memory_bytes),
                     "memory ratio": fmt_ratio(attempt.memory_ratio_vs_fp32),
-                    "verdict": _verdict(attempt),
+                    "verdict": _verdict(attempt, self.recommended_policy),
                 }
             )
             if m:
@@ -122,12 +123,13 @@ class Report:
         return rows
 
 
-def _verdict(attempt: Attempt) -> str:
+def _verdict(attempt: Attempt, recommended: str | None = None) -> str:
     if attempt.passed is None:
         return "reference"
     verdict = "PASS" if attempt.passed else "FAIL"
     if attempt.role == "fast":
-        return verdict + " (fast)"
+        # "fast" only for the variant that was recommended, i.e. measured faster.
+        return verdict + (" (fast)" if attempt.passed and attempt.name == recommended else " (variant)")
     return verdict.lower() + " (info)" if attempt.role == "comparison" else verdict
 
 
@@ -202,7 +204,8 @@ class MarkdownFormat:
         for attempt in report.attempts:
             lines.append(f"### {attempt.name}: {attempt.description}")
             lines.append("")
-            lines.append(f"- Verdict: {_verdict(attempt)}. {attempt.reason}")
+            lines.append(f"- Verdict: {_verdict(attempt, report.recommended_policy)}. {attempt.reason}")
+            lines += _speed_lines(attempt)
             m = attempt.metrics
             if m:
                 tokens = m.get("tokens") or {}
@@ -241,6 +244,30 @@ class MarkdownFormat:
             lines.append("")
         lines.append(f"_fp16guard {report.tool['version']}, report schema {report.schema_version}, {report.created}_")
         return "\n".join(lines) + "\n"
+
+
+def _speed_lines(attempt: Attempt) -> list[str]:
+    """Steady and first-pass speed, and the attention kernel that ran; the composition check."""
+    t = attempt.timing
+    lines = []
+    if t.get("first_pass_seconds"):
+        steady = (
+            f"steady {fmt_rate(t.get('tokens_per_second'))} tokens/s (median of {t['passes']} re-runs of "
+            f"{100 * t.get('steady_fraction', 1.0):.0f}% of the batches"
+            + (f", spread {100 * t['spread']:.1f}%)" if t.get("spread") is not None else ")")
+            if t.get("passes") else "one pass (not re-timed)"
+        )
+        lines.append(
+            f"- Speed: {steady}; first pass {fmt_rate(t.get('first_pass_tokens_per_second'))} tokens/s"
+            + (f"; attention: {t['attention']}" if t.get("attention") else "")
+        )
+    check = attempt.composition
+    if check:
+        pairs = "; ".join(f"{pair}: min cosine {v['min_cosine']:.7f}, max abs difference {v['max_abs_difference']:.2g}"
+                          for pair, v in check["pairs"].items())
+        status = "passed" if check["passed"] else f"FAILED ({len(check['defects'])} defects: {'; '.join(check['defects'][:3])})"
+        lines.append(f"- Batch composition ({len(check['sequences'])} sequences alone, padded, packed): {status}. {pairs}")
+    return lines
 
 
 def _layer_table(layers: list[dict], threshold: float) -> list[str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .metrics import TokenStats, count_nonfinite, masked_mean
+from .metrics import TokenStats, count_nonfinite, masked_mean, segment_mean
 from .placement import describe as placement_of
 from .policy import Policy
 from .precision import AppliedPolicy
@@ -18,19 +19,35 @@ from .targets.base import LoadedModel, Target, TokenBatch, build
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall-clock figures of the embedding pass; ``seconds`` excludes the build and the warm-up
-    batches, and is the fastest of ``passes`` timed passes."""
+    """Wall-clock figures of the embedding pass (forward and pooling; the build and warm-up
+    excluded).
+
+    ``seconds`` is the figure that decides: the steady-state time of one whole pass, projected
+    from ``passes`` timed re-runs of a sample of the batches after every batch shape has run
+    once (the median of the re-runs), or the first pass itself where no re-run was made.
+    ``first_pass_seconds`` is the first pass over every batch, one-time costs included (lazy
+    kernel loading, per-shape kernel plans): reported beside, never instead.
+    """
 
     build_seconds: float
     warmup_seconds: float
     seconds: float
     tokens: int
     padded_tokens: int
-    passes: int = 1  # timed passes; ``seconds`` is the fastest
+    passes: int = 0  # timed re-runs of the steady sample; 0: ``seconds`` is the first pass
+    first_pass_seconds: float | None = None
+    steady_fraction: float = 1.0  # share of the tokens in the steady sample
+    spread: float | None = None  # (slowest - fastest) / median of the re-runs: the noise
+    attention: str = ""  # the attention kernel that ran (see ``attention_kernel``)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def first_pass_tokens_per_second(self) -> float:
+        first = self.first_pass_seconds
+        return self.tokens / first if first else float("nan")
 
 
 @dataclass
@@ -54,48 +71,119 @@ class RunResult:
     ranks: list[dict] | None = None  # per-rank figures of a distributed run
 
 
+#: The steady re-timing: at least MIN_TIMED_SECONDS of re-runs (at most MAX_REPEATS), over a
+#: sample of the batches worth about STEADY_SHARE of the first pass (every batch when the pass
+#: is short), so that a validation costs little more than its passes.
 MIN_TIMED_SECONDS = 2.0
-WARMUP_ROWS = 2
 MAX_REPEATS = 5
+STEADY_SHARE = 0.15
+MAX_STEADY_SECONDS = 30.0
+WARMUP_ROWS = 2
 
 
-def forward_splitting(target: Target, loaded: LoadedModel, model, tokens: torch.Tensor, layer: int, splits: list[int]) -> torch.Tensor:
-    """Hidden states of a batch; a batch that runs out of GPU memory is halved by rows and
-    retried, recursively, so no sequence is lost (the padded width, hence every row's result,
-    is unchanged). ``splits`` counts the halvings. One row that does not fit re-raises."""
+def forward_splitting(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device, layer: int,
+                      packed: bool, splits: list[int]) -> torch.Tensor:
+    """Hidden states of a batch: [B, T, D] padded, or [N, D] for the packed layout (rows
+    concatenated in order). A batch that runs out of GPU memory is halved by rows and retried,
+    recursively, so no sequence is lost (a padded half keeps the batch's width, so every row's
+    result is unchanged). ``splits`` counts the halvings. One row that does not fit re-raises."""
     try:
-        return target.hidden_states(loaded, model, tokens, layer)
+        if packed:
+            return target.packed_hidden_states(loaded, model, batch.pack().to(device), layer)
+        return target.hidden_states(loaded, model, batch.tokens.to(device, non_blocking=True), layer)
     except torch.OutOfMemoryError:
-        if tokens.shape[0] < 2:
+        if len(batch.indices) < 2:
             raise
     # Retry outside the handler: inside it, the traceback would keep the failed attempt's
     # activations alive, and the halves would run out of memory too.
-    if tokens.is_cuda:
+    if device.type == "cuda":
         torch.cuda.empty_cache()
     splits[0] += 1
-    half = tokens.shape[0] // 2
-    return torch.cat(
-        [forward_splitting(target, loaded, model, part, layer, splits) for part in (tokens[:half], tokens[half:])]
-    )
+    half = len(batch.indices) // 2
+    return torch.cat([forward_splitting(target, loaded, model, batch.rows(part), device, layer, packed, splits)
+                      for part in (slice(None, half), slice(half, None))])
 
 
-def _timed_pass(target: Target, loaded: LoadedModel, model, batches: list[TokenBatch], device: torch.device, layer: int) -> float:
-    """Seconds for one embedding pass over every batch (forward and pooling only)."""
-    seconds = 0.0
+def pool(batch: TokenBatch, hidden: torch.Tensor, packed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled FP32 rows [B, D] of a batch's hidden states, and the mask of pooled positions in
+    the hidden states' own layout (for NaN/Inf scans)."""
+    if packed:
+        pack = batch.pack()
+        mask = pack.pool_mask.to(device, non_blocking=True)
+        return segment_mean(hidden, mask, pack.segments.to(device, non_blocking=True), pack.sequences), mask
+    mask = batch.pool_mask.to(device, non_blocking=True)
+    return masked_mean(hidden, mask), mask
+
+
+def embed_batch(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device, layer: int,
+                packed: bool, splits: list[int] | None = None) -> torch.Tensor:
+    """Pooled FP32 embeddings [B, D] of one batch, in its rows' order, on ``device``."""
+    hidden = forward_splitting(target, loaded, model, batch, device, layer, packed, [0] if splits is None else splits)
+    return pool(batch, hidden, packed, device)[0]
+
+
+def _sample(batches: list[TokenBatch], first_seconds: float, careful: bool) -> list[TokenBatch]:
+    """The batches re-timed for the steady figure: all of them for a short pass (or with
+    ``careful``), otherwise every k-th (the batches are sorted by length, so every length range
+    stays represented) for about STEADY_SHARE of the pass."""
+    wanted = min(MAX_STEADY_SECONDS, max(MIN_TIMED_SECONDS, STEADY_SHARE * first_seconds))
+    if careful or first_seconds <= wanted:
+        return batches
+    step = max(1, round(first_seconds / wanted))
+    return batches[::step]
+
+
+def _timed(target: Target, loaded: LoadedModel, model, batches: list[TokenBatch], device: torch.device, layer: int,
+           packed: bool) -> float:
+    """Seconds for one pass over ``batches`` (forward and pooling), synchronised at the end."""
+    _sync(device)
+    start = time.perf_counter()
     for batch in batches:
-        tokens = batch.tokens.to(device)
-        mask = batch.pool_mask.to(device)
-        _sync(device)
-        start = time.perf_counter()
-        masked_mean(forward_splitting(target, loaded, model, tokens, layer, [0]), mask)
-        _sync(device)
-        seconds += time.perf_counter() - start
-    return seconds
+        embed_batch(target, loaded, model, batch, device, layer, packed)
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+#: aten operators that name the attention kernel a pass ran, most specific first.
+ATTENTION_OPERATORS = (
+    ("varlen", "flash, variable-length (packed)"),
+    ("_flash_attention_forward", "flash, variable-length (packed)"),
+    ("_scaled_dot_product_cudnn_attention", "cuDNN (SDPA)"),
+    ("_scaled_dot_product_flash_attention_for_cpu", "SDPA, CPU kernel"),
+    ("_scaled_dot_product_flash_attention", "flash (SDPA)"),
+    ("_scaled_dot_product_efficient_attention", "memory-efficient (SDPA)"),
+    ("_scaled_dot_product_attention_math", "math (SDPA)"),
+    ("aten.scaled_dot_product_attention.", "math (SDPA, not decomposed: no fused kernel for these inputs)"),
+)
+
+
+def attention_kernel(run) -> str:
+    """The attention kernel that ``run()`` (one small forward) actually executes, read from the
+    operators PyTorch dispatches: flash, memory-efficient, cuDNN, the CPU kernel, math, or
+    unfused matmuls and softmax (fair-esm's own attention)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names: set[str] = set()
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        run()
+    found = [next((label for key, label in ATTENTION_OPERATORS if key in name), None) for name in sorted(names)]
+    found = [label for label in found if label]
+    if found:
+        return " + ".join(dict.fromkeys(found))
+    if any("softmax" in name for name in names) and any(op in name for name in names for op in ("bmm", "matmul")):
+        return "unfused (matmul + softmax)"
+    return "unknown"
 
 
 def run_policy(
@@ -119,11 +207,13 @@ def run_policy(
     ``keep_states_bytes`` > 0 keeps this pass's token states on the host, up to that many bytes.
     ``measure=False`` skips the warm-up and the repeated timing passes (for searches).
     ``spread`` spreads the model's blocks over every visible GPU (``device`` is then the first);
-    peak memory is then the sum over the GPUs. ``repeat``: repeat passes shorter than
-    MIN_TIMED_SECONDS and keep the fastest (None: on CUDA only).
+    peak memory is then the sum over the GPUs. ``repeat``: re-time a sample of the batches after
+    the first pass for the steady figure (None: on CUDA only; True: every batch, at least three
+    times). The policy's ``layout`` decides whether batches run padded or packed.
     """
     progress = progress or Progress()
     cuda = device.type == "cuda"
+    packed = policy.layout == "packed"
     start = time.perf_counter()
     model, applied = build(target, loaded, policy, device, spread)
     gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if spread else [device]
@@ -144,23 +234,26 @@ def run_policy(
         # Warm up on the longest and the shortest batch: the first call of each kernel (lazy
         # CUDA module loading, GEMM heuristics, attention-kernel choice) is not throughput. A few
         # rows at the full padded width load the same kernels at a fraction of a batch's cost.
+        # The attention kernel that runs is read off the first of them.
         start = time.perf_counter()
+        attention = ""
         for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values() if measure else ():
-            forward_splitting(target, loaded, model, batch.tokens[:WARMUP_ROWS].to(device), layer, [0])
+            rows = batch.rows(slice(None, WARMUP_ROWS))
+            if not attention:
+                attention = attention_kernel(lambda: forward_splitting(target, loaded, model, rows, device, layer, packed, [0]))
+            forward_splitting(target, loaded, model, rows, device, layer, packed, [0])
         _sync(device)
         warmup_seconds = time.perf_counter() - start
 
         progress.pass_started(policy.name, sum(b.tokens_used for b in batches))
         for number, batch in enumerate(batches):
-            tokens = batch.tokens.to(device, non_blocking=True)
-            mask = batch.pool_mask.to(device, non_blocking=True)
             if cuda:
                 for gpu in gpus:
                     torch.cuda.reset_peak_memory_stats(gpu)
             _sync(device)
             start = time.perf_counter()
-            hidden = forward_splitting(target, loaded, model, tokens, layer, splits)
-            rows = masked_mean(hidden, mask)
+            hidden = forward_splitting(target, loaded, model, batch, device, layer, packed, splits)
+            rows, mask = pool(batch, hidden, packed, device)
             _sync(device)
             seconds += time.perf_counter() - start
             if cuda:
@@ -176,6 +269,8 @@ def run_policy(
             nonfinite[1] += inf
             batch_rows: list[TokenStats] = []
             if reference is not None and reference.token_states[number] is not None:
+                if packed:  # the reference's token states are padded rows
+                    hidden, mask = batch.unpack(hidden), batch.pool_mask.to(device)
                 # Row by row: the float64 comparison of a whole batch would rival the model's
                 # own activations in memory.
                 for row, ref_row in enumerate(reference.token_states[number]):
@@ -183,6 +278,8 @@ def run_policy(
                     stats = stats + batch_rows[-1]
             rows_stats.append(tuple(batch_rows))
             if keep_states_bytes:
+                if packed and hidden.dim() == 2:
+                    hidden = batch.unpack(hidden)
                 size = hidden.numel() * 4
                 if kept_bytes + size <= keep_states_bytes:
                     kept.append(hidden.float().cpu())
@@ -192,17 +289,21 @@ def run_policy(
             progress.advance(batch.tokens_used)
         progress.pass_finished()
 
-        # On a GPU, a pass shorter than MIN_TIMED_SECONDS is dominated by launch overheads and
-        # one-time costs (lazy kernel loading per new shape); repeat it, timing only, and keep
-        # the fastest, as timeit's autorange does (CPU figures are for workflow tests only).
-        repeats = 0
-        spent = seconds
+        # The first pass pays one-time costs: lazy kernel loading and, for some attention
+        # backends (cuDNN), a plan per new shape. Every shape has run once now, so re-timing a
+        # sample of the batches gives the steady rate, which is what decides a recommendation.
+        first_seconds = seconds
         wanted = cuda if repeat is None else repeat
-        while measure and wanted and spent < MIN_TIMED_SECONDS and repeats < MAX_REPEATS:
-            again = _timed_pass(target, loaded, model, batches, device, layer)
-            seconds = min(seconds, again)
-            spent += again
-            repeats += 1
+        timed: list[float] = []
+        sample = _sample(batches, first_seconds, careful=bool(repeat)) if measure and wanted else []
+        while sample and len(timed) < MAX_REPEATS and (sum(timed) < MIN_TIMED_SECONDS or (repeat and len(timed) < 3)):
+            timed.append(_timed(target, loaded, model, sample, device, layer, packed))
+        fraction = sum(b.tokens_used for b in sample) / sum(b.tokens_used for b in batches) if sample else 1.0
+        noise = None
+        if timed:
+            middle = statistics.median(timed)
+            seconds = middle / fraction
+            noise = (max(timed) - min(timed)) / middle if len(timed) > 1 and middle > 0 else None
 
     del model
     if spread:
@@ -214,8 +315,12 @@ def run_policy(
         warmup_seconds=warmup_seconds,
         seconds=seconds,
         tokens=sum(b.tokens_used for b in batches),
-        padded_tokens=sum(b.tokens.numel() for b in batches),
-        passes=1 + repeats,
+        padded_tokens=sum(b.tokens_used if packed else b.tokens.numel() for b in batches),
+        passes=len(timed),
+        first_pass_seconds=first_seconds,
+        steady_fraction=fraction,
+        spread=noise,
+        attention=attention,
     )
     assert pooled is not None
     return RunResult(

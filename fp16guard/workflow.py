@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import torch
 from . import distributed
 from .budget import auto_max_tokens
 from .compare import Comparison, check_reference, compare
+from .composition import check_composition
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError, UnsupportedPolicyError
 from .policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy
@@ -37,7 +38,7 @@ from .sequences import (
     replace_letters,
 )
 from .targets import get_target
-from .targets.base import LoadedModel, ModelSource, Target, TokenBatch
+from .targets.base import LoadedModel, ModelSource, Target, TokenBatch, token_batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,11 +87,7 @@ def prepare_batches(
 ) -> list[TokenBatch]:
     """Tokenise once; the same batches serve every precision. ``lengths`` are token counts."""
     plan = make_batches(lengths, max_tokens, target.special_tokens_per_row)
-    batches = []
-    for batch in plan:
-        tokens, mask, used = target.tokenize(loaded, [sequences[i] for i in batch.indices])
-        batches.append(TokenBatch(batch.indices, tokens, mask, used))
-    return batches
+    return [token_batch(target, loaded, sequences, lengths, batch.indices) for batch in plan]
 
 
 def _attempt(
@@ -98,7 +95,11 @@ def _attempt(
     comparable: bool = True,
 ) -> Attempt:
     policy = result.applied.policy
-    timing = {**asdict(result.timing), "tokens_per_second": result.timing.tokens_per_second}
+    timing = {
+        **asdict(result.timing),
+        "tokens_per_second": result.timing.tokens_per_second,
+        "first_pass_tokens_per_second": result.timing.first_pass_tokens_per_second,
+    }
     speedup = memory_ratio = None
     if reference is not None and comparable:
         speedup = reference.timing.seconds / result.timing.seconds if result.timing.seconds else None
@@ -151,29 +152,54 @@ def _search(
 
 
 #: The fast variant is recommended over the policy that passed only when at least this much
-#: faster, so that timing noise does not swap policies.
+#: faster, and faster by more than the spread of the two steady timings, so that timing noise
+#: does not swap policies (and a committed --save-policy file does not churn).
 FAST_MARGIN = 1.05
+#: CPU timings do not predict GPU speed: on a CPU the fast variant is validated and reported,
+#: never recommended.
+RECOMMEND_ON_CPU = False
 
 
-def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None, judge: Callable[..., Attempt]) -> Attempt | None:
-    """Run the fast-attention variant of the policy that passed; return its attempt when it
-    passes too and is faster (the recommended policy), else None."""
-    if passing is None or passing.fast_attention or passing.is_full_precision:
+def _fast_candidate(target: Target, passing: Policy) -> Policy | None:
+    """The faster variant of ``passing`` to try: packed where the target and torch run the
+    packed layout, else fused attention on padded batches; None when there is none."""
+    if passing.is_full_precision or passing.layout == "packed":
+        return None
+    from .targets.varlen import varlen_kernel
+
+    if getattr(target, "supports_packing", False) and varlen_kernel() is not None:
+        return fast_variant(passing, packed=True)
+    return None if passing.fast_attention else fast_variant(passing)
+
+
+def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None, judge: Callable[..., Attempt],
+              target: Target, device: torch.device) -> Attempt | None:
+    """Run the fast variant of the policy that passed; return its attempt when it passes too
+    and is resolvably faster in steady state on a GPU (the recommended policy), else None."""
+    variant = None if passing is None else _fast_candidate(target, passing)
+    if variant is None:
         return None
     base = next(a for a in attempts if a.role != "reference" and a.name == passing.name)
     try:
-        attempt = judge(fast_variant(passing), role="fast")
+        attempt = judge(variant, role="fast")
     except UnsupportedPolicyError as exc:
-        notes.append(f"fast attention not tried: {exc}")
+        notes.append(f"fast variant not tried: {exc}")
         return None
     attempts.append(attempt)
     fast, slow = attempt.timing.get("tokens_per_second"), base.timing.get("tokens_per_second")
     ratio = fast / slow if fast and slow else None
+    noise = (attempt.timing.get("spread") or 0.0) + (base.timing.get("spread") or 0.0)
+    needed = max(FAST_MARGIN, 1.0 + noise)
     speed = "speed not measured" if ratio is None else f"{ratio:.2f}x the speed of '{passing.name}'"
-    if attempt.passed and ratio is not None and ratio >= FAST_MARGIN:
-        attempt.notes.append(speed)
+    if not attempt.passed:
+        why = "it failed the threshold"
+    elif device.type != "cuda" and not RECOMMEND_ON_CPU:
+        why = f"{speed} on this CPU, but CPU timings do not predict GPU speed; validate on the GPU you deploy on"
+    elif ratio is None or ratio < needed:
+        why = f"{speed}, not resolvably faster (needs {needed:.2f}x: margin {FAST_MARGIN:.2f}x or the timings' spread)"
+    else:
+        attempt.notes.append(f"{speed} (steady state)")
         return attempt
-    why = "it failed the threshold" if not attempt.passed else f"it is not {FAST_MARGIN:.2f}x as fast ({speed})"
     attempt.notes.append(f"not recommended: {why}")
     return None
 
@@ -210,6 +236,7 @@ class Inputs:
     max_length: int | None
     ids: list[str]
     texts: list[str]  # after truncation
+    lengths: list[int]  # tokens per sequence after truncation, special tokens excluded
     truncated: list[int]  # positions in ids
     max_tokens: int
     budget_reason: str
@@ -270,7 +297,7 @@ def prepare_inputs(
     batches = prepare_batches(target, loaded, texts, lengths, max_tokens)
     return Inputs(
         records=records, source=str(seq_path) if sequences else f"bundled:{seq_path.name}", loaded=loaded, layer=layer,
-        max_length=max_length, ids=ids, texts=texts, truncated=truncated, max_tokens=max_tokens,
+        max_length=max_length, ids=ids, texts=texts, lengths=lengths, truncated=truncated, max_tokens=max_tokens,
         budget_reason=budget_reason, batches=batches, notes=notes,
     )
 
@@ -308,7 +335,7 @@ def validate(
         try:
             result = distributed.run_policy(
                 target, loaded, policy, batches, len(texts), on[0], layer, progress, reference, keep, spread=on[1],
-                repeat=config.careful_timing,
+                repeat=True if config.careful_timing else None,
             )
         except torch.OutOfMemoryError:
             raise Fp16GuardError(
@@ -358,12 +385,15 @@ def validate(
         same_device = saved.describe(attempts[0], env, notes)
     passing: Policy | None = None
 
+    cosines: dict[str, tuple[float, ...]] = {}
+
     def judge(policy: Policy, role: str = "attempt") -> Attempt:
         """A full, timed attempt compared with the reference."""
         result = run(policy, reference)
         comparison = compare(
             reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
         )
+        cosines[policy.name] = comparison.cosines
         return _attempt(result, reference, comparison, role, comparable)
 
     def passes(policy: Policy) -> bool:
@@ -376,7 +406,9 @@ def validate(
         attempts.append(judge(policy))
         if config.profile:
             progress.stage(f"{policy.name}: profiling every layer against FP32")
-            attempts[-1].layers = finite_or_none(distributed.profile_policy(target, loaded, policy, batches, device, layer))
+            # Per-block hooks see padded rows: a packed policy is profiled on its padded twin.
+            profiled = replace(policy, layout="padded")
+            attempts[-1].layers = finite_or_none(distributed.profile_policy(target, loaded, profiled, batches, device, layer))
         if attempts[-1].passed:
             passing = passing or policy
             if config.stop_at_first_pass:
@@ -390,7 +422,24 @@ def validate(
                 passing = Policy.from_dict(searched.policy)
 
     # Only after the ladder or the search: --policy/--no-fallback test just what was named.
-    recommended = _try_fast(attempts, notes, passing, judge) if config.policies is None else None
+    recommended = _try_fast(attempts, notes, passing, judge, target, device) if config.policies is None else None
+
+    # Packed attempts, and the policy that will be recommended, must give every sequence the
+    # embedding it gets alone: a layout defect fails the attempt, whatever its cosines.
+    for attempt in attempts[1:]:
+        policy = Policy.from_dict(attempt.policy)
+        if attempt.passed and (policy.layout == "packed" or attempt is recommended) and attempt.role != "comparison":
+            progress.stage(f"{policy.name}: checking that batch composition does not change embeddings")
+            check = check_composition(target, loaded, policy, texts, inputs.lengths, ids, device, layer, cosines.get(policy.name))
+            attempt.composition = check
+            if not check["passed"]:
+                attempt.passed = False
+                attempt.reason = f"batch composition changes embeddings: {check['defects'][0]}"
+                notes.append(f"{policy.name}: {len(check['defects'])} batch-composition defect(s): " + "; ".join(check["defects"][:3]))
+                if recommended is attempt:
+                    recommended = None
+                if passing is not None and passing.name == policy.name:
+                    passing = next((Policy.from_dict(a.policy) for a in attempts[1:] if a.role == "attempt" and a.passed), None)
 
     for policy in extras:
         attempts.append(judge(policy, role="comparison"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
@@ -42,3 +43,16 @@ def adapter_for(model: nn.Module) -> Callable[[nn.Module, Policy], AppliedPolicy
         if target.adapts(model):
             return target.apply_policy
     return apply_generic
+
+
+def apply_policy(model: nn.Module, policy: str | Path | Policy | dict) -> AppliedPolicy:
+    """Convert ``model`` in place to ``policy`` (a name, a JSON file, a dict or a Policy).
+
+    Use it on an FP32 model, on the device it will run on, and do not cast the model
+    afterwards (``.half()`` would round the FP32 islands). Returns the modules kept in FP32.
+    A model converted under a packed policy still runs padded batches through its own
+    ``forward``; ``fp16guard.Embedder`` runs it packed.
+    """
+    from ..policy import get_policy
+
+    return adapter_for(model)(model, get_policy(policy))

@@ -25,7 +25,8 @@ from ..precision import (
     part_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, hash_in_background, skipped_init
+from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, skipped_init
+from .varlen import packed_attention, require_packing, rotate_half
 
 DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
@@ -143,6 +144,72 @@ class SdpaAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.permute(2, 0, 1, 3).reshape(length, batch, self.embed_dim)
         return self.out_proj(out), None
+
+
+class PackState:
+    """The packed batch a model is running, shared by its attention modules (set by
+    ``Esm2Target.packed_hidden_states`` for one forward), and the rotary tables of that pack,
+    computed once per pack rather than once per layer."""
+
+    def __init__(self) -> None:
+        self.batch: PackedBatch | None = None
+        self._tables: dict = {}
+
+    def start(self, batch: PackedBatch) -> None:
+        self.batch, self._tables = batch, {}
+
+    def finish(self) -> None:
+        self.batch, self._tables = None, {}
+
+    def rotary_tables(self, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [N, 1, head_dim] at each token's position within its own sequence.
+
+        Computed in ``inv_freq``'s dtype, as fair-esm computes them: FP16 angles in a model
+        cast whole to FP16, FP32 angles under an FP32 rotary island (``fp32_positional``); then
+        cast to the attention's dtype."""
+        key = (inv_freq.dtype, dtype, inv_freq.device)
+        if key not in self._tables:
+            assert self.batch is not None
+            angles = self.batch.positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
+            angles = torch.cat((angles, angles), dim=-1)[:, None, :]
+            self._tables[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return self._tables[key]
+
+
+class PackedAttention(SdpaAttention):
+    """fair-esm's self-attention on a packed batch: one fused QKV projection, rotary positions
+    restarting at each sequence, and variable-length attention confined to each sequence.
+
+    The model runs on [N, 1, D] (fair-esm's [T, B, D] with all N tokens of the pack as one
+    row), so fair-esm's layers, layer norms and every FP32 island work unchanged around it.
+    Called without a pack (``model(tokens)`` on padded rows), it is SdpaAttention, so a model
+    converted by ``apply_policy`` under a packed policy still runs padded batches.
+    """
+
+    def __init__(self, source: nn.Module, state: PackState):
+        super().__init__(source)
+        self.state = state
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None,
+                need_head_weights=False, **unused):
+        packed = self.state.batch
+        if packed is None:
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, need_head_weights, **unused)
+        if need_head_weights or attn_mask is not None or key_padding_mask is not None:
+            raise UnsupportedPolicyError("the packed layout computes no attention maps and takes no masks")
+        tokens = query.shape[0]
+        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        biases = (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        bias = None if biases[0] is None else torch.cat(biases)
+        q, k, v = F.linear(query[:, 0], weight, bias).view(tokens, 3, self.num_heads, self.head_dim).unbind(1)
+        if self.rot_emb is not None:
+            # As SdpaAttention: the kernel's own 1/sqrt(head_dim) scaling stands for fair-esm's
+            # scaling of q before the rotation (the rotation is linear).
+            cos, sin = self.state.rotary_tables(self.rot_emb.inv_freq, q.dtype)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        out = packed_attention(q, k, v, packed)
+        return self.out_proj(out.reshape(tokens, 1, self.embed_dim)), None
 
 
 class Fp32ResidualLayer(nn.Module):
@@ -281,6 +348,39 @@ class Esm2Target:
         """Representation of ``layer``; the last one has ``emb_layer_norm_after`` applied."""
         return module(tokens, repr_layers=[layer])["representations"][layer]
 
+    supports_packing = True
+
+    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch, layer: int) -> torch.Tensor:
+        """Representation of ``layer`` [N, D] for a packed batch, computed as fair-esm's
+        ``ESM2.forward`` computes it for each sequence alone (token dropout scaling per
+        sequence, the last layer through ``emb_layer_norm_after``); the language-model head,
+        unused for embeddings, is skipped. ``module`` must have been built under a packed policy."""
+        state = getattr(module, "fp16guard_pack", None)
+        if state is None:
+            raise UnsupportedPolicyError("this model was not built under a packed policy")
+        x = module.embed_scale * module.embed_tokens(packed.tokens)
+        if module.token_dropout:
+            # fair-esm rescales by the share of <mask> tokens in each sequence (none in validated
+            # input, but the arithmetic is kept exact): per sequence, not per pack.
+            is_mask = packed.tokens == module.mask_idx
+            x = x.masked_fill(is_mask[:, None], 0.0)
+            lengths = torch.diff(packed.cu_seqlens).to(x.dtype)
+            masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device).index_add_(0, packed.segments, is_mask.to(x.dtype))
+            observed = (masked / lengths)[packed.segments]
+            x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None]
+        if layer == 0:
+            return x
+        x = x[:, None, :]
+        state.start(packed)
+        try:
+            for number, block in enumerate(module.layers, start=1):
+                x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
+                if number == layer and layer < len(module.layers):
+                    return x[:, 0]
+            return module.emb_layer_norm_after(x)[:, 0]
+        finally:
+            state.finish()
+
     def blocks(self, module: nn.Module) -> list[nn.Module]:
         return list(module.layers)
 
@@ -304,7 +404,18 @@ class Esm2Target:
             if hasattr(rotary, "_seq_len_cached"):
                 rotary._seq_len_cached = None
         softmax = "attention softmax is FP32 in fair-esm under every policy"
-        if policy.fast_attention:
+        if policy.layout == "packed":
+            require_packing()
+            state = PackState()
+            module.fp16guard_pack = state
+            for name, sub in list(module.named_modules()):
+                if name.endswith("self_attn") and not isinstance(sub, PackedAttention):
+                    replace_module(module, name, PackedAttention(sub, state))
+            softmax = (
+                "packed layout: variable-length fused attention within each sequence (softmax accumulated in FP32), "
+                "rotary positions restarting at each sequence; no attention maps"
+            )
+        elif policy.fast_attention:
             for name, sub in list(module.named_modules()):
                 if name.endswith("self_attn") and not isinstance(sub, SdpaAttention):
                     replace_module(module, name, SdpaAttention(sub))

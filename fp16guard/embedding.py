@@ -1,0 +1,89 @@
+"""Embedding sequences with a validated policy, in user code: the same build, batching and
+forward (padded or packed, as the policy says) that ``validate`` timed and compared."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .config import ModelSource
+from .errors import InputError
+from .policy import FP32, Policy, get_policy
+from .runner import embed_batch
+from .sequences import make_batches
+from .targets import get_target
+from .targets.base import LoadedModel, Target, build, token_batch
+
+DEFAULT_MAX_TOKENS = 16_384
+
+
+class Embedder:
+    """One model built once under one policy; ``embed`` returns pooled FP32 embeddings.
+
+        embedder = Embedder.load("esm2", weights="esm2_t33_650M_UR50D.pt", policy="policy.json", device="cuda")
+        vectors = embedder.embed(["MKTAYIAKQR", "MSTNPKPQ"])   # [2, 1280] float32, input order
+    """
+
+    def __init__(self, target: Target, loaded: LoadedModel, policy: Policy, device: torch.device,
+                 layer: int | None = None, max_tokens: int = DEFAULT_MAX_TOKENS):
+        layer = loaded.num_layers if layer is None else layer
+        if not 0 <= layer <= loaded.num_layers:
+            raise InputError(f"layer must be between 0 and {loaded.num_layers}, got {layer}")
+        if max_tokens < 1:
+            raise InputError(f"max_tokens must be positive, got {max_tokens}")
+        self.target, self.loaded, self.policy, self.device = target, loaded, policy, device
+        self.layer, self.max_tokens = layer, max_tokens
+        self.model, self.applied = build(target, loaded, policy, device)
+
+    @classmethod
+    def load(cls, target: str, *, model: str | None = None, weights: str | Path | None = None,
+             policy: str | Path | Policy | dict = FP32, device: str | torch.device = "auto", layer: int | None = None,
+             max_tokens: int = DEFAULT_MAX_TOKENS, offline: bool = False, pooling: str = "mean",
+             trust_remote_code: bool = False) -> Embedder:
+        """Load ``target``'s weights (a model name or id, or local ``weights``) and build the
+        model under ``policy`` (a name, a policy file written by ``--save-policy``, a dict or a
+        Policy) on ``device`` (auto: CUDA when present)."""
+        chosen = get_target(target)
+        if isinstance(device, str):
+            device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+        source = ModelSource(model=model, weights=Path(weights) if weights else None, offline=offline, pooling=pooling, trust_remote_code=trust_remote_code)
+        return cls(chosen, chosen.load(source), get_policy(policy), device, layer, max_tokens)
+
+    def embed(self, sequences: Sequence[str]) -> torch.Tensor:
+        """Pooled embeddings [N, D] in FP32 on the host, in the order of ``sequences``.
+
+        Sequences are upper-cased and must use the model's alphabet and fit its length limit
+        (InputError otherwise: nothing is truncated silently)."""
+        texts = [s.strip().upper() for s in sequences]
+        if not texts:
+            return torch.empty(0, 0)
+        allowed = set(self.loaded.alphabet)
+        limit = self.loaded.max_length
+        for number, text in enumerate(texts):
+            if not text:
+                raise InputError(f"sequence {number} is empty")
+            unknown = sorted(set(text) - allowed)
+            if unknown:
+                raise InputError(f"sequence {number} has {unknown[0]!r}, which is not in {self.loaded.name}'s vocabulary")
+        lengths = self.target.measure(self.loaded, texts)
+        too_long = next((i for i, n in enumerate(lengths) if limit is not None and n > limit), None)
+        if too_long is not None:
+            raise InputError(f"sequence {too_long} has {lengths[too_long]} tokens, more than {self.loaded.name}'s {limit}")
+        packed = self.policy.layout == "packed"
+        out: torch.Tensor | None = None
+        with torch.inference_mode():
+            for plan in make_batches(lengths, self.max_tokens, self.target.special_tokens_per_row):
+                batch = token_batch(self.target, self.loaded, texts, lengths, plan.indices)
+                rows = embed_batch(self.target, self.loaded, self.model, batch, self.device, self.layer, packed).cpu()
+                if out is None:
+                    out = torch.empty(len(texts), rows.shape[-1], dtype=torch.float32)
+                out[list(batch.indices)] = rows
+        assert out is not None
+        return out
+
+
+def embed_sequences(target: str, sequences: Sequence[str], **options) -> torch.Tensor:
+    """``Embedder.load(target, **options).embed(sequences)``: pooled FP32 embeddings [N, D]."""
+    return Embedder.load(target, **options).embed(sequences)

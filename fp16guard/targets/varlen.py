@@ -1,0 +1,59 @@
+"""Attention over packed batches: each sequence attends only to itself.
+
+On CUDA in FP16/BF16 this is one call of torch's variable-length flash attention
+(``torch.nn.attention.varlen.varlen_attn``, in PyTorch since 2.10). Elsewhere (the CPU, an FP32
+island, a dtype the kernel does not take) the same function is computed sequence by sequence
+with ``scaled_dot_product_attention``: slower, the same mathematics, so that the layout's logic
+(offsets, positions, pooling) is testable anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnsupportedPolicyError
+
+
+def varlen_kernel():
+    """torch's variable-length attention function, or None on a torch without it (< 2.10)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def require_packing() -> None:
+    """Raise UnsupportedPolicyError when this torch cannot run the packed layout."""
+    if varlen_kernel() is None:
+        raise UnsupportedPolicyError(
+            f"the packed layout needs torch >= 2.10 (torch.nn.attention.varlen), and this is torch {torch.__version__}; "
+            "use a padded policy such as fp16+sdpa"
+        )
+
+
+def uses_varlen_kernel(q: torch.Tensor) -> bool:
+    """Whether ``packed_attention`` runs the fused variable-length kernel for ``q``."""
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and varlen_kernel() is not None
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(head_dim)) v within each sequence of ``packed`` (a PackedBatch on
+    q's device); q, k, v and the result are [N, heads, head_dim]."""
+    if uses_varlen_kernel(q):
+        cu = packed.cu_seqlens
+        return varlen_kernel()(q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen)
+    out = torch.empty_like(q)
+    bounds = packed.offsets
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        # [L, H, Dh] -> [1, H, L, Dh] for SDPA, and back
+        part = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
+        out[start:end] = F.scaled_dot_product_attention(*part)[0].transpose(0, 1)
+    return out
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the last dimension, as rotary embeddings use it."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
