@@ -202,14 +202,23 @@ class PackedAttention(SdpaAttention):
         biases = (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
         bias = None if biases[0] is None else torch.cat(biases)
         q, k, v = F.linear(query[:, 0], weight, bias).view(tokens, 3, self.num_heads, self.head_dim).unbind(1)
+        out = self._attend(q, k, v)
+        return self.out_proj(out.reshape(tokens, 1, self.embed_dim)), None
+
+    @torch.compiler.disable
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Rotary positions and attention within each sequence of the current pack. Kept out
+        of torch.compile's graphs: the pack (its offsets and longest length) changes with every
+        batch, and the kernel is fused already; the projections, layer norms and MLP around it
+        still compile."""
+        packed = self.state.batch
         if self.rot_emb is not None:
             # As SdpaAttention: the kernel's own 1/sqrt(head_dim) scaling stands for fair-esm's
             # scaling of q before the rotation (the rotation is linear).
             cos, sin = self.state.rotary_tables(self.rot_emb.inv_freq, q.dtype)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        out = packed_attention(q, k, v, packed)
-        return self.out_proj(out.reshape(tokens, 1, self.embed_dim)), None
+        return packed_attention(q, k, v, packed)
 
 
 class Fp32ResidualLayer(nn.Module):
