@@ -154,8 +154,9 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         step = stock_step(model, device, layer)
         ref_rows = {}
         for batch in reference_batches:
+            rows = step(batch).cpu()
             for i, index in enumerate(batch.indices):
-                ref_rows[index] = step(batch)[i].cpu()
+                ref_rows[index] = rows[i]
     ref_index = sorted(ref_rows)
     reference = torch.stack([ref_rows[i] for i in ref_index])
     del model
