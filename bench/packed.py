@@ -167,6 +167,8 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
     del stock
     free(device)
     for label, policy, backends in (("sdpa", FP16_SDPA, None), ("sdpa-flash-eff", FP16_SDPA, "flash-eff"), ("packed", FP16_PACKED, None)):
+        if label not in args.paths:
+            continue
         model, _ = build(TARGET, loaded, policy, device)
         step = fp16guard_step(loaded, model, device, layer, policy.layout == "packed")
         probe_run = (lambda m=model, p=policy: embed_batch(TARGET, loaded, m, probe, device, layer, p.layout == "packed"))
@@ -204,10 +206,11 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         timing["memory_vs_stock"] = (timing["peak_memory_bytes"] / result["paths"]["stock"]["peak_memory_bytes"]
                                      if timing["peak_memory_bytes"] else None)
         timing["min_cosine_vs_fp32"] = float(cosine_rows(reference, pooled[label][ref_index]).min())
-    result["packed_vs_padded_min_cosine"] = float(cosine_rows(pooled["sdpa"], pooled["packed"]).min())
+    if "sdpa" in pooled:
+        result["packed_vs_padded_min_cosine"] = float(cosine_rows(pooled["sdpa"], pooled["packed"]).min())
 
     fixed = []
-    for rows, length in FIXED.get(name, ()) if not args.quick else FIXED["tiny"]:
+    for rows, length in (FIXED.get(name, ()) if not args.quick else FIXED["tiny"]) if args.fixed else ():
         sequences = ["".join(random.Random(rows * length + i).choices(PROTEIN, k=length - 2)) for i in range(rows)]
         (batch,) = prepare_batches(TARGET, loaded, sequences, [length - 2] * rows, rows * length)
         shape: dict = {"shape": f"{rows} x {length}"}
@@ -281,8 +284,9 @@ def render(results: dict) -> str:
                 lines.append(f"| | compile time (first minus steady pass) {t['compile_seconds']:.1f} s | | | | | | | | |")
         r = arch["runner"]
         lines += ["", f"Runner (what validate reports) under fp16+packed: first pass {r['first_tokens_per_second']:,.0f}, steady "
-                  f"{r['tokens_per_second']:,.0f} tokens/s ({r['passes']} re-runs of {100 * r['steady_fraction']:.0f}% of the batches), {r['attention']}.",
-                  f"Packed vs padded (fp16+sdpa) min cosine: {arch['packed_vs_padded_min_cosine']:.7f}."]
+                  f"{r['tokens_per_second']:,.0f} tokens/s ({r['passes']} re-runs of {100 * r['steady_fraction']:.0f}% of the batches), {r['attention']}."]
+        if "packed_vs_padded_min_cosine" in arch:
+            lines.append(f"Packed vs padded (fp16+sdpa) min cosine: {arch['packed_vs_padded_min_cosine']:.7f}.")
         if arch["fixed"]:
             lines += ["", "| fixed shape | stock tokens/s | sdpa | packed | packed vs stock | sdpa vs stock | packed MFU | packed memory vs stock |",
                       "|---|---|---|---|---|---|---|---|"]
@@ -317,9 +321,13 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="also time packed under torch.compile(dynamic=True)")
     parser.add_argument("--cli", action="store_true", help="also run validate on the bundled set (first architecture)")
     parser.add_argument("--quick", action="store_true", help="tiny model and set: code paths only")
+    parser.add_argument("--paths", nargs="+", default=["sdpa", "sdpa-flash-eff", "packed"],
+                        help="fused paths besides stock (packed is always run): sdpa sdpa-flash-eff packed")
+    parser.add_argument("--no-fixed", dest="fixed", action="store_false", help="skip the fixed shapes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", type=Path, default=Path("/tmp/fp16guard-bench"))
     args = parser.parse_args()
+    args.paths = sorted(set(args.paths) | {"packed"})
     if args.quick:
         args.arch, args.proteins, args.max_tokens, args.passes = ["tiny"], 40, 512, 1
     args.tmp.mkdir(parents=True, exist_ok=True)

@@ -158,8 +158,25 @@ ATTENTION_OPERATORS = (
     ("_scaled_dot_product_flash_attention", "flash (SDPA)"),
     ("_scaled_dot_product_efficient_attention", "memory-efficient (SDPA)"),
     ("_scaled_dot_product_attention_math", "math (SDPA)"),
-    ("aten.scaled_dot_product_attention.", "math (SDPA, not decomposed: no fused kernel for these inputs)"),
+    ("aten.scaled_dot_product_attention.", "SDPA (kernel choice not reported by this torch)"),
 )
+
+
+def _sdpa_choice(args, kwargs) -> str:
+    """The backend scaled_dot_product_attention chooses for these arguments, as an operator-like
+    name that ATTENTION_OPERATORS knows ("" when torch cannot say)."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        choice = SDPBackend(int(torch._fused_sdp_choice(*args, **kwargs))).name
+    except Exception:  # a private chooser: absent or different in some torch versions
+        return ""
+    return {
+        "FLASH_ATTENTION": "_scaled_dot_product_flash_attention",
+        "EFFICIENT_ATTENTION": "_scaled_dot_product_efficient_attention",
+        "CUDNN_ATTENTION": "_scaled_dot_product_cudnn_attention",
+        "MATH": "_scaled_dot_product_attention_math",
+    }.get(choice, "")
 
 
 def attention_kernel(run) -> str:
@@ -173,12 +190,17 @@ def attention_kernel(run) -> str:
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             names.add(str(func))
+            if func is torch.ops.aten.scaled_dot_product_attention.default:
+                # SDPA picks its kernel inside one operator: ask the same chooser it asks.
+                names.add(_sdpa_choice(args, kwargs or {}))
             return func(*args, **(kwargs or {}))
 
     with Recorder():
         run()
     found = [next((label for key, label in ATTENTION_OPERATORS if key in name), None) for name in sorted(names)]
     found = [label for label in found if label]
+    if len(set(found)) > 1:  # the chooser's answer makes the generic SDPA entry redundant
+        found = [label for label in found if label != ATTENTION_OPERATORS[-1][1]]
     if found:
         return " + ".join(dict.fromkeys(found))
     if any("softmax" in name for name in names) and any(op in name for name in names for op in ("bmm", "matmul")):

@@ -221,6 +221,33 @@ class PackedAttention(SdpaAttention):
         return packed_attention(q, k, v, packed)
 
 
+class FusedGeluLayer(nn.Module):
+    """fair-esm's TransformerLayer with its GELU as one kernel (``F.gelu``, exact erf form).
+
+    fair-esm writes GELU as four element-wise operations, each a pass over the FFN's
+    activations (4 x width per token): on ESM-2 650M that traffic costs about a third of the
+    block's matmul time. ``F.gelu`` computes the same function in one pass, internally in FP32
+    (so its FP16 result is rounded once, not four times). Used with the packed layout; the
+    children keep their names, so state-dict keys, module names and islands are unchanged.
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.self_attn_layer_norm = layer.self_attn_layer_norm
+        self.self_attn = layer.self_attn
+        self.final_layer_norm = layer.final_layer_norm
+        self.fc1 = layer.fc1
+        self.fc2 = layer.fc2
+
+    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        h, attn = self.self_attn(
+            query=(h := self.self_attn_layer_norm(x)), key=h, value=h, key_padding_mask=self_attn_padding_mask,
+            need_weights=True, need_head_weights=need_head_weights, attn_mask=self_attn_mask,
+        )
+        x = x + h
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)))), attn
+
+
 class Fp32ResidualLayer(nn.Module):
     """fair-esm's TransformerLayer with the residual stream carried and summed in FP32.
 
@@ -417,6 +444,10 @@ class Esm2Target:
             require_packing()
             state = PackState()
             module.fp16guard_pack = state
+            if not policy.fp32_residual:
+                for i, layer in enumerate(module.layers):
+                    if type(layer).__name__ == "TransformerLayer":
+                        module.layers[i] = FusedGeluLayer(layer)
             for name, sub in list(module.named_modules()):
                 if name.endswith("self_attn") and not isinstance(sub, PackedAttention):
                     replace_module(module, name, PackedAttention(sub, state))
