@@ -156,6 +156,17 @@ def check_alphabet(records: SequenceSet, alphabet: str, vocabulary: str) -> None
                 )
 
 
+def ids_with(records: SequenceSet, letters: str) -> list[str]:
+    """Ids of the records that contain any of ``letters``, in file order."""
+    return [r.id for r in records.records if any(letter in r.sequence for letter in letters)]
+
+
+def some_ids(ids: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` ids, comma-separated, then "and N more" for the rest."""
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
 def bundled_path(name: str) -> Path:
     """Path of a reference set shipped with the package (editable or not)."""
     ref = resources.files("fp16guard.data").joinpath(name)

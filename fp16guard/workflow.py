@@ -32,9 +32,11 @@ from .sequences import (
     SequenceSet,
     bundled_path,
     check_alphabet,
+    ids_with,
     make_batches,
     read_fasta,
     replace_letters,
+    some_ids,
 )
 from .targets import get_target
 from .targets.base import LoadedModel, ModelSource, Target, TokenBatch
@@ -242,7 +244,16 @@ def prepare_inputs(
         saved.check(target=target_name, dataset_sha256=records.sha256, versions=library_versions(target_name))
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)
-    check_alphabet(records, loaded.alphabet, f"{loaded.name}'s vocabulary")
+    unknown = target.read_as_unknown(loaded) if hasattr(target, "read_as_unknown") else ""
+    check_alphabet(records, loaded.alphabet + unknown, f"{loaded.name}'s vocabulary")
+    affected = ids_with(records, unknown) if unknown else []
+    if affected:
+        message = (
+            f"{' and '.join(unknown)} is not in {loaded.name}'s vocabulary: read as its unknown token, as the model's own "
+            f"tokenizer does, in {len(affected)} sequence(s): {some_ids(affected)}"
+        )
+        progress.warn(message)
+        notes.append(message)
     layer = loaded.num_layers if config.layer is None else config.layer
     if not 0 <= layer <= loaded.num_layers:
         raise InputError(f"--layer must be between 0 and {loaded.num_layers}, got {layer}")

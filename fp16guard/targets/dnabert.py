@@ -266,6 +266,7 @@ class DnabertTarget(HfTarget):
 
     input_alphabet = "ACGTN" + IUPAC_AMBIGUITY
     ambiguity_codes = IUPAC_AMBIGUITY
+    unknown_letters = "N"  # what a byte-pair vocabulary trained on clean A/C/G/T may lack
 
     def __init__(self) -> None:
         super().__init__("dnabert", "DNABERT-2 / DNABERT-S, native implementation (no remote code)")
@@ -314,6 +315,18 @@ class DnabertTarget(HfTarget):
             alphabet=vocab_letters or "ACGTN",
             max_length=None,  # ALiBi: no position limit, memory is the limit
             extra={"tokenizer": tokenizer, "separator": "", "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},
+        )
+
+    def read_as_unknown(self, loaded: LoadedModel) -> str:
+        """Those of ``unknown_letters`` outside the vocabulary that the checkpoint's own tokenizer
+        reads as its unknown token (as it does when the model is used outside fp16guard)."""
+        tokenizer = loaded.extra.get("tokenizer")
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is None:
+            return ""
+        return "".join(
+            letter for letter in self.unknown_letters
+            if letter not in loaded.alphabet and tokenizer(letter, add_special_tokens=False)["input_ids"] == [unk]
         )
 
     def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
