@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import statistics
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -52,19 +54,36 @@ class SequenceSet:
         }
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> SequenceSet:
     """Read and validate a FASTA file against ``alphabet`` (upper-case letters allowed).
 
-    Lower case is accepted and upper-cased; one terminal ``*`` (a translated stop codon) is
-    dropped. Every problem raises :class:`InputError` naming the file, line and record.
+    A gzip-compressed file (recognised by its magic bytes, whatever its name) is decompressed
+    transparently. Lower case is accepted and upper-cased; one terminal ``*`` (a translated stop
+    codon) is dropped. Every problem raises :class:`InputError` naming the file, line and record.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read as text ({exc})") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+    compressed = data.startswith(GZIP_MAGIC)
+    if compressed:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise InputError(f"{path}: looks gzip-compressed but cannot be decompressed as gzip ({exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        inside = "the gzip-compressed file's content " if compressed else ""
+        raise InputError(f"{path}: {inside}cannot be read as text ({exc}); expected FASTA") from None
     return parse_fasta(text, str(path), alphabet, what)
 
 
