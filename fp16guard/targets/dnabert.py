@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..catalog import DNABERT_DEFAULT
 from ..errors import ModelLoadError
 from ..policy import Policy
 from ..precision import (
@@ -32,7 +33,7 @@ from ..precision import (
 from .base import LoadedModel, ModelSource, hash_in_background
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
-DEFAULT_MODEL = "zhihan1996/DNABERT-S"
+DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
 IUPAC_AMBIGUITY = "RYSWKMBDHV"
 PADDING_BIAS = -10000.0  # what MosaicBERT adds for padded keys (not -inf)
 IGNORED_PREFIXES = ("cls.", "pooler.")  # masked-LM heads and the pooler: not part of embeddings

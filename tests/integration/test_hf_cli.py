@@ -104,6 +104,27 @@ def test_list_shows_targets_and_availability(tmp_path):
     assert "fp16+res32" in text
 
 
+def test_list_shows_dnabert_with_hf_cache_availability(tmp_path):
+    """DNABERT-S (the default of validate dnabert) and DNABERT-2 are listed, available only when
+    a cached snapshot holds a config and weights; a cached DNABERT is not listed twice."""
+    env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
+    snapshot = tmp_path / "hf" / "hub" / "models--zhihan1996--DNABERT-S" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "pytorch_model.bin").write_bytes(b"x")
+    partial = tmp_path / "hf" / "hub" / "models--zhihan1996--DNABERT-2-117M" / "snapshots" / "def456"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}")  # no weights: not usable offline
+    result, text = run_cli("list", env=env)
+    assert result.exit_code == 0, text
+    rows = [line for line in text.splitlines() if line.count("│") > 4]
+    dnabert_s = [r for r in rows if "zhihan1996/DNABERT-S" in r]
+    dnabert_2 = [r for r in rows if "zhihan1996/DNABERT-2-117M" in r]
+    assert len(dnabert_s) == 1 and len(dnabert_2) == 1, text
+    assert dnabert_s[0].split("│")[1].strip() == "dnabert" and dnabert_s[0].split("│")[3].strip() == "yes"
+    assert dnabert_2[0].split("│")[3].strip() == "no"
+
+
 antiberty_installed = pytest.mark.skipif(not PRESETS["antiberty"].available(), reason="pip install '.[antiberty]'")
 
 
