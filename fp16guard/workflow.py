@@ -66,12 +66,14 @@ def resolve_placement(name: str) -> tuple[torch.device, bool]:
 
 
 def environment(device: torch.device) -> dict:
-    """Versions and hardware, for the report."""
+    """Versions and hardware, for the report. ``cuda`` is the CUDA version in use, None when no
+    GPU runs (a CUDA build of torch on a CPU run says so in ``torch_cuda_build`` only)."""
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "torch_cuda_build": torch.version.cuda,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU",
     }
@@ -269,7 +271,7 @@ def prepare_inputs(
         texts[i] = target.truncate(loaded, texts[i], max_length)
         lengths[i] = max_length
     if truncated:
-        message = f"{len(truncated)} sequence(s) longer than {max_length} tokens were truncated"
+        message = f"{len(truncated)} sequence(s) longer than {max_length} tokens were truncated: {some_ids([ids[i] for i in truncated])}"
         progress.warn(message)
         notes.append(message + " (listed under dataset.truncated)")
     if saved is not None:

@@ -36,6 +36,19 @@ def test_healthy_model_passes_in_full_fp16(checkpoints, small_fasta, tmp_path):
     assert "fp16" in text and "PASS" in text
 
 
+def test_a_cpu_run_with_a_cuda_build_of_torch_claims_no_cuda(checkpoints, small_fasta, tmp_path, monkeypatch):
+    """A CUDA build of torch on a machine without a GPU: the device line must not say CUDA 13.0."""
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu", "--policy", "fp16")
+    assert result.exit_code == 0, text
+    environment = read_report(out)["environment"]
+    assert environment["cuda"] is None and environment["torch_cuda_build"] == "13.0"
+    assert "CUDA 13.0" not in (out / "report.md").read_text() and "CUDA 13.0" not in text
+
+
 def test_planted_residual_overflow_is_fixed_by_the_fp32_residual_rung(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["residual"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
@@ -109,7 +122,7 @@ def test_layer_and_truncation_options(checkpoints, small_fasta, tmp_path):
     report = read_report(out)
     assert report["model"]["layer"] == 1
     assert sorted(report["dataset"]["truncated"]) == ["alpha", "delta", "gamma"]
-    assert "3 sequence(s) longer than 20 tokens were truncated" in text
+    assert "3 sequence(s) longer than 20 tokens were truncated: alpha, gamma, delta" in " ".join(text.split())
     assert report["dataset"]["batches"] > 1
 
 
