@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from ..precision import (
     layer_norm_islands,
     part_islands,
 )
-from .base import LoadedModel, ModelSource, hash_in_background
+from .base import LoadedModel, ModelSource, hash_in_background, load_failure
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
 DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
@@ -241,6 +240,7 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path
     if not safetensors and not bins:
         raise ModelLoadError(f"{model_dir}: no weights (model.safetensors or pytorch_model.bin)")
     state: dict[str, torch.Tensor] = {}
+    path = (safetensors or bins)[0]
     try:
         if safetensors:
             from safetensors.torch import load_file
@@ -250,10 +250,8 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path
         else:
             for path in bins:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError as exc:
-        raise ModelLoadError(f"{model_dir}: refused by weights-only loading ({str(exc).splitlines()[0]})") from None
-    except Exception as exc:
-        raise ModelLoadError(f"{model_dir}: cannot read the weights ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # gzip, corrupt or truncated file, pickled code
+        raise ModelLoadError(f"{path}: {load_failure(path, exc, 'cannot read the weights')}") from None
     cleaned = {}
     for key, value in state.items():
         key = key[len("bert.") :] if key.startswith("bert.") else key

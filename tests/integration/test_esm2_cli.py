@@ -197,6 +197,26 @@ def test_checkpoint_that_needs_pickled_code_is_refused(small_fasta, tmp_path):
     result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out")
     assert result.exit_code == 3, text
     assert "weights-only" in text
+    assert "weights_only" not in text and "safe_globals" not in text  # never advise loading unsafely
+
+
+def test_weights_that_is_a_directory_says_so(small_fasta, tmp_path):
+    result, text = validate("--weights", tmp_path, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "is a directory" in flat and ".pt" in flat and "no such file" not in flat
+
+
+def test_gzip_checkpoint_says_decompress_never_weights_only(checkpoints, small_fasta, tmp_path):
+    import gzip
+
+    path = tmp_path / "tiny.pt.gz"
+    path.write_bytes(gzip.compress(checkpoints["healthy"].read_bytes()))
+    result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "is gzip-compressed: decompress it first" in flat
+    assert "weights_only" not in flat
 
 
 def test_not_an_esm2_checkpoint(small_fasta, tmp_path):

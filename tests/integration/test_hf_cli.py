@@ -92,6 +92,33 @@ def test_directory_without_weights_exits_3(hf_models, small_fasta, tmp_path):
     assert result.exit_code == 3 and "no weights" in text
 
 
+@pytest.mark.parametrize("damage", ["gzip", "pickled"])
+def test_unreadable_pytorch_bin_never_suggests_weights_only_false(hf_models, small_fasta, tmp_path, damage):
+    """transformers passes torch's advice (re-run with weights_only=False) through: not fp16guard."""
+    import argparse
+    import gzip
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    broken = tmp_path / "bin"
+    shutil.copytree(hf_models["bert"], broken)
+    state = load_file(broken / "model.safetensors")
+    (broken / "model.safetensors").unlink()
+    weights = broken / "pytorch_model.bin"
+    if damage == "gzip":
+        torch.save(state, weights)
+        weights.write_bytes(gzip.compress(weights.read_bytes()))
+    else:
+        torch.save({**state, "parser": argparse.ArgumentParser}, weights)
+    result, text = run_cli("validate", "hf", "--model", broken, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "weights_only" not in flat and "safe_globals" not in flat
+    assert ("is gzip-compressed: decompress it first" in flat) == (damage == "gzip")
+
+
 def test_list_shows_targets_and_availability(tmp_path):
     env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
     (tmp_path / "th" / "hub" / "checkpoints").mkdir(parents=True)
