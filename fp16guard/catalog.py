@@ -21,6 +21,16 @@ ESM2_CHECKPOINTS: dict[str, tuple[int, int, int]] = {
 }
 
 
+#: DNABERT checkpoints on the Hugging Face hub that ``validate dnabert`` runs natively; the first
+#: is its default.
+DNABERT_MODELS: dict[str, str] = {
+    "zhihan1996/DNABERT-S": "DNABERT-S: species-aware DNA embeddings (12 layers, 768 dims); "
+    "default of validate dnabert",
+    "zhihan1996/DNABERT-2-117M": "DNABERT-2: multi-species genome model (12 layers, 768 dims)",
+}
+DNABERT_DEFAULT = next(iter(DNABERT_MODELS))
+
+
 def torch_hub_dir() -> Path:
     """torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub."""
     cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
@@ -39,6 +49,16 @@ def hf_hub_cache() -> Path:
         return Path(os.path.expanduser(os.environ["HF_HUB_CACHE"]))
     home = os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")), "huggingface"))
     return Path(os.path.expanduser(home)) / "hub"
+
+
+def hf_cached_snapshot(model_id: str) -> Path | None:
+    """A snapshot of ``model_id`` in the Hugging Face cache holding config.json and weights, or None."""
+    snapshots = hf_hub_cache() / ("models--" + model_id.replace("/", "--")) / "snapshots"
+    for snapshot in sorted(snapshots.glob("*")):
+        weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("pytorch_model*.bin"))
+        if (snapshot / "config.json").is_file() and weights:
+            return snapshot
+    return None
 
 
 def hf_cached_models() -> list[str]:
@@ -115,6 +135,11 @@ def catalog() -> list[CatalogEntry]:
         root = preset.package_dir()
         where = str(root / preset.model_dir) if root else f"pip install '{preset.requirement.split()[0]}'"
         rows.append(CatalogEntry(preset.name, preset.name, preset.description, preset.available(), where))
+    for model_id, description in DNABERT_MODELS.items():
+        snapshot = hf_cached_snapshot(model_id)
+        where = str(snapshot) if snapshot else f"downloaded on first use into {hf_hub_cache()}"
+        rows.append(CatalogEntry("dnabert", model_id, description, snapshot is not None, where))
     for model_id in hf_cached_models():
-        rows.append(CatalogEntry("hf", model_id, "in the Hugging Face cache", True, str(hf_hub_cache())))
+        if model_id not in DNABERT_MODELS:
+            rows.append(CatalogEntry("hf", model_id, "in the Hugging Face cache", True, str(hf_hub_cache())))
     return rows

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import statistics
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -52,19 +54,36 @@ class SequenceSet:
         }
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> SequenceSet:
     """Read and validate a FASTA file against ``alphabet`` (upper-case letters allowed).
 
-    Lower case is accepted and upper-cased; one terminal ``*`` (a translated stop codon) is
-    dropped. Every problem raises :class:`InputError` naming the file, line and record.
+    A gzip-compressed file (recognised by its magic bytes, whatever its name) is decompressed
+    transparently. Lower case is accepted and upper-cased; one terminal ``*`` (a translated stop
+    codon) is dropped. Every problem raises :class:`InputError` naming the file, line and record.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read as text ({exc})") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+    compressed = data.startswith(GZIP_MAGIC)
+    if compressed:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise InputError(f"{path}: looks gzip-compressed but cannot be decompressed as gzip ({exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        inside = "the gzip-compressed file's content " if compressed else ""
+        raise InputError(f"{path}: {inside}cannot be read as text ({exc}); expected FASTA") from None
     return parse_fasta(text, str(path), alphabet, what)
 
 
@@ -154,6 +173,17 @@ def check_alphabet(records: SequenceSet, alphabet: str, vocabulary: str) -> None
                     f"{records.name}:{record.line}: record '{record.id}' has {char!r} at residue {position}, "
                     f"which is not in {vocabulary} ({''.join(sorted(allowed))})"
                 )
+
+
+def ids_with(records: SequenceSet, letters: str) -> list[str]:
+    """Ids of the records that contain any of ``letters``, in file order."""
+    return [r.id for r in records.records if any(letter in r.sequence for letter in letters)]
+
+
+def some_ids(ids: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` ids, comma-separated, then "and N more" for the rest."""
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def bundled_path(name: str) -> Path:

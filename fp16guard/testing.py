@@ -164,15 +164,15 @@ def write_hf_esm(
 DNABERT_SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 
 
-def synthetic_dna(count: int, length: int, seed: int = 0) -> list[str]:
-    """Random DNA with varied GC content and occasional N, for training a tiny tokenizer."""
+def synthetic_dna(count: int, length: int, seed: int = 0, with_n: bool = True) -> list[str]:
+    """Random DNA with varied GC content and (``with_n``) occasional N, for training a tiny tokenizer."""
     import random
 
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         gc = rng.uniform(0.3, 0.7)
-        weights = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2, 0.002]
+        weights = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2, 0.002 if with_n else 0.0]
         out.append("".join(rng.choices("ACGTN", weights=weights, k=length)))
     return out
 
@@ -180,13 +180,16 @@ def synthetic_dna(count: int, length: int, seed: int = 0) -> list[str]:
 def write_dnabert(
     directory: Path, plant: str | None = None, layers: int = 2, hidden: int = 32, heads: int = 4,
     intermediate: int = 64, vocab_size: int = 128, seed: int = 0, prefix: str = "bert.", corpus: int = 200,
+    with_n: bool = True,
 ) -> Path:
     """A directory laid out as zhihan1996/DNABERT-S is: config.json (with the auto_map of its
     remote code), pytorch_model.bin saved from the masked-LM class (``bert.`` prefix plus
     ``cls.*`` head weights), and a byte-pair tokenizer trained on synthetic DNA.
 
     ``plant="residual"``: a post-LN residual add beyond FP16 in layer 0 (fixed by FP32 residual
-    adds); ``plant="mlp"``: a gated-MLP unit whose pre-activation overflows FP16 (unfixable)."""
+    adds); ``plant="mlp"``: a gated-MLP unit whose pre-activation overflows FP16 (unfixable).
+    ``with_n=False``: the tokenizer is trained on clean A/C/G/T, so its vocabulary has no N (it
+    reads N as its unknown token)."""
     from tokenizers import Tokenizer, models, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -194,8 +197,9 @@ def write_dnabert(
 
     directory.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list("ACGTN"))
-    bpe.train_from_iterator(synthetic_dna(corpus, 300, seed), trainer)
+    letters = "ACGTN" if with_n else "ACGT"
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list(letters))
+    bpe.train_from_iterator(synthetic_dna(corpus, 300, seed, with_n), trainer)
     cls_id, sep_id = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
     bpe.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -33,9 +33,11 @@ from .sequences import (
     SequenceSet,
     bundled_path,
     check_alphabet,
+    ids_with,
     make_batches,
     read_fasta,
     replace_letters,
+    some_ids,
 )
 from .targets import get_target
 from .targets.base import LoadedModel, ModelSource, Target, TokenBatch, token_batch
@@ -65,12 +67,14 @@ def resolve_placement(name: str) -> tuple[torch.device, bool]:
 
 
 def environment(device: torch.device) -> dict:
-    """Versions and hardware, for the report."""
+    """Versions and hardware, for the report. ``cuda`` is the CUDA version in use, None when no
+    GPU runs (a CUDA build of torch on a CPU run says so in ``torch_cuda_build`` only)."""
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "torch_cuda_build": torch.version.cuda,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU",
     }
@@ -269,7 +273,16 @@ def prepare_inputs(
         saved.check(target=target_name, dataset_sha256=records.sha256, versions=library_versions(target_name))
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)
-    check_alphabet(records, loaded.alphabet, f"{loaded.name}'s vocabulary")
+    unknown = target.read_as_unknown(loaded) if hasattr(target, "read_as_unknown") else ""
+    check_alphabet(records, loaded.alphabet + unknown, f"{loaded.name}'s vocabulary")
+    affected = ids_with(records, unknown) if unknown else []
+    if affected:
+        message = (
+            f"{' and '.join(unknown)} is not in {loaded.name}'s vocabulary: read as its unknown token, as the model's own "
+            f"tokenizer does, in {len(affected)} sequence(s): {some_ids(affected)}"
+        )
+        progress.warn(message)
+        notes.append(message)
     layer = loaded.num_layers if config.layer is None else config.layer
     if not 0 <= layer <= loaded.num_layers:
         raise InputError(f"--layer must be between 0 and {loaded.num_layers}, got {layer}")
@@ -285,7 +298,7 @@ def prepare_inputs(
         texts[i] = target.truncate(loaded, texts[i], max_length)
         lengths[i] = max_length
     if truncated:
-        message = f"{len(truncated)} sequence(s) longer than {max_length} tokens were truncated"
+        message = f"{len(truncated)} sequence(s) longer than {max_length} tokens were truncated: {some_ids([ids[i] for i in truncated])}"
         progress.warn(message)
         notes.append(message + " (listed under dataset.truncated)")
     if saved is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import pickle
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -232,3 +234,37 @@ def files_sha256(paths: Sequence[Path], chunk: int = 1 << 24) -> str:
             while block := handle.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+#: Sentences of torch's errors that advise turning off weights-only loading (or allowlisting
+#: globals): fp16guard never runs pickled code, so it never passes that advice on.
+_UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|allowlist|arbitrary code|still be loaded|trust", re.IGNORECASE)
+
+
+def is_gzip(path: Path) -> bool:
+    """Whether ``path`` starts with the gzip magic bytes (a compressed checkpoint)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
+
+
+def load_failure(path: Path, exc: BaseException, failed: str = "cannot read as a PyTorch checkpoint", limit: int = 200) -> str:
+    """Why the weights file ``path`` could not be read, for "PATH: <this>": "is gzip-compressed"
+    for a compressed file; otherwise the first line of ``exc`` without torch's advice to load
+    with weights_only=False or to allowlist globals (fp16guard never runs pickled code)."""
+    if is_gzip(path):
+        return f"is gzip-compressed: decompress it first (gunzip {path.name})"
+    text = str(exc).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text, re.DOTALL)
+    if detail:
+        text = detail.group(1)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    kept = " ".join(s for s in re.split(r"(?<=[.!?])\s+", first) if s and not _UNSAFE_ADVICE.search(s))
+    if not kept or " " not in kept:  # a bare key or code (KeyError: '101') says little on its own
+        kept = f"{type(exc).__name__}: {kept}" if kept else type(exc).__name__
+    if detail or isinstance(exc, pickle.UnpicklingError):
+        return f"refused by weights-only loading (fp16guard never runs pickled code): {kept}"[:limit]
+    return f"{failed} ({kept[:limit]})"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..catalog import DNABERT_DEFAULT
 from ..errors import ModelLoadError
 from ..policy import Policy
 from ..precision import (
@@ -29,10 +29,10 @@ from ..precision import (
     layer_norm_islands,
     part_islands,
 )
-from .base import LoadedModel, ModelSource, hash_in_background
+from .base import LoadedModel, ModelSource, hash_in_background, load_failure
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 
-DEFAULT_MODEL = "zhihan1996/DNABERT-S"
+DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
 IUPAC_AMBIGUITY = "RYSWKMBDHV"
 PADDING_BIAS = -10000.0  # what MosaicBERT adds for padded keys (not -inf)
 IGNORED_PREFIXES = ("cls.", "pooler.")  # masked-LM heads and the pooler: not part of embeddings
@@ -240,6 +240,7 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path
     if not safetensors and not bins:
         raise ModelLoadError(f"{model_dir}: no weights (model.safetensors or pytorch_model.bin)")
     state: dict[str, torch.Tensor] = {}
+    path = (safetensors or bins)[0]
     try:
         if safetensors:
             from safetensors.torch import load_file
@@ -249,10 +250,8 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path
         else:
             for path in bins:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError as exc:
-        raise ModelLoadError(f"{model_dir}: refused by weights-only loading ({str(exc).splitlines()[0]})") from None
-    except Exception as exc:
-        raise ModelLoadError(f"{model_dir}: cannot read the weights ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # gzip, corrupt or truncated file, pickled code
+        raise ModelLoadError(f"{path}: {load_failure(path, exc, 'cannot read the weights')}") from None
     cleaned = {}
     for key, value in state.items():
         key = key[len("bert.") :] if key.startswith("bert.") else key
@@ -266,6 +265,7 @@ class DnabertTarget(HfTarget):
 
     input_alphabet = "ACGTN" + IUPAC_AMBIGUITY
     ambiguity_codes = IUPAC_AMBIGUITY
+    unknown_letters = "N"  # what a byte-pair vocabulary trained on clean A/C/G/T may lack
 
     def __init__(self) -> None:
         super().__init__("dnabert", "DNABERT-2 / DNABERT-S, native implementation (no remote code)")
@@ -314,6 +314,18 @@ class DnabertTarget(HfTarget):
             alphabet=vocab_letters or "ACGTN",
             max_length=None,  # ALiBi: no position limit, memory is the limit
             extra={"tokenizer": tokenizer, "separator": "", "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},
+        )
+
+    def read_as_unknown(self, loaded: LoadedModel) -> str:
+        """Those of ``unknown_letters`` outside the vocabulary that the checkpoint's own tokenizer
+        reads as its unknown token (as it does when the model is used outside fp16guard)."""
+        tokenizer = loaded.extra.get("tokenizer")
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is None:
+            return ""
+        return "".join(
+            letter for letter in self.unknown_letters
+            if letter not in loaded.alphabet and tokenizer(letter, add_special_tokens=False)["input_ids"] == [unk]
         )
 
     def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..precision import (
     part_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, skipped_init
+from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, load_failure, skipped_init
 from .varlen import packed_attention, require_packing, rotate_half
 
 DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
@@ -42,14 +41,8 @@ def _read_checkpoint(path: Path) -> dict:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such checkpoint file") from None
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelLoadError(
-            f"{path}: refused by weights-only loading, so it would need to run pickled code "
-            f"(fp16guard never does): {first}"
-        ) from None
-    except Exception as exc:  # corrupt zip, truncated download, not a torch file
-        raise ModelLoadError(f"{path}: cannot read as a PyTorch checkpoint ({exc})") from None
+    except Exception as exc:  # gzip, corrupt zip, truncated download, not a torch file, pickled code
+        raise ModelLoadError(f"{path}: {load_failure(path, exc)}") from None
     cfg = data.get("cfg") if isinstance(data, dict) else None
     model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
     if "model" not in data or not hasattr(model_cfg, "encoder_layers"):
@@ -298,6 +291,8 @@ class Esm2Target:
         weights, model, offline = source.weights, source.model, source.offline
         if weights is not None:
             path = Path(weights)
+            if path.is_dir():
+                raise ModelLoadError(f"--weights {path}: is a directory; expected a fair-esm checkpoint file (.pt)")
             if not path.is_file():
                 raise ModelLoadError(f"--weights {path}: no such file")
             name = path.stem

@@ -28,7 +28,7 @@ from ..precision import (
     part_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, hash_in_background
+from .base import LoadedModel, ModelSource, hash_in_background, is_gzip, load_failure
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FP32_SOFTMAX = "fp16guard_fp32_softmax"
@@ -185,9 +185,9 @@ class HfTarget:
                 module, info = AutoModel.from_pretrained(
                     model_dir, config=config, dtype=torch.float32, output_loading_info=True, **kwargs
                 )
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{model_dir}: cannot load the model ({first})") from None
+        except Exception as exc:  # torch's own advice to drop weights_only is not passed on
+            culprit = next((p for p in weight_files if is_gzip(p)), model_dir)
+            raise ModelLoadError(f"{culprit}: {load_failure(culprit, exc, 'cannot load the model', 300)}") from None
         # Heads in the checkpoint (cls.*) are ignored; encoder weights that are missing would be
         # silently random, so they are an error.
         missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))

@@ -101,3 +101,16 @@ def test_default_model_found_offline_in_the_hugging_face_cache(tmp_path, dna_fas
     data = read_report(out)
     assert data["model"]["name"] == "zhihan1996/DNABERT-S"
     assert "snapshots" in data["model"]["source"]
+
+
+def test_vocabulary_without_n_reads_n_as_unknown_on_the_bundled_set(tmp_path):
+    """A tokenizer trained on clean A/C/G/T has no N: the model's own tokenizer reads N as its
+    unknown token, and so does fp16guard, with a warning that counts and names the sequences."""
+    model = write_dnabert(tmp_path / "no_n", with_n=False)
+    out = tmp_path / "out"
+    result, text = invoke("--model", model, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    data = read_report(out)
+    note = next(n for n in data["notes"] if "unknown token" in n)
+    assert "edge_N_run20_middle" in note and "sequence(s)" in note
+    assert "unknown token" in " ".join(text.split())

@@ -36,6 +36,19 @@ def test_healthy_model_passes_in_full_fp16(checkpoints, small_fasta, tmp_path):
     assert "fp16" in text and "PASS" in text
 
 
+def test_a_cpu_run_with_a_cuda_build_of_torch_claims_no_cuda(checkpoints, small_fasta, tmp_path, monkeypatch):
+    """A CUDA build of torch on a machine without a GPU: the device line must not say CUDA 13.0."""
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu", "--policy", "fp16")
+    assert result.exit_code == 0, text
+    environment = read_report(out)["environment"]
+    assert environment["cuda"] is None and environment["torch_cuda_build"] == "13.0"
+    assert "CUDA 13.0" not in (out / "report.md").read_text() and "CUDA 13.0" not in text
+
+
 def test_planted_residual_overflow_is_fixed_by_the_fp32_residual_rung(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = validate("--weights", checkpoints["residual"], "--sequences", small_fasta, "--out", out, "--device", "cpu")
@@ -109,7 +122,7 @@ def test_layer_and_truncation_options(checkpoints, small_fasta, tmp_path):
     report = read_report(out)
     assert report["model"]["layer"] == 1
     assert sorted(report["dataset"]["truncated"]) == ["alpha", "delta", "gamma"]
-    assert "3 sequence(s) longer than 20 tokens were truncated" in text
+    assert "3 sequence(s) longer than 20 tokens were truncated: alpha, gamma, delta" in " ".join(text.split())
     assert report["dataset"]["batches"] > 1
 
 
@@ -184,6 +197,26 @@ def test_checkpoint_that_needs_pickled_code_is_refused(small_fasta, tmp_path):
     result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out")
     assert result.exit_code == 3, text
     assert "weights-only" in text
+    assert "weights_only" not in text and "safe_globals" not in text  # never advise loading unsafely
+
+
+def test_weights_that_is_a_directory_says_so(small_fasta, tmp_path):
+    result, text = validate("--weights", tmp_path, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "is a directory" in flat and ".pt" in flat and "no such file" not in flat
+
+
+def test_gzip_checkpoint_says_decompress_never_weights_only(checkpoints, small_fasta, tmp_path):
+    import gzip
+
+    path = tmp_path / "tiny.pt.gz"
+    path.write_bytes(gzip.compress(checkpoints["healthy"].read_bytes()))
+    result, text = validate("--weights", path, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "is gzip-compressed: decompress it first" in flat
+    assert "weights_only" not in flat
 
 
 def test_not_an_esm2_checkpoint(small_fasta, tmp_path):

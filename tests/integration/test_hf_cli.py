@@ -92,6 +92,33 @@ def test_directory_without_weights_exits_3(hf_models, small_fasta, tmp_path):
     assert result.exit_code == 3 and "no weights" in text
 
 
+@pytest.mark.parametrize("damage", ["gzip", "pickled"])
+def test_unreadable_pytorch_bin_never_suggests_weights_only_false(hf_models, small_fasta, tmp_path, damage):
+    """transformers passes torch's advice (re-run with weights_only=False) through: not fp16guard."""
+    import argparse
+    import gzip
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    broken = tmp_path / "bin"
+    shutil.copytree(hf_models["bert"], broken)
+    state = load_file(broken / "model.safetensors")
+    (broken / "model.safetensors").unlink()
+    weights = broken / "pytorch_model.bin"
+    if damage == "gzip":
+        torch.save(state, weights)
+        weights.write_bytes(gzip.compress(weights.read_bytes()))
+    else:
+        torch.save({**state, "parser": argparse.ArgumentParser}, weights)
+    result, text = run_cli("validate", "hf", "--model", broken, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "weights_only" not in flat and "safe_globals" not in flat
+    assert ("is gzip-compressed: decompress it first" in flat) == (damage == "gzip")
+
+
 def test_list_shows_targets_and_availability(tmp_path):
     env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
     (tmp_path / "th" / "hub" / "checkpoints").mkdir(parents=True)
@@ -102,6 +129,27 @@ def test_list_shows_targets_and_availability(tmp_path):
     assert "yes" in rows["esm2_t12_35M_UR50D"] and " no " in rows["esm2_t6_8M_UR50D"]
     assert "antiberty" in rows
     assert "fp16+res32" in text
+
+
+def test_list_shows_dnabert_with_hf_cache_availability(tmp_path):
+    """DNABERT-S (the default of validate dnabert) and DNABERT-2 are listed, available only when
+    a cached snapshot holds a config and weights; a cached DNABERT is not listed twice."""
+    env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
+    snapshot = tmp_path / "hf" / "hub" / "models--zhihan1996--DNABERT-S" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "pytorch_model.bin").write_bytes(b"x")
+    partial = tmp_path / "hf" / "hub" / "models--zhihan1996--DNABERT-2-117M" / "snapshots" / "def456"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}")  # no weights: not usable offline
+    result, text = run_cli("list", env=env)
+    assert result.exit_code == 0, text
+    rows = [line for line in text.splitlines() if line.count("│") > 4]
+    dnabert_s = [r for r in rows if "zhihan1996/DNABERT-S" in r]
+    dnabert_2 = [r for r in rows if "zhihan1996/DNABERT-2-117M" in r]
+    assert len(dnabert_s) == 1 and len(dnabert_2) == 1, text
+    assert dnabert_s[0].split("│")[1].strip() == "dnabert" and dnabert_s[0].split("│")[3].strip() == "yes"
+    assert dnabert_2[0].split("│")[3].strip() == "no"
 
 
 antiberty_installed = pytest.mark.skipif(not PRESETS["antiberty"].available(), reason="pip install '.[antiberty]'")

@@ -102,6 +102,42 @@ def test_checkpoint_keys_with_or_without_prefix_and_heads_ignored(tmp_path):
     assert not any(k.startswith(("cls.", "bert.")) for k in state_a)
 
 
+@pytest.mark.parametrize("with_n, unknown", [(True, ""), (False, "N")])
+def test_n_is_read_as_unknown_only_when_the_vocabulary_lacks_it(tmp_path, with_n, unknown):
+    from fp16guard.targets.base import ModelSource
+    from fp16guard.targets.dnabert import TARGET
+    from fp16guard.testing import write_dnabert
+
+    loaded = TARGET.load(ModelSource(model=str(write_dnabert(tmp_path / "m", with_n=with_n))))
+    assert ("N" in loaded.alphabet) == with_n
+    assert TARGET.read_as_unknown(loaded) == unknown
+    tokenizer = loaded.extra["tokenizer"]
+    ids = tokenizer("ACGTNNACGT", add_special_tokens=False)["input_ids"]
+    assert (tokenizer.unk_token_id in ids) == (not with_n)
+
+
+@pytest.mark.parametrize("damage", ["gzip", "pickled"])
+def test_unreadable_weights_never_suggest_weights_only_false(tmp_path, damage):
+    import argparse
+    import gzip
+
+    from fp16guard.targets.base import ModelSource
+    from fp16guard.targets.dnabert import TARGET
+    from fp16guard.testing import write_dnabert
+
+    directory = write_dnabert(tmp_path / "m")
+    weights = directory / "pytorch_model.bin"
+    if damage == "gzip":
+        weights.write_bytes(gzip.compress(weights.read_bytes()))
+    else:
+        torch.save({"parser": argparse.ArgumentParser}, weights)
+    with pytest.raises(ModelLoadError) as info:
+        TARGET.load(ModelSource(model=str(directory)))
+    message = str(info.value)
+    assert "weights_only" not in message and "safe_globals" not in message
+    assert ("is gzip-compressed: decompress it first" in message) == (damage == "gzip")
+
+
 def test_missing_or_unexpected_encoder_keys_are_named(tmp_path):
     from fp16guard.targets.base import ModelSource
     from fp16guard.targets.dnabert import TARGET

@@ -48,3 +48,32 @@ def test_esm2_tokens_equal_fair_esms_batch_converter(tmp_path):
     _, _, expected = loaded.extra["alphabet"].get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
     assert torch.equal(tokens, expected)
     assert mask.sum().item() == sum(map(len, sequences)) and used == mask.sum().item() + 2 * len(sequences)
+
+
+def test_load_failure_never_passes_on_advice_to_load_unsafely(tmp_path):
+    """torch's errors advise weights_only=False or allowlisting globals; fp16guard never does."""
+    import argparse
+    import gzip
+
+    from fp16guard.targets.base import load_failure
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, plain)
+    compressed = tmp_path / "compressed.pt"
+    compressed.write_bytes(gzip.compress(plain.read_bytes()))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"parser": argparse.ArgumentParser}, pickled)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(plain.read_bytes()[:200])
+    messages = {}
+    for path in (compressed, pickled, truncated):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            messages[path.name] = load_failure(path, exc)
+    assert set(messages) == {"compressed.pt", "pickled.pt", "truncated.pt"}
+    assert messages["compressed.pt"].startswith("is gzip-compressed: decompress it first")
+    assert "argparse.ArgumentParser" in messages["pickled.pt"] and "weights-only" in messages["pickled.pt"]
+    assert messages["truncated.pt"].startswith("cannot read as a PyTorch checkpoint (")
+    for message in messages.values():
+        assert "weights_only" not in message and "safe_globals" not in message and "\n" not in message

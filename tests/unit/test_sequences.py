@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import random
 from pathlib import Path
 
@@ -152,6 +153,43 @@ def test_read_fasta_binary_file_is_input_error(tmp_path):
     path.write_bytes(b">a\n\xff\xfe\x80\x81\n")
     with pytest.raises(InputError):
         read_fasta(path, ESM2_ALPHABET)
+
+
+@pytest.mark.parametrize("name", ["seqs.fasta.gz", "seqs.fa"])  # detected by content, not by name
+def test_read_fasta_reads_gzip_transparently(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b">a desc\nmkt\r\nAYI\n>b\nGG\n"))
+    seqs = read_fasta(path, ESM2_ALPHABET)
+    assert [(r.id, r.sequence) for r in seqs.records] == [("a", "MKTAYI"), ("b", "GG")]
+    plain = tmp_path / "plain.fasta"
+    plain.write_text(">a desc\nMKTAYI\n>b\nGG\n")
+    assert seqs.sha256 == read_fasta(plain, ESM2_ALPHABET).sha256
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        gzip.compress(b">a\nMKT\n", mtime=0)[:-6],  # truncated
+        b"\x1f\x8b" + b"\x00" * 30,  # the magic bytes, then no valid header
+        gzip.compress(b">a\nMKT\n", mtime=0)[:12] + b"\xff" * 10 + gzip.compress(b">a\nMKT\n", mtime=0)[22:],  # corrupt
+    ],
+    ids=["truncated", "bad-header", "corrupt-stream"],
+)
+def test_read_fasta_corrupt_gzip_says_gzip(tmp_path, data):
+    path = tmp_path / "bad.fasta.gz"
+    path.write_bytes(data)
+    with pytest.raises(InputError) as info:
+        read_fasta(path, ESM2_ALPHABET)
+    assert str(path) in str(info.value)
+    assert "gzip" in str(info.value).replace(str(path), "")  # not only in the path (tmp_path has the test's name)
+
+
+def test_read_fasta_gzip_of_binary_says_gzip(tmp_path):
+    path = tmp_path / "binary.gz"
+    path.write_bytes(gzip.compress(b">a\n\xff\xfe\x80\n"))
+    with pytest.raises(InputError) as info:
+        read_fasta(path, ESM2_ALPHABET)
+    assert "gzip" in str(info.value).replace(str(path), "")
 
 
 def test_read_fasta_reads_a_file(tmp_path):
