@@ -14,7 +14,6 @@ from typer.core import TyperCommand, TyperGroup
 from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError
 
 
-
 class _FlagsTakeNoValue:
     """Help lists a flag without a metavar: typer would print its type (``<bool>``) after
     every flag, as if it took a value."""

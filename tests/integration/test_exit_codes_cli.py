@@ -5,7 +5,6 @@ this model in FP32" where the ladder did not run."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
