@@ -9,8 +9,30 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from fp16guard.errors import Fp16GuardError
+from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError
+
+
+class _FlagsTakeNoValue:
+    """Help lists a flag without a metavar: typer would print its type (``<bool>``) after
+    every flag, as if it took a value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsTakeNoValue, TyperCommand):
+    """A command whose help shows flags as flags."""
+
+
+class Group(_FlagsTakeNoValue, TyperGroup):
+    """A command group whose help shows flags as flags."""
+
 
 app = typer.Typer(
     name="fp16guard",
@@ -18,14 +40,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 validate_app = typer.Typer(
     help="Embed a reference set in FP32 and in FP16 (with fallbacks) and gate on the agreement.",
     no_args_is_help=True,
+    cls=Group,
 )
 app.add_typer(validate_app, name="validate")
 
-EXIT_CODES_HELP = "Exit codes: 0 pass, 1 accuracy failure, 2 bad input or usage, 3 environment or model-load failure."
+EXIT_CODES_HELP = (
+    "Exit codes: 0 pass, 1 accuracy failure (no policy passed), 2 bad input or usage (including an output path "
+    "that cannot be written), 3 environment or model-load failure, 4 internal error (a bug; --debug shows the "
+    "traceback), 130 interrupted."
+)
 
 
 class Device(str, Enum):
@@ -117,13 +145,20 @@ OfflineOption = Annotated[
 PoolingOption = Annotated[
     Pooling, typer.Option(help="mean: attention-mask-weighted mean of the hidden states; cls: the first token.")
 ]
+DebugOption = Annotated[
+    bool,
+    typer.Option(
+        "--debug", envvar="FP16GUARD_DEBUG",
+        help="On an internal error (exit 4), print the traceback; it is also written to fp16guard-error.log in --out.",
+    ),
+]
 TrustRemoteCodeOption = Annotated[
     bool,
     typer.Option("--trust-remote-code", help="Allow the model directory's own Python code to run (off by default)."),
 ]
 
 
-@validate_app.command("esm2", epilog=EXIT_CODES_HELP)
+@validate_app.command("esm2", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_esm2(
     model: Annotated[
         str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
@@ -150,6 +185,7 @@ def validate_esm2(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    debug: DebugOption = False,
     offline: OfflineOption = False,
 ) -> None:
     """Validate an ESM-2 model (fair-esm) in FP16 against FP32."""
@@ -158,7 +194,7 @@ def validate_esm2(
     run_validation("esm2", ModelSource(model=model, weights=weights, offline=offline), **_settings(locals()))
 
 
-@validate_app.command("hf", epilog=EXIT_CODES_HELP)
+@validate_app.command("hf", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_hf(
     model: Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")],
     sequences: SequencesOption = None,
@@ -182,6 +218,7 @@ def validate_hf(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    debug: DebugOption = False,
     offline: OfflineOption = False,
 ) -> None:
     """Validate any Hugging Face encoder (transformers AutoModel) in FP16 against FP32."""
@@ -191,7 +228,7 @@ def validate_hf(
     run_validation("hf", source, **_settings(locals()))
 
 
-@validate_app.command("dnabert", epilog=EXIT_CODES_HELP)
+@validate_app.command("dnabert", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_dnabert(
     model: Annotated[
         str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
@@ -221,6 +258,7 @@ def validate_dnabert(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    debug: DebugOption = False,
     offline: OfflineOption = False,
 ) -> None:
     """Validate DNABERT-S or DNABERT-2 (native implementation, no remote code) in FP16 against FP32."""
@@ -230,7 +268,7 @@ def validate_dnabert(
     run_validation("dnabert", source, **_settings(locals()))
 
 
-@validate_app.command("antiberty", epilog=EXIT_CODES_HELP)
+@validate_app.command("antiberty", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_antiberty(
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
@@ -252,6 +290,7 @@ def validate_antiberty(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    debug: DebugOption = False,
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
     from fp16guard.config import ModelSource
@@ -283,14 +322,95 @@ def _shared_option_names() -> frozenset[str]:
 
 def run_validation(
     target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences, device,
-    max_tokens, save_reference, reference, reference_device, gpus, **settings,
+    max_tokens, save_reference, reference, reference_device, gpus, debug, **settings,
 ) -> None:
-    """Build the config, run the workflow with live progress, write the report, exit.
+    """Check the output paths, build the config, run the workflow with live progress, write the
+    report, exit. An unexpected exception exits 4 with one line (the traceback under --debug and
+    in OUT/fp16guard-error.log).
 
     Under --gpus or torchrun every rank runs this; rank 0 alone prints and writes the report."""
     from . import render
 
     console = render.stderr_console()
+    try:
+        _run_validation(
+            console, target, source, policy=policy, no_fallback=no_fallback, full_ladder=full_ladder, also_try=also_try,
+            save_policy=save_policy, min_cosine=min_cosine, out=out, sequences=sequences, device=device,
+            max_tokens=max_tokens, save_reference=save_reference, reference=reference,
+            reference_device=reference_device, gpus=gpus, **settings,
+        )
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:  # outside the run proper: the imports, the checks
+        render.error(console, "interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: one line, not a traceback, and never exit 1
+        internal_error(console, exc, out, debug)
+
+
+def internal_error(console, exc: BaseException, out: Path | None, debug: bool) -> None:
+    """Report an unexpected exception in one line, its traceback under --debug and in
+    OUT/fp16guard-error.log, clear this run's reports, and exit 4."""
+    import traceback
+
+    from fp16guard.launch import from_env
+    from fp16guard.outputs import ERROR_LOG, write_error_log
+
+    from . import render
+
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    world = from_env()
+    log = None
+    if out is not None:
+        if world is None or world.main:
+            _clear_quietly(out)
+        name = ERROR_LOG if world is None or world.main else f"fp16guard-error.rank{world.rank}.log"
+        log = write_error_log(out, trace, name)
+    if debug:
+        console.print(trace, markup=False, highlight=False, soft_wrap=True, end="")
+    detail = (str(exc).strip().splitlines() or [""])[0]
+    message = f"internal error: {type(exc).__name__}{': ' + detail if detail else ''}"
+    if debug:
+        message += f"; the traceback is above{f' and in {log}' if log else ''}"
+    else:
+        message += f"; rerun with --debug for the traceback{f', or see {log}' if log else ''}"
+    render.error(console, message + " (please report it: this is a bug in fp16guard or a library under it)")
+    raise typer.Exit(INTERNAL_ERROR_EXIT_CODE)
+
+
+def _clear_quietly(out: Path) -> None:
+    """Remove this or an earlier run's reports from ``out`` after a run that ended without a
+    verdict; a failure to do so is not the error being reported."""
+    from fp16guard.outputs import clear_reports
+
+    try:
+        clear_reports(out)
+    except Fp16GuardError:
+        pass
+
+
+def _run_validation(
+    console, target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences,
+    device, max_tokens, save_reference, reference, reference_device, gpus, **settings,
+) -> None:
+    """run_validation's work; exits through typer.Exit with the run's code."""
+    from fp16guard.launch import from_env, launch
+    from fp16guard.outputs import check_outputs, clear_reports
+
+    from . import render
+
+    launched = from_env()
+    try:
+        # Before any model loads (and before --gpus starts its workers): a path that cannot be
+        # written fails now, not after hours of validation. Then an earlier run's reports go,
+        # so that a run that ends without a verdict (exit 2, 3, 4, 130) leaves none behind.
+        check_outputs(out, save_policy, save_reference)
+        if launched is None or launched.main:
+            clear_reports(out)
+    except Fp16GuardError as exc:
+        if launched is None or launched.main:  # every rank finds the same paths
+            render.error(console, str(exc))
+        raise typer.Exit(exc.exit_code) from None
     if policy and no_fallback:
         render.error(console, "use either --policy or --no-fallback, not both")
         raise typer.Exit(2)
@@ -298,9 +418,7 @@ def run_validation(
         render.error(console, f"--max-tokens must be auto or a positive whole number, not {max_tokens!r}")
         raise typer.Exit(2)
 
-    from fp16guard.launch import from_env, launch
-
-    if gpus and gpus > 1 and from_env() is None:  # --gpus 1 runs here, in this process
+    if gpus and gpus > 1 and launched is None:  # --gpus 1 runs here, in this process
         try:
             code = launch(sys.argv[1:], gpus)
         except Fp16GuardError as exc:
@@ -342,9 +460,9 @@ def run_validation(
         error = exc
     except KeyboardInterrupt:
         if world is None or world.main:
+            _clear_quietly(out)  # reports half written when the interrupt came are not a verdict
             render.error(console, "interrupted")
         raise typer.Exit(130) from None
-    launched = distributed.from_env()
     if world is None and launched is not None and launched.size > 1:
         # This rank failed before joining the others (a missing GPU, the rendezvous): nothing
         # was agreed, so it exits with its own code and the launcher stops the other ranks.
@@ -359,6 +477,7 @@ def run_validation(
         error = distributed.finish(world, error)
     if error is not None:
         if main:
+            _clear_quietly(out)  # a report written before another rank failed is not the verdict
             render.error(console, str(error))
         _exit(error.exit_code)
     if main:
@@ -384,7 +503,7 @@ def _exit(code: int) -> None:
     raise typer.Exit(code)
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_models() -> None:
     """Targets, presets and known checkpoints, and whether each is on this machine (nothing is downloaded)."""
     from fp16guard.catalog import catalog
@@ -396,8 +515,20 @@ def list_models() -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. An exception that escapes a command is a bug: exit 4 with one
+    line (the traceback with --debug or FP16GUARD_DEBUG=1), never Python's exit 1."""
+    import os
+
+    try:
+        app()
+    except Exception as exc:
+        from . import render
+
+        debug = "--debug" in sys.argv[1:] or os.environ.get("FP16GUARD_DEBUG", "").lower() in ("1", "true", "yes", "on")
+        try:
+            internal_error(render.stderr_console(), exc, None, debug)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

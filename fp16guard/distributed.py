@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import torch
 
-from .errors import Fp16GuardError, InputError
+from .errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError, InputError
 from .launch import EXIT_CODE_FILE_ENV, World, from_env
 from .metrics import TokenStats
 from .runner import RunResult, Timing
@@ -138,7 +138,8 @@ def exchange(world: World, what: str | None, work: Callable[[], T]) -> list[T]:
     except Fp16GuardError as exc:
         mine = ("error", exc.exit_code, str(exc), what)
     except Exception as exc:  # any failure must reach the gather, or the other ranks wait
-        mine = ("error", 3, f"{type(exc).__name__}: {exc}", what)
+        # Unexpected: an internal error (exit 4), as in a single process.
+        mine = ("error", INTERNAL_ERROR_EXIT_CODE, f"internal error: {type(exc).__name__}: {exc}", what)
     gathered: list = [None] * world.size
     dist.all_gather_object(gathered, mine)
     failed = [(rank, status) for rank, status in enumerate(gathered) if status[0] != "ok"]

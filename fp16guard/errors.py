@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: The exit code of an unexpected internal error (a bug in fp16guard or a library under it), kept
+#: apart from the verdicts (0, 1) and the expected failures (2, 3).
+INTERNAL_ERROR_EXIT_CODE = 4
+
 
 class Fp16GuardError(Exception):
     """Base class for every expected failure; ``exit_code`` follows the documented codes."""
@@ -17,6 +21,13 @@ class InputError(Fp16GuardError):
 
 class ModelLoadError(Fp16GuardError):
     """Weights missing, unreadable or of the wrong architecture (exit 3)."""
+
+    exit_code = 3
+
+
+class OutputError(Fp16GuardError):
+    """A report, policy or reference file could not be written after the output paths were
+    checked (a full disk, a directory removed meanwhile) (exit 3)."""
 
     exit_code = 3
 

@@ -28,9 +28,10 @@ from .errors import InputError
 #: wait for it at the next gather.
 EXIT_CODE_FILE_ENV = "FP16GUARD_EXIT_CODE_FILE"
 
-#: Exit codes a worker ends with on its own that keep their meaning; anything else (a Python
-#: traceback's 1, a signal) is reported as 3, an environment failure, never as a verdict.
-OWN_CODES = (2, 3, 130)
+#: Exit codes a worker ends with on its own that keep their meaning (4: an internal error,
+#: reported by the worker in one line); anything else (a Python traceback's 1, a signal) is
+#: reported as 3, an environment failure, never as a verdict.
+OWN_CODES = (2, 3, 4, 130)
 
 #: Seconds the other ranks get to exit after a SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 10.0

@@ -7,8 +7,10 @@ one to a model is fp16guard.precision's job.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import get_type_hints
 
 from .errors import InputError
 
@@ -111,10 +113,28 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: dict) -> Policy:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """A policy from its JSON form, checked against the schema: InputError naming the field
+        for anything else (a list, a missing ``name``, a string where a boolean belongs)."""
+        if not isinstance(data, dict):
+            raise InputError(f"a policy is a JSON object, not {_json_type(data)}")
+        specs = {f.name: f for f in fields(cls)}
+        unknown = sorted(str(key) for key in data if key not in specs)
         if unknown:
-            raise InputError(f"policy has unknown fields: {', '.join(sorted(unknown))}")
+            raise InputError(f"policy has unknown fields: {', '.join(unknown)}")
+        hints = get_type_hints(cls)
+        for name, spec in specs.items():
+            if name not in data:
+                if spec.default is MISSING and spec.default_factory is MISSING:
+                    raise InputError(f"policy lacks the required field {name!r}")
+                continue
+            value = data[name]
+            expected = _describe(hints[name])
+            if name == "fp32_parts":  # written in JSON as kind -> blocks
+                expected = 'an object that maps a kind to a list of block numbers, as {"mlp": [3]}'
+                if isinstance(value, dict) and all(isinstance(v, (list, tuple)) for v in value.values()):
+                    value = [[kind, block] for kind, blocks in value.items() for block in blocks]
+            if not _matches(value, hints[name]):
+                raise InputError(f"policy field {name!r} must be {expected}, not {_json_type(data[name])} {_short(data[name])}")
         return cls(**data)
 
     def describe(self) -> str:
@@ -182,13 +202,97 @@ def get_policy(spec: str | Path | Policy | dict) -> Policy:
         return Policy.from_dict(spec)
     if isinstance(spec, str) and spec in POLICIES:
         return POLICIES[spec]
+    if not isinstance(spec, (str, Path)):
+        raise InputError(f"a policy is a name, a .json file, a dict or a Policy, not {type(spec).__name__}")
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: not a readable policy file ({exc})") from None
-        return Policy.from_dict(data.get("policy", data))
+        return read_policy_file(path)
     raise InputError(f"unknown policy {str(spec)!r}; choose from {', '.join(POLICIES)} or a .json file")
 
 
+
+
+def read_policy_file(path: str | Path) -> Policy:
+    """The policy in a JSON file: a policy object, or a file written by ``--save-policy`` (the
+    policy under its ``policy`` key). InputError naming the file and the field otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"policy file {path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"policy file {path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"policy file {path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"policy file {path}: JSON nested too deeply") from None
+    if isinstance(data, dict) and "policy" in data:
+        data = data["policy"]
+        if not isinstance(data, dict):
+            raise InputError(f"policy file {path}: field 'policy' must be a JSON object, not {_json_type(data)}")
+    try:
+        return Policy.from_dict(data)
+    except InputError as exc:
+        raise InputError(f"policy file {path}: {exc}") from None
+
+
+# Schema checks for from_dict, driven by the dataclass's type hints, so that a new field with a
+# str, bool, int or tuple type is checked without edits here.
+
+def _matches(value, hint) -> bool:
+    """Whether a JSON value fits the type hint ``hint`` (JSON arrays stand for tuples)."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint) -> str:
+    """A type hint in the words of JSON."""
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list, each {_describe(args[0])}"
+        return f"a list of {len(args)}: " + ", ".join(_describe(a) for a in args)
+    if args:
+        return " or ".join(_describe(a) for a in args)
+    return getattr(hint, "__name__", str(hint))
+
+
+def _json_type(value) -> str:
+    """A Python value by its JSON name."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", tuple: "a list", str: "a string", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _short(value) -> str:
+    """``value`` as JSON, cut to a readable length."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f"({text if len(text) <= 40 else text[:37] + '...'})"

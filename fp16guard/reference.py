@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, OutputError
+from .outputs import create_temp
 from .policy import FP32
 from .precision import AppliedPolicy
 from .report import Attempt
@@ -146,14 +146,16 @@ def _short(value) -> str:
 
 def save_reference(path: str | Path, embeddings: torch.Tensor, ids: Sequence[str], meta: dict) -> Path:
     """Write the reference atomically (a temporary file, then a rename): ``embeddings`` float32
-    [N, D] in the order of ``ids``, ``meta`` as a JSON string (no pickles)."""
+    [N, D] in the order of ``ids``, ``meta`` as a JSON string (no pickles). OutputError (exit 3)
+    if it cannot be written."""
     path = Path(path)
     if embeddings.shape[0] != len(ids):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(ids)} ids")
     document = {FORMAT_KEY: FORMAT_VERSION, **meta, "sequences": len(ids)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = create_temp(path)  # the umask's permissions: a reference is meant to be shared
         with os.fdopen(fd, "wb") as handle:
             # A file object, not a name: np.savez would append ".npz" to a name without it.
             np.savez(
@@ -162,10 +164,12 @@ def save_reference(path: str | Path, embeddings: torch.Tensor, ids: Sequence[str
                 ids=np.array(list(ids), dtype=str),
                 metadata=np.array(json.dumps(document, allow_nan=False)),
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a reference is meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the FP32 reference to {path}: {exc.strerror or exc}") from None
         raise
     return path
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from .errors import OutputError
+from .outputs import write_text_atomic
 
 SCHEMA_VERSION = 1
 
@@ -369,27 +370,27 @@ FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat())
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename; the file gets the
+    umask's permissions (not mkstemp's 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:
-    """Write every format into ``out_dir``; returns the paths written."""
+    """Write every format into ``out_dir``; returns the paths written. OutputError (exit 3) if
+    a file cannot be written."""
     out = Path(out_dir)
     # Render everything before writing anything, so a failure cannot mix old and new files.
     rendered = [(out / fmt.filename, fmt.render(report)) for fmt in FORMATS]
-    for path, text in rendered:
-        write_atomic(path, text)
+    path = out
+    try:
+        for path, text in rendered:
+            write_atomic(path, text)
+        path = out / "profile.png"
+        plot = plot_profile(report, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     paths = [path for path, _ in rendered]
-    plot = plot_profile(report, out / "profile.png")
     return paths + ([plot] if plot else [])
 
 
@@ -420,7 +421,10 @@ def write_policy(report: Report, path: str | Path) -> Path:
         },
     }
     path = Path(path)
-    write_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    try:
+        write_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write the policy to {path}: {exc.strerror or exc}") from None
     return path
 
 

@@ -467,7 +467,23 @@ def validate(
             summary += f" Recommended: '{recommended.name}' ({recommended.description}), which also passes, {recommended.notes[-1]}."
     else:
         tried = ", ".join(p.name for p in policies)
-        summary = f"FAIL: no policy met the threshold ({tried} tried); keep this model in FP32."
+        # --try policies are information only: one that passed is mentioned, never the verdict.
+        informative = [a.name for a in attempts if a.role == "comparison" and a.passed]
+        if config.policies is None:  # the ladder ran, and every rung failed
+            summary = f"FAIL: no policy met the threshold ({tried} tried)"
+            summary += "." if informative else "; keep this model in FP32."
+        elif [p.name for p in policies] == [FP16.name]:  # --no-fallback, or --policy fp16
+            summary = "FAIL: full FP16 did not meet the threshold; fallbacks were not tried (--no-fallback or --policy)."
+        else:
+            summary = (
+                f"FAIL: {'policy' if len(policies) == 1 else 'policies'} {tried} did not meet the threshold; the "
+                "fallback ladder was not tried (run without --policy to try it)."
+            )
+        if informative:
+            summary += (
+                f" --try {', '.join(informative)} passed, for information only (validate with --policy "
+                f"{informative[0]} to gate on it)."
+            )
     return Report(
         tool={"name": "fp16guard", "version": _version()},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -48,6 +48,11 @@ def test_a_crash_is_an_error_never_a_verdict():
     assert launch(["validate"], 2, worker=_worker("if rank == 0:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(60)")) == 3
 
 
+def test_a_workers_internal_error_keeps_its_code():
+    """A worker reports its own internal error in one line and exits 4; the launcher keeps it."""
+    assert launch(["validate"], 2, worker=_worker("if rank == 1:\n    sys.exit(4)\ntime.sleep(60)")) == 4
+
+
 def test_ranks_that_end_without_an_agreed_code_are_an_error():
     assert launch(["validate"], 2, worker=_worker("sys.exit(0)")) == 3
 

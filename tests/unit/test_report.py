@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-import fp16guard.report as report_module
+import fp16guard.outputs as outputs_module
 from fp16guard.compare import Comparison, compare
 from fp16guard.config import Thresholds
 from fp16guard.metrics import TokenStats
@@ -315,7 +315,7 @@ def test_write_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
     def refuse(src, dst):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(report_module.os, "replace", refuse)
+    monkeypatch.setattr(outputs_module.os, "replace", refuse)
     with pytest.raises(OSError, match="disk on fire"):
         write_atomic(path, "new content\n")
     monkeypatch.undo()
@@ -330,7 +330,7 @@ def test_write_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
     def interrupt(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report_module.os, "replace", interrupt)
+    monkeypatch.setattr(outputs_module.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, "<new/>\n")
     monkeypatch.undo()

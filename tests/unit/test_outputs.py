@@ -1,0 +1,147 @@
+"""Output paths checked before a run, files created with the umask's permissions, stale reports
+cleared."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+import fp16guard.outputs as outputs
+from fp16guard.errors import InputError, OutputError
+from fp16guard.outputs import ERROR_LOG, REPORT_FILES, check_outputs, clear_reports, create_temp, write_error_log
+from fp16guard.reference import save_reference
+from fp16guard.report import FORMATS, write_atomic, write_policy, write_report
+from test_report import make_report  # the unit tests' report builder
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture()
+def umask():
+    """Set the process umask for one test, and restore it."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def test_an_out_that_is_a_file_is_refused_by_name(tmp_path):
+    out = tmp_path / "outfile"
+    out.write_text("")
+    with pytest.raises(InputError, match="--out .*outfile.* is a file, not a directory"):
+        check_outputs(out=out)
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        check_outputs(out=out / "sub")
+
+
+@pytest.mark.parametrize("name", REPORT_FILES + (ERROR_LOG,))
+def test_a_report_file_that_is_a_directory_is_refused(tmp_path, name):
+    (tmp_path / "out" / name).mkdir(parents=True)
+    with pytest.raises(InputError, match=name):
+        check_outputs(out=tmp_path / "out")
+
+
+def test_policy_and_reference_paths(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match="--save-policy .* is a directory"):
+        check_outputs(save_policy=tmp_path)
+    with pytest.raises(InputError, match="--save-reference .*afile/ref.npz: .*afile is a file"):
+        check_outputs(save_reference=tmp_path / "afile" / "ref.npz")
+    check_outputs(tmp_path / "new" / "out", tmp_path / "new" / "p.json", tmp_path / "deeper" / "r.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # the check creates nothing
+
+
+def test_a_directory_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    """Whatever the user (root ignores modes), a directory that access() calls read-only."""
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: False)
+    with pytest.raises(InputError, match="--out .* not writable"):
+        check_outputs(out=tmp_path / "out")
+    with pytest.raises(InputError, match="--save-policy .* not writable"):
+        check_outputs(save_policy=tmp_path / "p.json")
+
+
+def test_a_directory_where_a_file_cannot_be_created_is_refused(tmp_path, monkeypatch):
+    """access() may say yes where a write fails (root on /proc, network file systems)."""
+
+    def refuse(path, flags, mode=0o777):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outputs.os, "open", refuse)
+    with pytest.raises(InputError, match="not writable .*Permission denied"):
+        check_outputs(out=tmp_path / "out")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_directory_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for kwargs in ({"out": ro / "out"}, {"save_policy": ro / "p.json"}, {"save_reference": ro / "r.npz"}):
+            with pytest.raises(InputError, match="not writable"):
+                check_outputs(**kwargs)
+    finally:
+        ro.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_files_are_created_with_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    expected = 0o666 & ~mask
+    write_atomic(tmp_path / "report.json", "{}\n")
+    assert _mode(tmp_path / "report.json") == expected
+    save_reference(tmp_path / "ref.npz", torch.ones(2, 3), ["a", "b"], {"target": "esm2"})
+    assert _mode(tmp_path / "ref.npz") == expected
+    fd, tmp = create_temp(tmp_path / "x")
+    os.close(fd)
+    assert _mode(tmp) == expected
+    assert write_error_log(tmp_path / "out", "trace\n") is not None
+    assert _mode(tmp_path / "out" / ERROR_LOG) == expected
+
+
+def test_the_report_and_policy_files_follow_the_umask(tmp_path, umask):
+    umask(0o022)
+    report = make_report(passed=True)
+    paths = write_report(report, tmp_path / "out")
+    assert {p.name for p in paths} >= {f.filename for f in FORMATS}
+    assert all(_mode(p) == 0o644 for p in paths)
+    assert _mode(write_policy(report, tmp_path / "policy.json")) == 0o644
+
+
+def test_every_report_format_is_a_known_report_file():
+    assert {f.filename for f in FORMATS} <= set(REPORT_FILES)
+
+
+# --------------------------------------------------------------------------- stale reports
+
+
+def test_clear_reports_removes_only_the_report_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (*REPORT_FILES, ERROR_LOG, "mine.txt"):
+        (out / name).write_text("old")
+    removed = clear_reports(out)
+    assert sorted(p.name for p in removed) == sorted((*REPORT_FILES, ERROR_LOG))
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert clear_reports(tmp_path / "missing") == []
+
+
+def test_a_write_that_fails_after_the_check_is_an_output_error(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "replace", full)
+    with pytest.raises(OutputError, match="report.json: No space left on device"):
+        write_report(make_report(), tmp_path / "out")
+    assert OutputError.exit_code == 3
