@@ -361,8 +361,8 @@ def run_validation(
         if main:
             render.error(console, str(error))
         _exit(error.exit_code)
-    if main:
-        render.summary(console, report, paths)
+    if main:  # the result on stdout (`> log.txt` keeps it); progress and errors stayed on stderr
+        render.summary(render.stdout_console(), report, paths)
     _exit(report.exit_code)
 
 
