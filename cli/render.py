@@ -96,12 +96,12 @@ TERMINAL_COLUMNS = ("policy", "min cos", "mean cos", "worst sequence", "NaN/Inf"
 #: Left out in this order, one at a time, while the table is wider than the console: a number is
 #: never folded or cut, so a column that does not fit goes as a whole.
 DROP_ORDER = ("peak memory", "tokens/s", "mean cos", "worst sequence", "speed-up", "NaN/Inf")
-#: The one column of free text: a long sequence id folds within this width. Every other column
-#: holds a number or a short word and never wraps.
+#: The one column of free text: a long sequence id folds within this width when the whole id
+#: does not fit. Every other column holds a number or a short word and never wraps.
 TEXT_COLUMN, TEXT_WIDTH = "worst sequence", 20
 
 
-def _table(report: Report, rows: list[dict[str, str]], headers: tuple[str, ...], compact: bool) -> Table:
+def _table(report: Report, rows: list[dict[str, str]], headers: tuple[str, ...], compact: bool, fold_ids: bool) -> Table:
     title = f"{report.model['name']} on {report.environment['device_name']}"
     if compact:  # no vertical rules or outer edges: room for two more columns at 80 columns
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
@@ -116,7 +116,7 @@ def _table(report: Report, rows: list[dict[str, str]], headers: tuple[str, ...],
             # them their full width; were one ever short, an ellipsis would show it.
             no_wrap=not text,
             overflow="fold" if text else "ellipsis",
-            max_width=TEXT_WIDTH if text else None,
+            max_width=TEXT_WIDTH if text and fold_ids else None,
         )
     for row in rows:
         style = {"PASS": "green", "FAIL": "red"}.get(row["verdict"])
@@ -133,8 +133,8 @@ def summary_table(console: Console, report: Report) -> Table | None:
     unbounded = console.options.update_width(1_000_000)  # a table's measure is clamped to the width it is given
     for drop in (None, *DROP_ORDER):
         headers = tuple(h for h in headers if h != drop)
-        for compact in (False, True):
-            table = _table(report, rows, headers, compact)
+        for compact, fold_ids in ((False, False), (False, True), (True, False), (True, True)):
+            table = _table(report, rows, headers, compact, fold_ids)
             if Measurement.get(console, unbounded, table).maximum <= console.width:
                 return table
     return None
