@@ -480,8 +480,8 @@ def _run_validation(
             _clear_quietly(out)  # a report written before another rank failed is not the verdict
             render.error(console, str(error))
         _exit(error.exit_code)
-    if main:
-        render.summary(console, report, paths)
+    if main:  # the result on stdout (`> log.txt` keeps it); progress and errors stayed on stderr
+        render.summary(render.stdout_console(), report, paths)
     _exit(report.exit_code)
 
 

@@ -1,11 +1,17 @@
-"""Terminal output: the only module that imports rich. Validation output goes to stderr."""
+"""Terminal output: the only module that imports rich.
+
+Streams: the result (the summary table, the verdict line, where the report went) goes to stdout,
+so ``fp16guard validate ... > log.txt`` captures it; progress, stage messages, warnings and
+errors go to stderr."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,12 +38,12 @@ def _console(stderr: bool) -> Console:
 
 
 def stderr_console() -> Console:
-    """Where validation writes: progress, warnings, the table and the verdict."""
+    """Where validation writes progress, stage messages, warnings and errors."""
     return _console(stderr=True)
 
 
 def stdout_console() -> Console:
-    """Where ``list`` writes its tables."""
+    """Where results go: the validation summary (table, verdict, report paths) and ``list``."""
     return _console(stderr=False)
 
 
@@ -87,23 +93,71 @@ class LiveProgress(LibraryProgress):
 
 # The terminal shows the essentials; report.md has every column.
 TERMINAL_COLUMNS = ("policy", "min cos", "mean cos", "worst sequence", "NaN/Inf", "tokens/s", "speed-up", "peak memory", "verdict")
+#: Left out in this order, one at a time, while the table is wider than the console: a number is
+#: never folded or cut, so a column that does not fit goes as a whole.
+DROP_ORDER = ("peak memory", "tokens/s", "mean cos", "worst sequence", "speed-up", "NaN/Inf")
+#: The one column of free text: a long sequence id folds within this width when the whole id
+#: does not fit. Every other column holds a number or a short word and never wraps.
+TEXT_COLUMN, TEXT_WIDTH = "worst sequence", 20
+
+
+def _table(report: Report, rows: list[dict[str, str]], headers: tuple[str, ...], compact: bool, fold_ids: bool) -> Table:
+    title = f"{report.model['name']} on {report.environment['device_name']}"
+    if compact:  # no vertical rules or outer edges: room for two more columns at 80 columns
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    else:
+        table = Table(title=title, title_justify="left")
+    for header in headers:
+        text = header == TEXT_COLUMN
+        table.add_column(
+            header,
+            justify="left" if header in ("policy", TEXT_COLUMN, "verdict") else "right",
+            # Numbers never wrap: "1760/0" must not read as "176" over "0/0". summary_table gives
+            # them their full width; were one ever short, an ellipsis would show it.
+            no_wrap=not text,
+            overflow="fold" if text else "ellipsis",
+            max_width=TEXT_WIDTH if text and fold_ids else None,
+        )
+    for row in rows:
+        style = {"PASS": "green", "FAIL": "red"}.get(row["verdict"])
+        table.add_row(*(row[h] for h in headers), style=style)
+    return table
+
+
+def summary_table(console: Console, report: Report) -> Table | None:
+    """The widest per-attempt table that fits the console at its natural width, so that no
+    number is folded or cut (less important columns left out, see DROP_ORDER); None when not
+    even policy, min cos and verdict fit."""
+    rows = report.summary_rows()
+    headers = TERMINAL_COLUMNS
+    unbounded = console.options.update_width(1_000_000)  # a table's measure is clamped to the width it is given
+    for drop in (None, *DROP_ORDER):
+        headers = tuple(h for h in headers if h != drop)
+        for compact, fold_ids in ((False, False), (False, True), (True, False), (True, True)):
+            table = _table(report, rows, headers, compact, fold_ids)
+            if Measurement.get(console, unbounded, table).maximum <= console.width:
+                return table
+    return None
+
+
+def _vertical(console: Console, report: Report) -> None:
+    """One line per figure, for a console too narrow for any table."""
+    for row in report.summary_rows():
+        console.print(f"[bold]{row['policy']}[/]: {row['verdict']}", no_wrap=True, overflow="ignore", crop=False)
+        for header in TERMINAL_COLUMNS[1:-1]:
+            console.print(f"  {header}: {row[header]}", no_wrap=True, overflow="ignore", crop=False)
 
 
 def summary(console: Console, report: Report, paths: list[Path]) -> None:
-    """The per-attempt table, the verdict line and where the report went."""
-    rows = report.summary_rows()
-    table = Table(title=f"{report.model['name']} on {report.environment['device_name']}", title_justify="left")
-    for header in TERMINAL_COLUMNS:
-        left = header in ("policy", "worst sequence", "verdict")
-        # Folded, never cut with an ellipsis: a narrow terminal must not hide a cosine's digits.
-        table.add_column(header, justify="left" if left else "right", no_wrap=header in ("policy", "verdict"), overflow="fold")
-    for row in rows:
-        style = {"PASS": "green", "FAIL": "red"}.get(row["verdict"])
-        table.add_row(*(row[h] for h in TERMINAL_COLUMNS), style=style)
-    console.print(table)
+    """The per-attempt table, the verdict line and where the report went (give it stdout)."""
+    table = summary_table(console, report)
+    if table is not None:
+        console.print(table)
+    else:
+        _vertical(console, report)
     colour = "green" if report.passed else "red"
     console.print(f"[bold {colour}]{report.summary}[/]")
-    console.print(f"report: {', '.join(str(p) for p in paths)}")
+    console.print(f"report: {', '.join(str(p) for p in paths)}", soft_wrap=True)  # paths stay whole for copying
 
 
 def catalog(console: Console, entries, policies) -> None:

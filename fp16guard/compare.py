@@ -10,6 +10,7 @@ import torch
 
 from .config import Thresholds
 from .errors import NonFiniteReferenceError
+from .formatting import format_cosine
 from .metrics import TokenStats, cosine_rows, count_nonfinite, percentile
 
 WORST_SHOWN = 5
@@ -17,12 +18,19 @@ WORST_SHOWN = 5
 
 @dataclass(frozen=True)
 class Comparison:
-    """How a candidate's pooled embeddings agree with the FP32 reference, and the verdict."""
+    """How a candidate's pooled embeddings agree with the FP32 reference, and the verdict.
+
+    NaN-aware: a non-finite sequence is the worst one (first in ``worst``), and every summary
+    over sequences (min, mean, 1st percentile, errors) is NaN when any sequence or hidden state
+    is non-finite, so a gate on any of them cannot pass; ``nonfinite_sequences`` counts them.
+    """
 
     passed: bool
     reason: str
     threshold: float
     sequences: int
+    nonfinite_sequences: int  # sequences whose pooled embedding has NaN/Inf
+    ids: tuple[str, ...]  # the sequences, in input order
     cosines: tuple[float, ...]  # per sequence, in input order; NaN where not finite
     min_cosine: float
     mean_cosine: float
@@ -39,8 +47,11 @@ class Comparison:
         return self.passed
 
     def to_dict(self) -> dict:
-        """The metrics as plain data (verdict fields excluded); token stats include relative L2."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("passed", "reason", "tokens")}
+        """The metrics as plain data (verdict fields excluded): ``cosines`` is a list of
+        {"id", "cosine"} in input order; token stats include relative L2."""
+        skip = ("passed", "reason", "tokens", "ids", "cosines")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        data["cosines"] = [{"id": i, "cosine": c} for i, c in zip(self.ids, self.cosines, strict=True)]
         data["tokens"] = self.tokens.to_dict() if self.tokens is not None and self.tokens.tokens else None
         return data
 
@@ -78,39 +89,48 @@ def compare(
         raise ValueError(f"shape mismatch: {tuple(reference.shape)}, {tuple(candidate.shape)}, {len(ids)} ids")
     check_reference(reference, ids)
     cos = cosine_rows(reference, candidate)
-    finite = cos[~torch.isnan(cos)]
     nan_count, inf_count = token_nonfinite if token_nonfinite is not None else count_nonfinite(candidate)
     bad_rows = int((~torch.isfinite(candidate).all(-1)).sum())
     threshold = thresholds.min_cosine
-    # A NaN cosine sorts as the worst possible agreement.
-    order = torch.argsort(torch.nan_to_num(cos, nan=-math.inf))
+    # A NaN cosine sorts as the worst possible agreement (stable: NaN rows in input order).
+    order = torch.argsort(torch.nan_to_num(cos, nan=-math.inf), stable=True)
     worst = tuple((ids[i], float(cos[i])) for i in order[:WORST_SHOWN].tolist())
     below = int((torch.nan_to_num(cos, nan=-math.inf) < threshold).sum())
-    diff = (candidate.double() - reference.double())[torch.isfinite(candidate).all(-1)]
-    ref_rows = reference.double()[torch.isfinite(candidate).all(-1)]
-    min_cos = float(finite.min()) if finite.numel() else math.nan
-    if nan_count or inf_count or bad_rows:
+    nonfinite = bool(nan_count or inf_count or bad_rows)
+    # Summaries are NaN as soon as anything is non-finite: skipping the NaN rows would make a
+    # failing candidate's min cosine look like a pass to anyone who reads only that number.
+    if nonfinite:
+        min_cos = mean_cos = p1_cos = max_abs = rel_l2 = math.nan
+    else:
+        min_cos, mean_cos, p1_cos = float(cos.min()), float(cos.mean()), percentile(cos, 1.0)
+        diff = candidate.double() - reference.double()
+        max_abs = float(diff.abs().max())
+        ref_norm = reference.double().norm()
+        rel_l2 = float(diff.norm() / ref_norm) if ref_norm > 0 else math.nan
+    if nonfinite:
         passed = False
         reason = f"NaN/Inf in {bad_rows} of {len(ids)} sequences ({nan_count} NaN, {inf_count} Inf values)"
     elif below:
         passed = False
-        reason = f"{below} of {len(ids)} sequences below cosine {threshold} (worst {worst[0][0]}: {worst[0][1]:.6f})"
+        reason = f"{below} of {len(ids)} sequences below cosine {threshold} (worst {worst[0][0]}: {format_cosine(worst[0][1])})"
     else:
-        passed, reason = True, f"all {len(ids)} sequences at cosine >= {threshold} (min {min_cos:.6f})"
+        passed, reason = True, f"all {len(ids)} sequences at cosine >= {threshold} (min {format_cosine(min_cos)})"
     return Comparison(
         passed=passed,
         reason=reason,
         threshold=threshold,
         sequences=len(ids),
+        nonfinite_sequences=bad_rows,
+        ids=tuple(ids),
         cosines=tuple(float(c) for c in cos),
         min_cosine=min_cos,
-        mean_cosine=float(finite.mean()) if finite.numel() else math.nan,
-        p1_cosine=percentile(finite, 1.0),
+        mean_cosine=mean_cos,
+        p1_cosine=p1_cos,
         below_threshold=below,
         worst=worst,
         nan_count=nan_count,
         inf_count=inf_count,
-        max_abs_error=float(diff.abs().max()) if diff.numel() else math.nan,
-        relative_l2_error=float(diff.norm() / ref_rows.norm()) if diff.numel() and ref_rows.norm() > 0 else math.nan,
+        max_abs_error=max_abs,
+        relative_l2_error=rel_l2,
         tokens=tokens,
     )

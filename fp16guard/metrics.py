@@ -100,7 +100,12 @@ class TokenStats:
         )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "relative_l2_error": self.relative_l2_error}
+        """Plain data; the summaries (min cosine, errors) are NaN when any token is non-finite,
+        with ``nonfinite_tokens`` beside them, so they never read as a pass."""
+        data = {**asdict(self), "relative_l2_error": self.relative_l2_error}
+        if self.nonfinite_tokens:
+            data.update(min_cosine=math.nan, max_abs_error=math.nan, relative_l2_error=math.nan)
+        return data
 
     @property
     def relative_l2_error(self) -> float:

@@ -9,9 +9,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import OutputError
+from .formatting import format_cosine
 from .outputs import write_text_atomic
 
-SCHEMA_VERSION = 1
+#: 2: metrics gain ``nonfinite_sequences``; their min/mean/p1 cosine and errors are null when
+#: anything is non-finite; ``cosines`` is a list of {"id", "cosine"}; attempts gain
+#: ``composition`` (the batch-composition check) and their timing first-pass and steady figures.
+SCHEMA_VERSION = 2
 
 
 def finite_or_none(value):
@@ -106,8 +110,8 @@ class Report:
             rows.append(
                 {
                     "policy": attempt.name + ((" (saved ref)" if attempt.source else " (ref)") if attempt.role == "reference" else ""),
-                    "min cos": fmt_cos(m.get("min_cosine")) if m else "-",
-                    "mean cos": fmt_cos(m.get("mean_cosine")) if m else "-",
+                    "min cos": format_cosine(m.get("min_cosine")) if m else "-",
+                    "mean cos": format_cosine(m.get("mean_cosine")) if m else "-",
                     "vs previous": delta,
                     "worst sequence": worst[0][0] if worst else "-",
                     "NaN/Inf": f"{m.get('nan_count', 0)}/{m.get('inf_count', 0)}" if m else "-",
@@ -138,10 +142,6 @@ def _delta(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return "n/a"
     return f"{after - before:+.2e}"
-
-
-def fmt_cos(value: float | None) -> str:
-    return "nan" if value is None else f"{value:.6f}"
 
 
 def fmt_rate(value: float | None) -> str:
@@ -210,19 +210,19 @@ class MarkdownFormat:
             m = attempt.metrics
             if m:
                 tokens = m.get("tokens") or {}
-                gap = "" if m["min_cosine"] is None else f" (1 - min = {1 - m['min_cosine']:.1e})"
                 lines.append(
-                    f"- Pooled: min {fmt_cos(m['min_cosine'])}{gap}, mean {fmt_cos(m['mean_cosine'])}, "
-                    f"1st percentile {fmt_cos(m['p1_cosine'])}, max abs error {_num(m['max_abs_error'])}, "
-                    f"relative L2 {_num(m['relative_l2_error'])}"
+                    f"- Pooled: min {format_cosine(m['min_cosine'])}, mean {format_cosine(m['mean_cosine'])}, "
+                    f"1st percentile {format_cosine(m['p1_cosine'])}, max abs error {_num(m['max_abs_error'])}, "
+                    f"relative L2 {_num(m['relative_l2_error'])}; non-finite sequences "
+                    f"{m.get('nonfinite_sequences', 0)} of {m.get('sequences', '?')}"
                 )
                 if tokens:
                     lines.append(
                         f"- Per token ({tokens['sequences']} sequences): min cosine "
-                        f"{fmt_cos(tokens['min_cosine'])}, max abs error {_num(tokens['max_abs_error'])}, "
+                        f"{format_cosine(tokens['min_cosine'])}, max abs error {_num(tokens['max_abs_error'])}, "
                         f"relative L2 {_num(tokens['relative_l2_error'])}, non-finite tokens {tokens['nonfinite_tokens']}"
                     )
-                worst = ", ".join(f"`{i}` {fmt_cos(c)}" for i, c in m["worst"])
+                worst = ", ".join(f"`{i}` {format_cosine(c)}" for i, c in m["worst"])
                 lines.append(f"- Worst sequences: {worst}")
             if attempt.role != "reference":
                 shown = ", ".join(f"`{n}`" for n in attempt.fp32_modules[:8])
@@ -287,7 +287,7 @@ def _layer_table(layers: list[dict], threshold: float) -> list[str]:
         mark = " **<- first**" if e["layer"] == first else ""
         headroom = e["fp16_headroom"]
         lines.append(
-            f"| {e['layer']}{mark} | {fmt_cos(e['min_cosine'])} | {fmt_cos(e['mean_cosine'])} | {_num(e['relative_error'])} "
+            f"| {e['layer']}{mark} | {format_cosine(e['min_cosine'])} | {format_cosine(e['mean_cosine'])} | {_num(e['relative_error'])} "
             f"| {e['max_abs_activation']:.4g} | {'inf' if headroom is None else f'{headroom:.3g}x'} | {e['nonfinite_tokens']} |"
         )
     return lines + [""]
@@ -327,7 +327,7 @@ def plot_profile(report: Report, path: Path) -> Path | None:
 
 
 def _num(value: float | None) -> str:
-    return "nan" if value is None else f"{value:.3e}"
+    return "NaN" if value is None else f"{value:.3e}"
 
 
 class JUnitFormat:
@@ -359,7 +359,8 @@ class JUnitFormat:
             out = ET.SubElement(case, "system-out")
             m = attempt.metrics or {}
             out.text = (
-                f"{attempt.description}; min cosine {fmt_cos(m.get('min_cosine'))}; "
+                f"{attempt.description}; min cosine {format_cosine(m.get('min_cosine'))}; "
+                f"non-finite sequences {m.get('nonfinite_sequences', 0)}; "
                 f"tokens/s {fmt_rate(attempt.timing.get('tokens_per_second'))}"
             )
         ET.indent(suite)

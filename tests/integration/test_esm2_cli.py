@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from cli_runner import ladder, read_report, run_cli
 
+from fp16guard.formatting import format_cosine
+
 
 def validate(*args, env=None):
     return run_cli("validate", "esm2", *args, env=env)
@@ -79,6 +81,45 @@ def test_unfixable_failure_exits_1_and_still_writes_the_report(checkpoints, smal
     suite = ET.parse(out / "junit.xml").getroot()
     assert suite.get("tests") == "4" and suite.get("failures") == "4"
     assert "FAIL" in (out / "report.md").read_text()
+
+
+def test_nan_in_some_sequences_makes_min_cosine_null_and_they_come_first(small_fasta, tmp_path):
+    """Issue 12: NaN in some sequences only (like a model whose every sequence with leucine is
+    NaN) showed the min cosine of the finite ones, a pass to a script gating on it."""
+    import torch
+    from fp16guard.testing import build_model, save_checkpoint
+
+    model = build_model()
+    with torch.no_grad():  # beyond FP16: Inf in every sequence with a W, fine in FP32
+        model.embed_tokens.weight[model.alphabet.get_idx("W"), 0] = 1e5
+    weights = save_checkpoint(model, tmp_path / "w_overflow.pt")
+    out = tmp_path / "out"
+    result, text = validate("--weights", weights, "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    assert result.exit_code == 1, text
+    metrics = read_report(out)["attempts"][1]["metrics"]
+    with_w = ["alpha", "gamma", "epsilon"]
+    assert metrics["nonfinite_sequences"] == 3 and metrics["sequences"] == 5
+    assert metrics["min_cosine"] is None and metrics["mean_cosine"] is None
+    assert [i for i, c in metrics["worst"][:3]] == with_w and all(c is None for _, c in metrics["worst"][:3])
+    assert [c["id"] for c in metrics["cosines"] if c["cosine"] is None] == with_w
+    assert all(c["cosine"] > 0.99 for c in metrics["cosines"] if c["id"] not in with_w)
+    # The table says NaN, not the finite sequences' minimum.
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ fp16 "))
+    assert row.split("│")[2].strip() == "NaN", row
+    assert "- Pooled: min NaN, mean NaN" in (out / "report.md").read_text()
+
+
+def test_the_result_goes_to_stdout_and_progress_to_stderr(checkpoints, small_fasta, tmp_path):
+    """Issue 12: `fp16guard validate ... > log.txt` captured nothing."""
+    out = tmp_path / "out"
+    result, text = validate("--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    assert result.exit_code == 0, text
+    stdout, stderr = result.stdout, result.stderr
+    summary = read_report(out)["summary"]
+    assert summary in stdout and summary not in stderr
+    assert "│ fp16 " in stdout and "│ fp16 " not in stderr  # the table
+    assert f"report: {out / 'report.json'}" in stdout
+    assert "fp32: building the model" in stderr and "building the model" not in stdout  # stage messages
 
 
 def test_no_fallback_and_single_policy(checkpoints, small_fasta, tmp_path):
@@ -262,12 +303,12 @@ def test_console_script_on_the_bundled_set(checkpoints, tmp_path):
     assert report["dataset"]["source"] == "bundled:protein_reference.fasta"
     assert report["dataset"]["sequences"] >= 100
     assert report["dataset"]["truncated"], "the bundled set holds sequences longer than 400"
-    assert "PASS" in proc.stderr
+    assert "PASS" in proc.stdout and "PASS" not in proc.stderr  # the result on stdout, progress on stderr
     # Output to a pipe (a CI log) keeps the table whole: every figure, no cell cut short.
     fp16 = report["attempts"][1]
-    row = next(line for line in proc.stderr.splitlines() if line.startswith("│ fp16 "))
-    assert f"{fp16['metrics']['min_cosine']:.6f}" in row and fp16["metrics"]["worst"][0][0] in row
-    assert "…" not in proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("│ fp16 "))
+    assert format_cosine(fp16["metrics"]["min_cosine"]) in row and fp16["metrics"]["worst"][0][0] in row
+    assert "…" not in proc.stdout
 
 
 @pytest.mark.parametrize("command", ["--help", "list"])

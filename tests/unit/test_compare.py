@@ -141,15 +141,60 @@ def test_nonfinite_candidate_row_fails_and_is_worst(bad):
     assert math.isnan(result.worst[0][1])
     assert result.worst[1][0] == "a"
     assert math.isnan(result.cosines[2])
-    # min/mean cosine are over the finite rows.
-    assert result.min_cosine == pytest.approx(0.5, abs=1e-9)
-    assert math.isfinite(result.mean_cosine)
+    # Summaries do not skip the non-finite row: they are NaN, with the count beside them.
+    assert result.nonfinite_sequences == 1
+    for summary in (result.min_cosine, result.mean_cosine, result.p1_cosine, result.max_abs_error, result.relative_l2_error):
+        assert math.isnan(summary)
+    assert not result.margin >= 0
     assert (result.nan_count, result.inf_count) == ((1, 0) if math.isnan(bad) else (0, 1))
     # The NaN row counts as below the threshold.
     assert result.below_threshold == 2
-    # Error metrics leave the non-finite row out.
-    assert math.isfinite(result.max_abs_error)
-    assert math.isfinite(result.relative_l2_error)
+
+
+def test_nan_in_one_sequence_of_three_makes_min_cosine_nan_and_is_worst():
+    """Issue 12: a failing run with NaN in one sequence of three showed `min cos 1.000000`."""
+    ref = embeddings(n=3)
+    cand = ref.clone()
+    cand[1, 4] = NAN
+    result = compare(ref, cand, ["ok1", "bad", "ok2"], Thresholds())
+    assert not result
+    assert math.isnan(result.min_cosine) and math.isnan(result.mean_cosine)
+    assert result.nonfinite_sequences == 1
+    assert result.worst[0][0] == "bad" and math.isnan(result.worst[0][1])
+    assert [i for i, _ in result.worst[1:]] == ["ok1", "ok2"]  # the finite rows follow, equal ones in input order
+    data = result.to_dict()
+    assert data["nonfinite_sequences"] == 1
+    assert [c["id"] for c in data["cosines"]] == ["ok1", "bad", "ok2"]
+    assert math.isnan(data["cosines"][1]["cosine"]) and data["cosines"][0]["cosine"] == 1.0
+
+
+def test_several_nonfinite_rows_come_first_in_input_order():
+    ref = embeddings(n=5)
+    cand = ref.clone()
+    cand[0] = rotated(ref[0], 0.2).float()
+    cand[3, 0], cand[1, 0] = INF, NAN
+    result = compare(ref, cand, ids_for(5), Thresholds())
+    assert result.nonfinite_sequences == 2
+    assert [i for i, _ in result.worst[:3]] == ["seq1", "seq3", "seq0"]
+
+
+def test_hidden_state_nan_alone_also_makes_the_summaries_nan():
+    ref = embeddings(n=3)
+    result = compare(ref, ref.clone(), ids_for(3), Thresholds(), token_nonfinite=(2, 0))
+    assert not result and result.nonfinite_sequences == 0
+    assert math.isnan(result.min_cosine) and math.isnan(result.mean_cosine)
+
+
+@pytest.mark.parametrize("cosine, threshold", [(0.99999985, 0.9999999), (0.99999994, 0.99999995)])
+def test_reason_never_rounds_a_failing_cosine_up_to_the_threshold(cosine, threshold):
+    """Issue 12: six decimals printed `worst seq2: 1.000000` for a sequence below 0.9999999."""
+    ref = embeddings(n=3).double()
+    cand = ref.clone()
+    cand[2] = rotated(ref[2], cosine)
+    result = compare(ref, cand, ids_for(3), Thresholds(min_cosine=threshold))
+    assert not result
+    shown = result.reason.split("seq2: ")[1].rstrip(")")
+    assert shown.startswith("1-") and 1 - float(shown[2:]) < threshold, result.reason
 
 
 def test_nan_candidate_fails_even_with_threshold_minus_one():

@@ -285,3 +285,13 @@ def test_token_stats_merge_with_all_nonfinite_batch_keeps_finite_values():
     assert merged.min_cosine == good.min_cosine
     assert merged.nonfinite_tokens == 1
     assert merged.tokens == good.tokens + 1
+
+
+def test_token_stats_to_dict_summaries_are_nan_with_nonfinite_tokens():
+    reference, candidate, _ = _small_example()
+    mask = torch.tensor([[True, True, False], [True, True, True]])  # includes NaN and Inf tokens
+    data = TokenStats.of_batch(reference, candidate, mask).to_dict()
+    assert data["nonfinite_tokens"] == 2
+    assert math.isnan(data["min_cosine"]) and math.isnan(data["max_abs_error"]) and math.isnan(data["relative_l2_error"])
+    clean = TokenStats.of_batch(*_small_example()).to_dict()
+    assert clean["min_cosine"] == pytest.approx(1 / math.sqrt(2), abs=1e-12)

@@ -65,6 +65,8 @@ def test_the_report_counts_every_input_sequence_after_splits(checkpoints, tmp_pa
     assert report.dataset["sequences"] == len(SEQUENCES)
     for attempt in report.attempts[1:]:
         assert attempt.metrics["sequences"] == len(SEQUENCES)
-        assert len(attempt.metrics["cosines"]) == len(SEQUENCES) and None not in attempt.metrics["cosines"]
+        cosines = attempt.metrics["cosines"]
+        assert [c["id"] for c in cosines] == [f"s{i}" for i in range(len(SEQUENCES))]
+        assert None not in [c["cosine"] for c in cosines]
         assert attempt.timing["tokens"] == report.attempts[0].timing["tokens"]
     assert any("split in half; no sequence was lost" in note for note in report.notes)

@@ -6,7 +6,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -41,12 +41,7 @@ def _timing(seconds: float, tokens: int = 1000) -> dict:
 
 def _metrics(comparison: Comparison) -> dict:
     """The metrics dict the way fp16guard.workflow._attempt shapes it."""
-    metrics = {k: v for k, v in asdict(comparison).items() if k not in ("passed", "reason")}
-    if comparison.tokens is not None:
-        metrics["tokens"]["relative_l2_error"] = comparison.tokens.relative_l2_error
-        if comparison.tokens.tokens == 0:
-            metrics["tokens"] = None
-    return finite_or_none(metrics)
+    return finite_or_none(comparison.to_dict())
 
 
 def _attempt(policy: Policy, comparison: Comparison | None, seconds: float, fp32_modules=()) -> Attempt:
@@ -145,12 +140,14 @@ def _strict_loads(text: str):
 
 def test_fixture_has_none_for_nonfinite_metrics(report):
     fp16 = report.attempts[1].metrics
-    assert fp16["cosines"][1] is None  # the NaN row
+    assert fp16["cosines"][1] == {"id": "P2", "cosine": None}  # the NaN row
+    assert [c["id"] for c in fp16["cosines"]] == IDS
     assert fp16["worst"][0] == ["P2", None]
+    assert fp16["min_cosine"] is None and fp16["nonfinite_sequences"] == 1
     assert isinstance(fp16["tokens"], dict)
     assert report.attempts[2].metrics["tokens"] is None
     assert report.attempts[0].metrics is None
-    assert set(fp16) == {f for f in Comparison.__dataclass_fields__ if f not in ("passed", "reason")}
+    assert set(fp16) == {f for f in Comparison.__dataclass_fields__ if f not in ("passed", "reason", "ids")}
 
 
 def test_finite_or_none_recursive():
@@ -274,7 +271,7 @@ def test_markdown_report(tmp_path, report):
     assert rows[2].startswith("| fp16+ln32 |") and "PASS" in rows[2]
     for name in ("fp32", "fp16", "fp16+ln32"):
         assert f"### {name}:" in text
-    assert "`P2` nan" in text  # the NaN row, as None, is shown as nan
+    assert "`P2` NaN" in text  # the NaN row, as None, is shown as NaN
     assert "and 2 more" in text  # 10 FP32 modules, 8 shown
     assert "Truncated sequences" not in text
     assert "7,840,763 parameters" in text
@@ -347,3 +344,74 @@ def test_write_report_rendering_error_leaves_old_report(tmp_path, report):
         write_report(broken, tmp_path)
     after = {p.name: p.read_text() for p in tmp_path.iterdir()}
     assert after == before
+
+
+# --------------------------------------------------------------------------- NaN-aware metrics (issue 12)
+
+
+def _nan_one_of_three() -> Comparison:
+    ref = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
+    cand = ref.clone()
+    cand[1, 0] = math.nan
+    return compare(ref, cand, ["s1", "s2", "s3"], Thresholds())
+
+
+def test_report_json_min_cosine_is_null_beside_the_nonfinite_count(tmp_path, report):
+    report.attempts[1].metrics = _metrics(_nan_one_of_three())
+    write_report(report, tmp_path)
+    data = _strict_loads((tmp_path / "report.json").read_text())
+    metrics = data["attempts"][1]["metrics"]
+    assert metrics["min_cosine"] is None and metrics["mean_cosine"] is None
+    assert metrics["nonfinite_sequences"] == 1 and metrics["sequences"] == 3
+    assert metrics["cosines"] == [{"id": "s1", "cosine": 1.0}, {"id": "s2", "cosine": None}, {"id": "s3", "cosine": 1.0}]
+    assert metrics["worst"][0] == ["s2", None]
+    assert read_report(tmp_path / "report.json") == report
+
+
+def test_a_schema_1_report_is_refused_by_name(tmp_path, report):
+    data = report.to_dict()
+    data["schema_version"] = 1
+    with pytest.raises(ValueError, match="schema version 1"):
+        Report.from_dict(data)
+
+
+def _near_one_report(cosine: float, threshold: float) -> Report:
+    """A report whose fp16 attempt failed with one sequence just below ``threshold``."""
+    gen = torch.Generator().manual_seed(5)
+    ref = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    cand = ref.clone()
+    u = torch.zeros(8, dtype=torch.float64)
+    u[0], u[1] = -ref[2, 1], ref[2, 0]
+    u = u / u.norm() * ref[2].norm()
+    cand[2] = cosine * ref[2] + math.sqrt(1 - cosine**2) * u
+    failing = compare(ref, cand, ["seq0", "seq1", "seq2"], Thresholds(min_cosine=threshold))
+    assert not failing and failing.worst[0][0] == "seq2"
+    report = make_report(passed=False)
+    report.thresholds["min_cosine"] = threshold
+    report.attempts[1].metrics = _metrics(failing)
+    report.attempts[1].reason = failing.reason
+    return report
+
+
+def _cosines_shown(text: str) -> list[float]:
+    """Every cosine-looking figure in ``text``, as a number: 0.999999 or 1-6.0e-08 (1 - gap)."""
+    found = [1 - float(gap) for gap in re.findall(r"\b1-(\d\.\de-\d\d)\b", text)]
+    found += [float(x) for x in re.findall(r"(?<![\d.e-])(0\.\d{6}|1\.0+)(?![\d])", text)]
+    return found
+
+
+@pytest.mark.parametrize("cosine, threshold", [(0.99999985, 0.9999999), (0.99999994, 0.99999995), (0.98999996, 0.99)])
+def test_markdown_and_junit_never_show_a_failing_cosine_at_or_above_the_threshold(tmp_path, cosine, threshold):
+    """Issue 12: six decimals printed `worst seq2: 1.000000` for a sequence below 0.9999999."""
+    report = _near_one_report(cosine, threshold)
+    write_report(report, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    fp16 = markdown.split("### fp16:")[1].split("###")[0]
+    row = next(line for line in markdown.splitlines() if line.startswith("| fp16 |"))
+    junit = ET.parse(tmp_path / "junit.xml").getroot().find("testcase")
+    for text in (fp16, row, junit.find("failure").get("message"), junit.find("system-out").text):
+        shown = _cosines_shown(text)
+        assert shown, text
+        assert all(value < threshold for value in shown[:1]), text
+        assert "1.000000" not in text and f"{threshold:.6f}" not in text, text
+    assert "`seq2` " in fp16 and f"`seq2` {report.attempts[1].metrics['worst'][0][1]:.6f}" not in fp16
