@@ -46,7 +46,7 @@ from fp16guard.metrics import cosine_rows, masked_mean
 from fp16guard.policy import FP16_PACKED, FP16_SDPA, get_policy
 from fp16guard.runner import attention_kernel, embed_batch, run_policy
 from fp16guard.targets.base import ModelSource, build
-from fp16guard.targets.esm2 import TARGET
+from fp16guard.targets.esm2 import TARGET  # replaced per architecture in bench_arch
 from fp16guard.testing import ARCHITECTURES, write_checkpoint
 from fp16guard.workflow import prepare_batches
 
@@ -110,22 +110,50 @@ def fp16guard_step(loaded, model, device, layer, packed):
     return lambda batch: embed_batch(TARGET, loaded, model, batch, device, layer, packed)
 
 
+def dna_set(count: int, seed: int) -> list[str]:
+    """``count`` random DNA sequences, log-normal lengths with median 1,500 bp (about 300
+    byte-pair tokens), 100 to 5,000 bp."""
+    rng = random.Random(seed)
+    lengths = [min(5000, max(100, round(math.exp(rng.gauss(math.log(1500), 0.6))))) for _ in range(count)]
+    return ["".join(rng.choices("ACGT", k=n)) for n in lengths]
+
+
 def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> dict:
-    layers, dim, heads = ARCHITECTURES[name]
-    path = args.tmp / f"esm2-{name}.pt"
-    if not path.exists():
-        log(f"{name}: writing random weights")
-        write_checkpoint(path, layers=layers, dim=dim, heads=heads)
-    loaded = TARGET.load(ModelSource(weights=path))
+    global TARGET
+    if name == "dnabert":
+        # DNABERT-S's sizes; a small byte-pair vocabulary (speed does not depend on it).
+        from fp16guard.targets.dnabert import TARGET as DNABERT
+        from fp16guard.testing import write_dnabert
+
+        TARGET, (layers, dim, heads) = DNABERT, (12, 768, 12) if not args.quick else (2, 32, 4)
+        path = args.tmp / f"dnabert-{layers}"
+        if not (path / "config.json").exists():
+            log(f"{name}: writing random weights")
+            write_dnabert(path, layers=layers, hidden=dim, heads=heads, intermediate=4 * dim, vocab_size=512, corpus=2000)
+        loaded = TARGET.load(ModelSource(model=str(path)))
+        texts = dna_set(args.proteins, args.seed)
+    else:
+        from fp16guard.targets.esm2 import TARGET as ESM2
+
+        TARGET, (layers, dim, heads) = ESM2, ARCHITECTURES[name]
+        path = args.tmp / f"esm2-{name}.pt"
+        if not path.exists():
+            log(f"{name}: writing random weights")
+            write_checkpoint(path, layers=layers, dim=dim, heads=heads)
+        loaded = TARGET.load(ModelSource(weights=path))
+        texts = realistic_set(args.proteins, args.seed, 1022 if not args.quick else 60)
     layer = loaded.num_layers
-    texts = realistic_set(args.proteins, args.seed, 1022 if not args.quick else 60)
     lengths = TARGET.measure(loaded, texts)
+    if loaded.max_length:
+        lengths = [min(n, loaded.max_length) for n in lengths]
     batches = prepare_batches(TARGET, loaded, texts, lengths, args.max_tokens)
     tokens = sum(b.tokens_used for b in batches)
     padded = sum(b.tokens.numel() for b in batches)
-    flops = useful_flops([n + 2 for n in lengths], layers, dim)
+    block_weights = sum(m.weight.numel() for block in TARGET.blocks(loaded.module) for m in block.modules()
+                        if isinstance(m, torch.nn.Linear))
+    flops = sum(2 * block_weights * (n + 2) + 4 * layers * (n + 2) ** 2 * dim for n in lengths)
     result: dict = {
-        "architecture": f"ESM-2 {name} ({layers} layers, {dim} dim, {heads} heads)",
+        "architecture": f"{'DNABERT-S' if name == 'dnabert' else 'ESM-2 ' + name} ({layers} layers, {dim} dim, {heads} heads)",
         "set": {"proteins": len(texts), "median_length": statistics.median(lengths), "tokens": tokens,
                 "padded_tokens": padded, "padding": 1 - tokens / padded, "batches": len(batches), "max_tokens": args.max_tokens},
         "paths": {},
@@ -151,7 +179,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
     reference_batches = batches[:: args.fp32_every]
     model = copy.deepcopy(loaded.module).to(device).float().eval()  # fresh: fair-esm's rotary cache ignores dtype
     with torch.inference_mode():
-        step = stock_step(model, device, layer)
+        step = stock_step(model, device, layer) if name != "dnabert" else fp16guard_step(loaded, model, device, layer, False)
         ref_rows = {}
         for batch in reference_batches:
             rows = step(batch).cpu()
@@ -162,8 +190,13 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
     del model
     free(device)
 
-    stock = copy.deepcopy(loaded.module).half().to(device).eval()
-    pooled["stock"] = record("stock", stock_step(stock, device, layer), lambda: stock(probe.tokens.to(device), repr_layers=[layer]))
+    if name == "dnabert":  # no other runnable model: fp16guard's native one in FP16, padded
+        stock, _ = build(TARGET, loaded, get_policy("fp16"), device)
+        pooled["stock"] = record("stock", fp16guard_step(loaded, stock, device, layer, False),
+                                 lambda: embed_batch(TARGET, loaded, stock, probe, device, layer, False))
+    else:
+        stock = copy.deepcopy(loaded.module).half().to(device).eval()
+        pooled["stock"] = record("stock", stock_step(stock, device, layer), lambda: stock(probe.tokens.to(device), repr_layers=[layer]))
     del stock
     free(device)
     for label, policy, backends in (("sdpa", FP16_SDPA, None), ("sdpa-flash-eff", FP16_SDPA, "flash-eff"), ("packed", FP16_PACKED, None)):
@@ -183,7 +216,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         free(device)
     if args.compile:
         model, _ = build(TARGET, loaded, FP16_PACKED, device)
-        for block in model.layers:
+        for block in TARGET.blocks(model):
             block.compile(dynamic=True)
         step = fp16guard_step(loaded, model, device, layer, True)
         pooled["packed-compiled"] = record("packed-compiled", step, lambda: embed_batch(TARGET, loaded, model, probe, device, layer, True))
@@ -210,7 +243,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         result["packed_vs_padded_min_cosine"] = float(cosine_rows(pooled["sdpa"], pooled["packed"]).min())
 
     fixed = []
-    for rows, length in (FIXED.get(name, ()) if not args.quick else FIXED["tiny"]) if args.fixed else ():
+    for rows, length in (FIXED.get(name, ()) if not args.quick else FIXED["tiny"]) if args.fixed and name != "dnabert" else ():
         sequences = ["".join(random.Random(rows * length + i).choices(PROTEIN, k=length - 2)) for i in range(rows)]
         (batch,) = prepare_batches(TARGET, loaded, sequences, [length - 2] * rows, rows * length)
         shape: dict = {"shape": f"{rows} x {length}"}
@@ -312,7 +345,7 @@ def render(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", nargs="+", default=["650M"], choices=["650M", "3B", "tiny"])
+    parser.add_argument("--arch", nargs="+", default=["650M"], choices=["650M", "3B", "dnabert", "tiny"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--proteins", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=16384)
@@ -329,7 +362,8 @@ def main() -> int:
     args = parser.parse_args()
     args.paths = sorted(set(args.paths) | {"packed"})
     if args.quick:
-        args.arch, args.proteins, args.max_tokens, args.passes = ["tiny"], 40, 512, 1
+        args.arch = ["dnabert"] if args.arch == ["dnabert"] else ["tiny"]
+        args.proteins, args.max_tokens, args.passes = 40, 4096 if args.arch == ["dnabert"] else 512, 1
     args.tmp.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)

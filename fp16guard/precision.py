@@ -181,7 +181,7 @@ def cast_except(model: nn.Module, dtype: torch.dtype, keep: Iterable[nn.Module])
 
 def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
     """Apply a policy to any model: only layer-norm islands are architecture-independent."""
-    if policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks or policy.fp32_parts:
+    if policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks or policy.fp32_parts or policy.layout != "padded":
         raise UnsupportedPolicyError(
             f"policy {policy.name!r} needs architecture-specific support, and fp16guard does not "
             f"know {type(model).__name__}; layer-norm islands ('fp16+ln32') work on any model"

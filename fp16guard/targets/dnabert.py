@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..catalog import DNABERT_DEFAULT
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UnsupportedPolicyError
 from ..policy import Policy
 from ..precision import (
     AppliedPolicy,
@@ -29,8 +29,9 @@ from ..precision import (
     layer_norm_islands,
     part_islands,
 )
-from .base import LoadedModel, ModelSource, hash_in_background, load_failure
+from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, load_failure
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
+from .varlen import packed_attention, require_packing
 
 DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
 IUPAC_AMBIGUITY = "RYSWKMBDHV"
@@ -103,7 +104,9 @@ class DnaBertSelfAttention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.fp32_scores = False
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | PackedBatch) -> torch.Tensor:
+        if isinstance(bias, PackedBatch):
+            return self._packed(hidden, bias)
         batch, length, width = hidden.shape
         qkv = self.Wqkv(hidden).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -113,6 +116,14 @@ class DnaBertSelfAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias if bias.dtype == q.dtype else bias.to(q.dtype))
         return out.transpose(1, 2).reshape(batch, length, width)
+
+    def _packed(self, hidden: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
+        """A pack [1, N, D]: ALiBi within each sequence through the flash kernel's own slopes
+        (no bias table; there is no padding, so no mask either)."""
+        _, tokens, width = hidden.shape
+        q, k, v = self.Wqkv(hidden[0]).view(tokens, 3, self.heads, self.head_dim).unbind(1)
+        slopes = torch.tensor(alibi_slopes(self.heads), dtype=torch.float32, device=hidden.device)
+        return packed_attention(q, k, v, packed, alibi_slopes=slopes).reshape(1, tokens, width)
 
 
 class DnaBertSelfOutput(nn.Module):
@@ -333,6 +344,18 @@ class DnabertTarget(HfTarget):
             return super().hidden_states(loaded, module, tokens, layer)
         return module(tokens, (tokens != loaded.extra["pad_id"]).long())[layer]
 
+    supports_packing = True
+
+    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch, layer: int) -> torch.Tensor:
+        """Hidden states [N, D] of ``layer`` for a packed batch: every layer of the native model
+        runs on [1, N, D], its attention confined to each sequence with ALiBi restarting there."""
+        if not isinstance(module, DnaBertModel):
+            raise UnsupportedPolicyError("the packed layout runs fp16guard's native DNABERT only, not remote code")
+        hidden = module.embeddings(packed.tokens[None])
+        for number, block in enumerate(module.encoder.layer[:layer], start=1):
+            hidden = block(hidden, packed)
+        return hidden[0]
+
     def adapts(self, module: nn.Module) -> bool:
         return isinstance(module, DnaBertModel)
 
@@ -348,6 +371,8 @@ class DnabertTarget(HfTarget):
         post-LN residual add in FP32 inside its island."""
         if not isinstance(module, DnaBertModel):
             return super().apply_policy(module, policy)
+        if policy.layout == "packed":
+            require_packing()
         if policy.is_full_precision:
             module.float()
             return AppliedPolicy(policy, notes=("the ALiBi bias is built in FP32 under every policy",))
@@ -370,7 +395,9 @@ class DnabertTarget(HfTarget):
         islands += names + part_names
         cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
         note = "the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional"
-        if policy.fast_attention:
+        if policy.layout == "packed":
+            note = "packed layout: ALiBi within each sequence computed in FP32 inside the flash kernel from the slopes (no bias table)"
+        elif policy.fast_attention:
             note = "fused attention: the ALiBi bias is built in FP32 and cast once to the compute dtype for the kernel"
         return AppliedPolicy(policy, tuple(islands), (note,))
 

@@ -132,6 +132,7 @@ class HfTarget:
     """Encoders that transformers' AutoModel loads; ``preset`` pins a packaged model."""
 
     special_tokens_per_row = 2
+    supports_packing = False  # DNABERT, built on this target, packs
     input_alphabet = LETTERS
 
     def __init__(self, name: str, description: str, preset: Preset | None = None):
@@ -294,6 +295,11 @@ class HfTarget:
         """Convert a transformers model in place: layer-norm islands, FP32 positional tables and
         softmax, FP32 residual adds; fast attention is transformers' own "sdpa" attention."""
         notes: list[str] = []
+        if policy.layout == "packed":
+            raise UnsupportedPolicyError(
+                f"the packed layout is built for ESM-2 (fair-esm) and DNABERT, not for {type(module).__name__} through "
+                "transformers; use fused attention on padded batches (fp16+sdpa)"
+            )
         if policy.fast_attention:
             if not getattr(module, "_supports_sdpa", False):
                 raise UnsupportedPolicyError(

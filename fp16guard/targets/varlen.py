@@ -38,18 +38,33 @@ def uses_varlen_kernel(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and varlen_kernel() is not None
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed) -> torch.Tensor:
-    """Softmax(q k^T / sqrt(head_dim)) v within each sequence of ``packed`` (a PackedBatch on
-    q's device); q, k, v and the result are [N, heads, head_dim]."""
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
+                     alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(head_dim) + bias) v within each sequence of ``packed`` (a
+    PackedBatch on q's device); q, k, v and the result are [N, heads, head_dim].
+
+    ``alibi_slopes`` [heads] (FP32) add the symmetric ALiBi bias -slope * |i - j| within each
+    sequence. The flash kernel computes it in FP32 inside the kernel from the slopes alone (its
+    varlen forward takes them: the same operator ``varlen_attn`` calls), so no [heads, T, T]
+    table is built and nothing of it is rounded to FP16."""
     if uses_varlen_kernel(q):
         cu = packed.cu_seqlens
-        return varlen_kernel()(q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen)
+        if alibi_slopes is None:
+            return varlen_kernel()(q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen)
+        return torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen, 0.0, False, False, alibi_slopes=alibi_slopes
+        )[0]
     out = torch.empty_like(q)
     bounds = packed.offsets
     for start, end in zip(bounds[:-1], bounds[1:]):
         # [L, H, Dh] -> [1, H, L, Dh] for SDPA, and back
         part = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
-        out[start:end] = F.scaled_dot_product_attention(*part)[0].transpose(0, 1)
+        bias = None
+        if alibi_slopes is not None:
+            positions = torch.arange(end - start, device=q.device, dtype=torch.float32)
+            distance = -(positions[None, :] - positions[:, None]).abs()
+            bias = (alibi_slopes.float()[:, None, None] * distance[None])[None].to(q.dtype)
+        out[start:end] = F.scaled_dot_product_attention(*part, attn_mask=bias)[0].transpose(0, 1)
     return out
 
 

@@ -151,3 +151,53 @@ def test_the_varlen_kernel_runs_on_cuda_and_agrees_with_padded(loaded):
     packed = run_policy(TARGET, loaded, FP16_PACKED, batches, 4, gpu, 3)
     assert packed.timing.attention.startswith("flash, variable-length"), packed.timing.attention
     assert cosine_rows(padded.pooled, packed.pooled).min() > 0.9999
+
+
+@pytest.fixture(scope="module")
+def dnabert(tmp_path_factory):
+    from fp16guard.targets.dnabert import TARGET as DNABERT
+    from fp16guard.testing import write_dnabert
+
+    return DNABERT, DNABERT.load(ModelSource(model=str(write_dnabert(tmp_path_factory.mktemp("dnabert") / "m"))))
+
+
+DNA = ["ACGTACGTTTGACNNNNACGTAGCTAGCTAGGGCGCGCATATATATTAGCG", "ACG", "GGGGCCCCATATATTTTAAAACACA", "ACGT" * 60]
+
+
+def test_dnabert_packed_agrees_with_padded_alibi_and_passes_the_composition_check(dnabert):
+    target, loaded = dnabert
+    lengths = target.measure(loaded, DNA)
+    batches = prepare_batches(target, loaded, DNA, lengths, 100_000)
+    pad = loaded.extra["pad_id"]
+    assert all(b.row_lengths == tuple(int(n) for n in (b.tokens != pad).sum(1)) for b in batches)
+    layer = loaded.num_layers
+    stock = run_policy(target, loaded, get_policy("fp32"), batches, len(DNA), CPU, layer, measure=False)
+    packed = run_policy(target, loaded, PACKED32, batches, len(DNA), CPU, layer, measure=False)
+    # ALiBi restarts at each sequence of the pack: FP32 agrees with the padded model's bias table.
+    assert torch.allclose(packed.pooled, stock.pooled, atol=1e-4, rtol=1e-4)
+    fp16 = run_policy(target, loaded, FP16_PACKED, batches, len(DNA), CPU, layer, measure=False)
+    assert cosine_rows(stock.pooled, fp16.pooled).min() > 0.999
+    ids = [f"d{i}" for i in range(len(DNA))]
+    check = composition.check_composition(target, loaded, FP16_PACKED, DNA, lengths, ids, CPU, layer)
+    assert check["passed"] and "alone vs packed" in check["pairs"], check["defects"]
+
+
+def test_hf_encoders_refuse_the_packed_layout_with_a_clear_error(tmp_path):
+    from fp16guard.targets.hf import HF
+    from fp16guard.testing import write_hf_bert
+
+    loaded = HF.load(ModelSource(model=str(write_hf_bert(tmp_path / "bert"))))
+    with pytest.raises(UnsupportedPolicyError, match="fp16\\+sdpa"):
+        build(HF, loaded, FP16_PACKED, CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dnabert_alibi_runs_in_the_flash_varlen_kernel_on_cuda(dnabert):
+    target, loaded = dnabert
+    lengths = target.measure(loaded, DNA)
+    batches = prepare_batches(target, loaded, DNA, lengths, 100_000)
+    gpu = torch.device("cuda")
+    padded = run_policy(target, loaded, get_policy("fp16+sdpa"), batches, len(DNA), gpu, loaded.num_layers)
+    packed = run_policy(target, loaded, FP16_PACKED, batches, len(DNA), gpu, loaded.num_layers)
+    assert packed.timing.attention.startswith("flash, variable-length"), packed.timing.attention
+    assert cosine_rows(padded.pooled, packed.pooled).min() > 0.9999
