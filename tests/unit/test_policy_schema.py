@@ -75,19 +75,21 @@ def test_a_boolean_is_not_truthy_text():
 
 
 def test_a_new_field_is_checked_from_its_type_without_edits():
-    """A field added to Policy with a str or bool default (such as a batch layout) is checked by
-    the same code: from_dict derives the expected type from the dataclass."""
+    """A field added to Policy with a str or bool default is checked by the same code (as
+    ``layout`` was): from_dict derives the expected type from the dataclass."""
 
     @dataclass(frozen=True)
     class Extended(Policy):
-        layout: str = "padded"
-        packed_only: bool = False
+        kernel: str = "auto"
+        compiled: bool = False
 
-    assert Extended.from_dict({"name": "x", "layout": "packed"}).layout == "packed"
+    assert Extended.from_dict({"name": "x", "kernel": "flash"}).kernel == "flash"
+    with pytest.raises(InputError, match="'kernel' must be a string"):
+        Extended.from_dict({"name": "x", "kernel": 3})
+    with pytest.raises(InputError, match="'compiled' must be true or false"):
+        Extended.from_dict({"name": "x", "compiled": "no"})
     with pytest.raises(InputError, match="'layout' must be a string"):
-        Extended.from_dict({"name": "x", "layout": 3})
-    with pytest.raises(InputError, match="'packed_only' must be true or false"):
-        Extended.from_dict({"name": "x", "packed_only": "no"})
+        Policy.from_dict({"name": "x", "layout": 3})
 
 
 def test_every_built_in_policy_round_trips():
