@@ -164,31 +164,38 @@ FAST_MARGIN = 1.05
 RECOMMEND_ON_CPU = False
 
 
-def _fast_candidate(target: Target, passing: Policy) -> Policy | None:
-    """The faster variant of ``passing`` to try: packed where the target and torch run the
-    packed layout, else fused attention on padded batches; None when there is none."""
+def _fast_candidates(target: Target, passing: Policy) -> list[Policy]:
+    """The faster variants of ``passing`` to try, best first: packed where the target and torch
+    run the packed layout, then fused attention on padded batches."""
     if passing.is_full_precision or passing.layout == "packed":
-        return None
+        return []
     from .targets.varlen import varlen_kernel
 
+    candidates = []
     if getattr(target, "supports_packing", False) and varlen_kernel() is not None:
-        return fast_variant(passing, packed=True)
-    return None if passing.fast_attention else fast_variant(passing)
+        candidates.append(fast_variant(passing, packed=True))
+    if not passing.fast_attention:
+        candidates.append(fast_variant(passing))
+    return candidates
 
 
 def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None, judge: Callable[..., Attempt],
               target: Target, device: torch.device) -> Attempt | None:
-    """Run the fast variant of the policy that passed; return its attempt when it passes too
-    and is resolvably faster in steady state on a GPU (the recommended policy), else None."""
-    variant = None if passing is None else _fast_candidate(target, passing)
-    if variant is None:
+    """Run the fast variant of the policy that passed (the first candidate this model and
+    device can run); return its attempt when it passes too and is resolvably faster in steady
+    state on a GPU (the recommended policy), else None."""
+    if passing is None:
+        return None
+    attempt = None
+    for variant in _fast_candidates(target, passing):
+        try:
+            attempt = judge(variant, role="fast")
+            break
+        except UnsupportedPolicyError as exc:
+            notes.append(f"fast variant {variant.name} not tried: {exc}")
+    if attempt is None:
         return None
     base = next(a for a in attempts if a.role != "reference" and a.name == passing.name)
-    try:
-        attempt = judge(variant, role="fast")
-    except UnsupportedPolicyError as exc:
-        notes.append(f"fast variant not tried: {exc}")
-        return None
     attempts.append(attempt)
     fast, slow = attempt.timing.get("tokens_per_second"), base.timing.get("tokens_per_second")
     ratio = fast / slow if fast and slow else None

@@ -38,19 +38,45 @@ def uses_varlen_kernel(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and varlen_kernel() is not None
 
 
+_ALIBI_SUPPORT: dict[torch.device, bool] = {}
+
+
+def flash_alibi_supported(device: torch.device) -> bool:
+    """Whether this PyTorch's flash-attention build adds ALiBi from slopes on ``device``
+    (probed once per device with a tiny call). PyTorch 2.11's CUDA build does not: "This flash
+    attention build does not support alibi" (measured on an H200)."""
+    if device not in _ALIBI_SUPPORT:
+        q = torch.zeros(2, 1, 8, dtype=torch.float16, device=device)
+        cu = torch.tensor([0, 2], dtype=torch.int32, device=device)
+        slopes = torch.ones(1, dtype=torch.float32, device=device)
+        try:
+            torch.ops.aten._flash_attention_forward(q, q, q, cu, cu, 2, 2, 0.0, False, False, alibi_slopes=slopes)
+            _ALIBI_SUPPORT[device] = True
+        except (RuntimeError, TypeError):
+            _ALIBI_SUPPORT[device] = False
+    return _ALIBI_SUPPORT[device]
+
+
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
                      alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax(q k^T / sqrt(head_dim) + bias) v within each sequence of ``packed`` (a
     PackedBatch on q's device); q, k, v and the result are [N, heads, head_dim].
 
     ``alibi_slopes`` [heads] (FP32) add the symmetric ALiBi bias -slope * |i - j| within each
-    sequence. The flash kernel computes it in FP32 inside the kernel from the slopes alone (its
-    varlen forward takes them: the same operator ``varlen_attn`` calls), so no [heads, T, T]
-    table is built and nothing of it is rounded to FP16."""
+    sequence. Where the flash build supports it, the kernel computes the bias in FP32 from the
+    slopes alone (the varlen operator ``varlen_attn`` calls takes them), so no [heads, T, T]
+    table is built; where it does not (PyTorch 2.11 on CUDA), UnsupportedPolicyError: the
+    sequence-by-sequence path would be correct but slower than padding, and packing is only
+    worth offering where it is fast."""
     if uses_varlen_kernel(q):
         cu = packed.cu_seqlens
         if alibi_slopes is None:
             return varlen_kernel()(q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen)
+        if not flash_alibi_supported(q.device):
+            raise UnsupportedPolicyError(
+                "this PyTorch's flash-attention build has no ALiBi support, so DNABERT cannot run packed on this GPU; "
+                "its padded fused attention (fp16+sdpa) is the fast path here"
+            )
         return torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen, 0.0, False, False, alibi_slopes=alibi_slopes
         )[0]

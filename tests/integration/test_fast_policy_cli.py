@@ -96,3 +96,19 @@ def test_dnabert_fast_policy_passes(dnabert_dir, tmp_path):
     assert [a["policy"]["name"] for a in report["attempts"]] == ["fp32", "fp16+sdpa"]  # --policy: nothing else
     assert report["attempts"][1]["metrics"]["min_cosine"] > 0.999
     assert any("cast once" in note for note in report["attempts"][1]["notes"])
+
+
+def test_when_packing_is_refused_the_fused_attention_variant_is_tried_instead(checkpoints, small_fasta, tmp_path, monkeypatch):
+    from fp16guard.errors import UnsupportedPolicyError
+    from fp16guard.targets import esm2
+
+    def refuse():
+        raise UnsupportedPolicyError("no packing here (simulated)")
+
+    monkeypatch.setattr(esm2, "require_packing", refuse)
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    assert report["attempts"][-1]["policy"]["name"] == "fp16+sdpa" and report["attempts"][-1]["role"] == "fast"
+    assert any("fp16+packed not tried: no packing here (simulated)" in note for note in report["notes"])
