@@ -187,7 +187,7 @@ class MarkdownFormat:
             f"sha256 `{data['sha256'][:16]}`; "
             + (f"{len(data['truncated'])} truncated to {data['max_length']} tokens" if data["max_length"] else "no length limit"),
             f"- **Device**: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
-            f"CUDA {env.get('cuda') or 'none'}",
+            f"CUDA {env.get('cuda') or 'none'}" + (f", cuDNN {env['cudnn']}" if env.get("cudnn") else ""),
             f"- **Threshold**: every sequence at cosine >= {report.thresholds['min_cosine']}, no NaN/Inf",
         ]
         if report.recommended_policy:
