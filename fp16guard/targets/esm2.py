@@ -214,15 +214,9 @@ class PackedAttention(SdpaAttention):
         return packed_attention(q, k, v, packed)
 
 
-class FusedGeluLayer(nn.Module):
-    """fair-esm's TransformerLayer with its GELU as one kernel (``F.gelu``, exact erf form).
-
-    fair-esm writes GELU as four element-wise operations, each a pass over the FFN's
-    activations (4 x width per token): on ESM-2 650M that traffic costs about a third of the
-    block's matmul time. ``F.gelu`` computes the same function in one pass, internally in FP32
-    (so its FP16 result is rounded once, not four times). Used with the packed layout; the
-    children keep their names, so state-dict keys, module names and islands are unchanged.
-    """
+class _LayerForward(nn.Module):
+    """A fair-esm TransformerLayer's modules under a forward of fp16guard's own: the children
+    keep their names, so state-dict keys, module names and islands are unchanged."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -231,6 +225,16 @@ class FusedGeluLayer(nn.Module):
         self.final_layer_norm = layer.final_layer_norm
         self.fc1 = layer.fc1
         self.fc2 = layer.fc2
+
+
+class FusedGeluLayer(_LayerForward):
+    """fair-esm's TransformerLayer with its GELU as one kernel (``F.gelu``, exact erf form).
+
+    fair-esm writes GELU as four element-wise operations, each a pass over the FFN's
+    activations (4 x width per token): on ESM-2 650M that traffic costs about a third of the
+    block's matmul time. ``F.gelu`` computes the same function in one pass, internally in FP32
+    (so its FP16 result is rounded once, not four times). Used with the packed layout.
+    """
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
         h, attn = self.self_attn(
@@ -241,22 +245,13 @@ class FusedGeluLayer(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)))), attn
 
 
-class Fp32ResidualLayer(nn.Module):
+class Fp32ResidualLayer(_LayerForward):
     """fair-esm's TransformerLayer with the residual stream carried and summed in FP32.
 
     Attention and MLP run in the compute dtype on the output of layer-norm islands that read
     the FP32 residual; their outputs are added in FP32, so a residual that outgrows FP16's
-    65504 stays finite (the idea of Megatron-LM's fp32-residual-connection). The child
-    modules keep their names, so state-dict keys and module names are unchanged.
+    65504 stays finite (the idea of Megatron-LM's fp32-residual-connection).
     """
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.self_attn_layer_norm = layer.self_attn_layer_norm
-        self.self_attn = layer.self_attn
-        self.final_layer_norm = layer.final_layer_norm
-        self.fc1 = layer.fc1
-        self.fc2 = layer.fc2
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
         from esm.modules import gelu
