@@ -171,6 +171,8 @@ def _sdpa_choice(args, kwargs) -> str:
         choice = SDPBackend(int(torch._fused_sdp_choice(*args, **kwargs))).name
     except Exception:  # a private chooser: absent or different in some torch versions
         return ""
+    if choice == "FLASH_ATTENTION" and not args[0].is_cuda:
+        return "_scaled_dot_product_flash_attention_for_cpu"
     return {
         "FLASH_ATTENTION": "_scaled_dot_product_flash_attention",
         "EFFICIENT_ATTENTION": "_scaled_dot_product_efficient_attention",
