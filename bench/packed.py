@@ -35,6 +35,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -358,8 +359,9 @@ def main() -> int:
                         help="fused paths besides stock (packed is always run): sdpa sdpa-flash-eff packed")
     parser.add_argument("--no-fixed", dest="fixed", action="store_false", help="skip the fixed shapes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tmp", type=Path, default=Path("/tmp/fp16guard-bench"))
+    parser.add_argument("--tmp", type=Path, help="where to write the checkpoints, kept for reruns (default: fp16guard-bench in the system's temporary directory)")
     args = parser.parse_args()
+    args.tmp = args.tmp or Path(tempfile.gettempdir()) / "fp16guard-bench"
     args.paths = sorted(set(args.paths) | {"packed"})
     if args.quick:
         args.arch = ["dnabert"] if args.arch == ["dnabert"] else ["tiny"]

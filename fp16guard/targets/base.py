@@ -253,8 +253,8 @@ def is_gzip(path: Path) -> bool:
 
 def load_failure(path: Path, exc: BaseException, failed: str = "cannot read as a PyTorch checkpoint", limit: int = 200) -> str:
     """Why the weights file ``path`` could not be read, for "PATH: <this>": "is gzip-compressed"
-    for a compressed file; otherwise the first line of ``exc`` without torch's advice to load
-    with weights_only=False or to allowlist globals (fp16guard never runs pickled code)."""
+    for a compressed file; otherwise the first line of ``exc`` without torch's advice to turn
+    weights-only loading off or to allowlist globals (fp16guard never runs pickled code)."""
     if is_gzip(path):
         return f"is gzip-compressed: decompress it first (gunzip {path.name})"
     text = str(exc).strip()
