@@ -55,6 +55,7 @@ class TokenBatch:
     pool_mask: torch.Tensor
     tokens_used: int  # tokens the model reads, padding excluded
     row_lengths: tuple[int, ...] = ()  # tokens per row, special tokens included, padding excluded
+    _packed: PackedBatch | None = field(default=None, init=False, repr=False, compare=False)
 
     def rows(self, part: slice) -> TokenBatch:
         """The rows in ``part`` as a batch of their own (same padded width)."""
@@ -62,7 +63,13 @@ class TokenBatch:
         return TokenBatch(self.indices[part], self.tokens[part], self.pool_mask[part], sum(lengths), lengths)
 
     def pack(self) -> PackedBatch:
-        """The same rows concatenated without padding (see PackedBatch)."""
+        """The same rows concatenated without padding (see PackedBatch); built once per batch
+        (the runner asks for it when running and again when pooling)."""
+        if self._packed is None:
+            self._packed = self._build_pack()
+        return self._packed
+
+    def _build_pack(self) -> PackedBatch:
         if len(self.row_lengths) != self.tokens.shape[0]:
             raise ValueError("a batch needs its row lengths to be packed")
         lengths = torch.tensor(self.row_lengths, dtype=torch.int64)
