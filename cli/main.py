@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from contextlib import nullcontext
 from enum import Enum
@@ -553,64 +554,76 @@ EmbedMaxTokensOption = Annotated[
 ]
 
 
-@embed_app.command("esm2", epilog=EXIT_CODES_HELP, cls=Command)
-def embed_esm2(
+def _embed_options(
+    *,
     sequences: EmbedSequencesOption,
     out: EmbedOutOption,
+    policy: EmbedPolicyOption = None,
+    force: ForceOption = False,
+    device: DeviceOption = Device.auto,
+    gpus: GpusOption = None,
+    max_tokens: EmbedMaxTokensOption = None,
+    layers: LayersOption = None,
+    per_residue: PerResidueOption = False,
+    spot_check_every: SpotCheckOption = 1000,
+    chunk_size: ChunkSizeOption = 10_000,
+    debug: DebugOption = False,
+) -> None:
+    """The options every embed command shares (their one definition; see _embed_command)."""
+
+
+def _embed_command(target: str):
+    """Register ``fp16guard embed TARGET``: the decorated function's parameters are the model-
+    source options, and it returns the ModelSource; the shared options follow them."""
+
+    def register(source_function):
+        source = inspect.signature(source_function, eval_str=True).parameters
+        shared = inspect.signature(_embed_options, eval_str=True).parameters
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in (*source.values(), *shared.values())]
+
+        def command(**options) -> None:
+            run_embed(target, source_function(**{name: options.pop(name) for name in source}), **options)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__doc__, command.__name__ = source_function.__doc__, f"embed_{target}"
+        embed_app.command(target, epilog=EXIT_CODES_HELP, cls=Command)(command)
+        return source_function
+
+    return register
+
+
+@_embed_command("esm2")
+def _esm2_source(
     model: Annotated[
         str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
     ] = "esm2_t33_650M_UR50D",
     weights: Annotated[
         Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
     ] = None,
-    policy: EmbedPolicyOption = None,
-    force: ForceOption = False,
-    device: DeviceOption = Device.auto,
-    gpus: GpusOption = None,
-    max_tokens: EmbedMaxTokensOption = None,
-    layers: LayersOption = None,
-    per_residue: PerResidueOption = False,
-    spot_check_every: SpotCheckOption = 1000,
-    chunk_size: ChunkSizeOption = 10_000,
-    debug: DebugOption = False,
     offline: OfflineOption = False,
-) -> None:
+):
     """Embed a FASTA file with an ESM-2 model (fair-esm) under a validated policy."""
     from fp16guard.config import ModelSource
 
-    run_embed("esm2", ModelSource(model=model, weights=weights, offline=offline), **_embed_options(locals()))
+    return ModelSource(model=model, weights=weights, offline=offline)
 
 
-@embed_app.command("hf", epilog=EXIT_CODES_HELP, cls=Command)
-def embed_hf(
+@_embed_command("hf")
+def _hf_source(
     model: Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")],
-    sequences: EmbedSequencesOption,
-    out: EmbedOutOption,
     pooling: PoolingOption = Pooling.mean,
     trust_remote_code: TrustRemoteCodeOption = False,
-    policy: EmbedPolicyOption = None,
-    force: ForceOption = False,
-    device: DeviceOption = Device.auto,
-    gpus: GpusOption = None,
-    max_tokens: EmbedMaxTokensOption = None,
-    layers: LayersOption = None,
-    per_residue: PerResidueOption = False,
-    spot_check_every: SpotCheckOption = 1000,
-    chunk_size: ChunkSizeOption = 10_000,
-    debug: DebugOption = False,
     offline: OfflineOption = False,
-) -> None:
+):
     """Embed a FASTA file with a Hugging Face encoder under a validated policy."""
     from fp16guard.config import ModelSource
 
-    source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
-    run_embed("hf", source, **_embed_options(locals()))
+    return ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
 
 
-@embed_app.command("dnabert", epilog=EXIT_CODES_HELP, cls=Command)
-def embed_dnabert(
-    sequences: EmbedSequencesOption,
-    out: EmbedOutOption,
+@_embed_command("dnabert")
+def _dnabert_source(
     model: Annotated[
         str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
     ] = "zhihan1996/DNABERT-S",
@@ -618,53 +631,20 @@ def embed_dnabert(
         bool,
         typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
     ] = False,
-    policy: EmbedPolicyOption = None,
-    force: ForceOption = False,
-    device: DeviceOption = Device.auto,
-    gpus: GpusOption = None,
-    max_tokens: EmbedMaxTokensOption = None,
-    layers: LayersOption = None,
-    per_residue: PerResidueOption = False,
-    spot_check_every: SpotCheckOption = 1000,
-    chunk_size: ChunkSizeOption = 10_000,
-    debug: DebugOption = False,
     offline: OfflineOption = False,
-) -> None:
+):
     """Embed a FASTA file of DNA with DNABERT-S or DNABERT-2 under a validated policy."""
     from fp16guard.config import ModelSource
 
-    source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
-    run_embed("dnabert", source, **_embed_options(locals()))
+    return ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
 
 
-@embed_app.command("antiberty", epilog=EXIT_CODES_HELP, cls=Command)
-def embed_antiberty(
-    sequences: EmbedSequencesOption,
-    out: EmbedOutOption,
-    pooling: PoolingOption = Pooling.mean,
-    policy: EmbedPolicyOption = None,
-    force: ForceOption = False,
-    device: DeviceOption = Device.auto,
-    gpus: GpusOption = None,
-    max_tokens: EmbedMaxTokensOption = None,
-    layers: LayersOption = None,
-    per_residue: PerResidueOption = False,
-    spot_check_every: SpotCheckOption = 1000,
-    chunk_size: ChunkSizeOption = 10_000,
-    debug: DebugOption = False,
-) -> None:
+@_embed_command("antiberty")
+def _antiberty_source(pooling: PoolingOption = Pooling.mean):
     """Embed antibody sequences with AntiBERTy (pip package antiberty, works offline) under a validated policy."""
     from fp16guard.config import ModelSource
 
-    run_embed("antiberty", ModelSource(offline=True, pooling=pooling.value), **_embed_options(locals()))
-
-
-def _embed_options(options: dict) -> dict:
-    """The options run_embed takes, from a command's locals() (its keyword parameters)."""
-    import inspect
-
-    keywords = {p.name for p in inspect.signature(run_embed).parameters.values() if p.kind is p.KEYWORD_ONLY}
-    return {name: value for name, value in options.items() if name in keywords}
+    return ModelSource(offline=True, pooling=pooling.value)
 
 
 def _parse_layers(values: list[str] | None) -> tuple[int, ...] | None:

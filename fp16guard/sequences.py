@@ -58,6 +58,18 @@ class SequenceSet:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def _open(path: Path):
+    """``path`` opened for binary reading; InputError saying why it cannot be."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+
+
 def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> SequenceSet:
     """Read and validate a FASTA file against ``alphabet`` (upper-case letters allowed).
 
@@ -66,14 +78,11 @@ def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> Seque
     codon) is dropped. Every problem raises :class:`InputError` naming the file, line and record.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    with _open(path) as handle:
+        try:
+            data = handle.read()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc})") from None
     compressed = data.startswith(GZIP_MAGIC)
     if compressed:
         try:
@@ -178,14 +187,7 @@ def stream_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> tup
     ``read_fasta`` validates them, in bounded memory; and a function that returns the SHA-256 of
     the file's bytes once the records are exhausted."""
     path = Path(path)
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    handle = _open(path)
     compressed = handle.read(2) == GZIP_MAGIC
     handle.seek(0)
     hashing = _HashingReader(handle)
