@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from fp16guard.config import ModelSource
 from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError
 
 
@@ -158,15 +159,26 @@ TrustRemoteCodeOption = Annotated[
     typer.Option("--trust-remote-code", help="Allow the model directory's own Python code to run (off by default)."),
 ]
 
+Esm2ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
+]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
+]
+HfModelOption = Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")]
+DnabertModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
+]
+DnabertRemoteCodeOption = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
+]
+
 
 @validate_app.command("esm2", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_esm2(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
-    ] = "esm2_t33_650M_UR50D",
-    weights: Annotated[
-        Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
-    ] = None,
+    model: Esm2ModelOption = "esm2_t33_650M_UR50D",
+    weights: WeightsOption = None,
     sequences: SequencesOption = None,
     device: DeviceOption = Device.auto,
     reference_device: ReferenceDeviceOption = None,
@@ -197,7 +209,7 @@ def validate_esm2(
 
 @validate_app.command("hf", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_hf(
-    model: Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")],
+    model: HfModelOption,
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
     trust_remote_code: TrustRemoteCodeOption = False,
@@ -231,14 +243,9 @@ def validate_hf(
 
 @validate_app.command("dnabert", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_dnabert(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
-    ] = "zhihan1996/DNABERT-S",
+    model: DnabertModelOption = "zhihan1996/DNABERT-S",
     sequences: SequencesOption = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
-    ] = False,
+    trust_remote_code: DnabertRemoteCodeOption = False,
     device: DeviceOption = Device.auto,
     reference_device: ReferenceDeviceOption = None,
     gpus: GpusOption = None,
@@ -595,55 +602,38 @@ def _embed_command(target: str):
 
 @_embed_command("esm2")
 def _esm2_source(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
-    ] = "esm2_t33_650M_UR50D",
-    weights: Annotated[
-        Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
-    ] = None,
+    model: Esm2ModelOption = "esm2_t33_650M_UR50D",
+    weights: WeightsOption = None,
     offline: OfflineOption = False,
 ):
     """Embed a FASTA file with an ESM-2 model (fair-esm) under a validated policy."""
-    from fp16guard.config import ModelSource
-
     return ModelSource(model=model, weights=weights, offline=offline)
 
 
 @_embed_command("hf")
 def _hf_source(
-    model: Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")],
+    model: HfModelOption,
     pooling: PoolingOption = Pooling.mean,
     trust_remote_code: TrustRemoteCodeOption = False,
     offline: OfflineOption = False,
 ):
     """Embed a FASTA file with a Hugging Face encoder under a validated policy."""
-    from fp16guard.config import ModelSource
-
     return ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
 
 
 @_embed_command("dnabert")
 def _dnabert_source(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
-    ] = "zhihan1996/DNABERT-S",
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
-    ] = False,
+    model: DnabertModelOption = "zhihan1996/DNABERT-S",
+    trust_remote_code: DnabertRemoteCodeOption = False,
     offline: OfflineOption = False,
 ):
     """Embed a FASTA file of DNA with DNABERT-S or DNABERT-2 under a validated policy."""
-    from fp16guard.config import ModelSource
-
     return ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
 
 
 @_embed_command("antiberty")
 def _antiberty_source(pooling: PoolingOption = Pooling.mean):
     """Embed antibody sequences with AntiBERTy (pip package antiberty, works offline) under a validated policy."""
-    from fp16guard.config import ModelSource
-
     return ModelSource(offline=True, pooling=pooling.value)
 
 
