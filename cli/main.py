@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from contextlib import nullcontext
 from enum import Enum
@@ -11,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from fp16guard.config import ModelSource
 from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError
 
 
@@ -157,15 +159,26 @@ TrustRemoteCodeOption = Annotated[
     typer.Option("--trust-remote-code", help="Allow the model directory's own Python code to run (off by default)."),
 ]
 
+Esm2ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
+]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
+]
+HfModelOption = Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")]
+DnabertModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
+]
+DnabertRemoteCodeOption = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
+]
+
 
 @validate_app.command("esm2", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_esm2(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="ESM-2 checkpoint name, read from the torch hub cache (downloaded if missing).")
-    ] = "esm2_t33_650M_UR50D",
-    weights: Annotated[
-        Optional[Path], typer.Option("--weights", "-w", help="Local fair-esm .pt checkpoint (overrides --model).")
-    ] = None,
+    model: Esm2ModelOption = "esm2_t33_650M_UR50D",
+    weights: WeightsOption = None,
     sequences: SequencesOption = None,
     device: DeviceOption = Device.auto,
     reference_device: ReferenceDeviceOption = None,
@@ -196,7 +209,7 @@ def validate_esm2(
 
 @validate_app.command("hf", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_hf(
-    model: Annotated[str, typer.Option("--model", "-m", help="Local model directory or Hugging Face model id.")],
+    model: HfModelOption,
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
     trust_remote_code: TrustRemoteCodeOption = False,
@@ -230,14 +243,9 @@ def validate_hf(
 
 @validate_app.command("dnabert", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_dnabert(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="DNABERT-S/DNABERT-2 directory or Hugging Face model id.")
-    ] = "zhihan1996/DNABERT-S",
+    model: DnabertModelOption = "zhihan1996/DNABERT-S",
     sequences: SequencesOption = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option("--trust-remote-code", help="Run the checkpoint's own code instead of fp16guard's native DNABERT."),
-    ] = False,
+    trust_remote_code: DnabertRemoteCodeOption = False,
     device: DeviceOption = Device.auto,
     reference_device: ReferenceDeviceOption = None,
     gpus: GpusOption = None,
@@ -463,18 +471,8 @@ def _run_validation(
             _clear_quietly(out)  # reports half written when the interrupt came are not a verdict
             render.error(console, "interrupted")
         raise typer.Exit(130) from None
-    if world is None and launched is not None and launched.size > 1:
-        # This rank failed before joining the others (a missing GPU, the rendezvous): nothing
-        # was agreed, so it exits with its own code and the launcher stops the other ranks.
-        assert error is not None
-        if launched.main or not isinstance(error, distributed.DeviceCountError):
-            render.error(console, str(error))
-        raise typer.Exit(error.exit_code)
+    error = _agree(console, world, launched, error)
     main = world is None or world.main
-    if not isinstance(error, distributed.RankError):
-        # Every rank ends on the same status: one rank's failure outside the gathers (loading,
-        # writing) reaches the others here, or wherever they wait.
-        error = distributed.finish(world, error)
     if error is not None:
         if main:
             _clear_quietly(out)  # a report written before another rank failed is not the verdict
@@ -483,6 +481,27 @@ def _run_validation(
     if main:  # the result on stdout (`> log.txt` keeps it); progress and errors stayed on stderr
         render.summary(render.stdout_console(), report, paths)
     _exit(report.exit_code)
+
+
+def _agree(console, world, launched, error: Fp16GuardError | None) -> Fp16GuardError | None:
+    """The error every rank ends with (None: every rank succeeded); exits at once when this
+    rank failed before joining the others."""
+    from fp16guard import distributed
+
+    from . import render
+
+    if world is None and launched is not None and launched.size > 1:
+        # This rank failed before joining the others (a missing GPU, the rendezvous): nothing
+        # was agreed, so it exits with its own code and the launcher stops the other ranks.
+        assert error is not None
+        if launched.main or not isinstance(error, distributed.DeviceCountError):
+            render.error(console, str(error))
+        raise typer.Exit(error.exit_code)
+    if isinstance(error, distributed.RankError):
+        return error
+    # Every rank ends on the same status: one rank's failure outside the gathers (loading,
+    # writing) reaches the others here, or wherever they wait.
+    return distributed.finish(world, error)
 
 
 def _exit(code: int) -> None:
@@ -501,6 +520,187 @@ def _exit(code: int) -> None:
             Path(code_file).write_text(f"{code}\n")
         code = 0
     raise typer.Exit(code)
+
+
+embed_app = typer.Typer(
+    help="Embed sequences under the policy that validate saved, with FP32 spot checks, into one HDF5 file (resumable).",
+    no_args_is_help=True,
+    cls=Group,
+)
+app.add_typer(embed_app, name="embed")
+
+EmbedSequencesOption = Annotated[
+    Path, typer.Option("--sequences", "-s", help="FASTA file to embed (plain or gzip-compressed), read streaming.")
+]
+EmbedOutOption = Annotated[
+    Path, typer.Option("--out", "-o", help="The HDF5 file to write; shards of a run in progress live in OUT.parts/ beside it.")
+]
+EmbedPolicyOption = Annotated[
+    Optional[str],
+    typer.Option("--policy", "-p", help="The policy file written by `validate --save-policy` (default: FP32). A built-in name needs --force."),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Embed under a policy validated on other weights, or not validated at all.")
+]
+LayersOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--layers", metavar="N[,N...]", help="Layers to pool (default: the last); repeatable or comma-separated. The first is 'embeddings'."),
+]
+PerResidueOption = Annotated[
+    bool, typer.Option("--per-residue", help="Also store every pooled position's hidden state (residues, residue_offsets).")
+]
+SpotCheckOption = Annotated[
+    int,
+    typer.Option("--spot-check-every", min=1, help="Also embed every N-th sequence (and the first 3) in FP32 and compare; below the policy's threshold ends the run (exit 1)."),
+]
+ChunkSizeOption = Annotated[
+    int, typer.Option("--chunk-size", min=1, help="Sequences per shard: the unit of resuming and of work per process.")
+]
+EmbedMaxTokensOption = Annotated[
+    Optional[int], typer.Option("--max-tokens", min=1, help="Token budget per batch (default 8192).")
+]
+
+
+def _embed_options(
+    *,
+    sequences: EmbedSequencesOption,
+    out: EmbedOutOption,
+    policy: EmbedPolicyOption = None,
+    force: ForceOption = False,
+    device: DeviceOption = Device.auto,
+    gpus: GpusOption = None,
+    max_tokens: EmbedMaxTokensOption = None,
+    layers: LayersOption = None,
+    per_residue: PerResidueOption = False,
+    spot_check_every: SpotCheckOption = 1000,
+    chunk_size: ChunkSizeOption = 10_000,
+    debug: DebugOption = False,
+) -> None:
+    """The options every embed command shares (their one definition; see _embed_command)."""
+
+
+def _embed_command(target: str):
+    """Register ``fp16guard embed TARGET``: the decorated function's parameters are the model-
+    source options, and it returns the ModelSource; the shared options follow them."""
+
+    def register(source_function):
+        source = inspect.signature(source_function, eval_str=True).parameters
+        shared = inspect.signature(_embed_options, eval_str=True).parameters
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in (*source.values(), *shared.values())]
+
+        def command(**options) -> None:
+            run_embed(target, source_function(**{name: options.pop(name) for name in source}), **options)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__doc__, command.__name__ = source_function.__doc__, f"embed_{target}"
+        embed_app.command(target, epilog=EXIT_CODES_HELP, cls=Command)(command)
+        return source_function
+
+    return register
+
+
+@_embed_command("esm2")
+def _esm2_source(
+    model: Esm2ModelOption = "esm2_t33_650M_UR50D",
+    weights: WeightsOption = None,
+    offline: OfflineOption = False,
+):
+    """Embed a FASTA file with an ESM-2 model (fair-esm) under a validated policy."""
+    return ModelSource(model=model, weights=weights, offline=offline)
+
+
+@_embed_command("hf")
+def _hf_source(
+    model: HfModelOption,
+    pooling: PoolingOption = Pooling.mean,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    offline: OfflineOption = False,
+):
+    """Embed a FASTA file with a Hugging Face encoder under a validated policy."""
+    return ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
+
+
+@_embed_command("dnabert")
+def _dnabert_source(
+    model: DnabertModelOption = "zhihan1996/DNABERT-S",
+    trust_remote_code: DnabertRemoteCodeOption = False,
+    offline: OfflineOption = False,
+):
+    """Embed a FASTA file of DNA with DNABERT-S or DNABERT-2 under a validated policy."""
+    return ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
+
+
+@_embed_command("antiberty")
+def _antiberty_source(pooling: PoolingOption = Pooling.mean):
+    """Embed antibody sequences with AntiBERTy (pip package antiberty, works offline) under a validated policy."""
+    return ModelSource(offline=True, pooling=pooling.value)
+
+
+def _parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
+    """``--layers 33 --layers 20`` or ``--layers 33,20``; InputError for anything else."""
+    from fp16guard.errors import InputError
+
+    if not values:
+        return None
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    if not items or not all(item.isdigit() for item in items):
+        raise InputError(f"--layers takes layer numbers (0 to the model's last), not {','.join(values)!r}")
+    return tuple(int(item) for item in items)
+
+
+def run_embed(target: str, source, *, sequences, out, policy, force, device, gpus, max_tokens, layers, per_residue,
+              spot_check_every, chunk_size, debug) -> None:
+    """Run the embed workflow with live progress and print the summary; the exit code follows
+    the documented codes (1: a spot check failed or NaN/Inf). Under --gpus or torchrun every
+    rank runs this; rank 0 alone prints."""
+    from fp16guard.launch import from_env, launch
+
+    from . import render
+
+    console = render.stderr_console()
+    launched = from_env()
+    if gpus and gpus > 1 and launched is None:
+        try:
+            code = launch(sys.argv[1:], gpus)
+        except Fp16GuardError as exc:
+            render.error(console, str(exc))
+            code = exc.exit_code
+        raise typer.Exit(code)
+    world = result = None
+    error: Fp16GuardError | None = None
+    try:
+        from fp16guard import distributed
+        from fp16guard.embed import EmbedConfig, embed
+        from fp16guard.progress import Progress
+
+        config = EmbedConfig(
+            sequences=sequences, out=out, policy=policy, force=force, device=device.value, max_tokens=max_tokens,
+            layers=_parse_layers(layers), per_residue=per_residue, spot_check_every=spot_check_every, chunk_size=chunk_size,
+        )
+        world = distributed.init(device.value)
+        main = world is None or world.main
+        with render.LiveProgress(console, unit="residues") if main else nullcontext(Progress()) as progress:
+            result = embed(target, source, config, progress)
+    except Fp16GuardError as exc:
+        error = exc
+    except KeyboardInterrupt:
+        if launched is None or launched.main:
+            render.error(console, "interrupted; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug: one line, not a traceback, and never exit 1
+        internal_error(console, exc, None, debug)
+    error = _agree(console, world, launched, error)
+    main = world is None or world.main
+    if error is not None:
+        if main:
+            render.error(console, str(error))
+        _exit(error.exit_code)
+    if main:  # the result on stdout; progress, warnings and errors stayed on stderr
+        render.embed_summary(render.stdout_console(), result)
+    _exit(0)
 
 
 @app.command("list", cls=Command)

@@ -17,12 +17,15 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
+    ProgressColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
+from rich.text import Text
 from rich.table import Table
 
 from fp16guard.progress import Progress as LibraryProgress
-from fp16guard.report import Report
+from fp16guard.report import Report, fmt_rate
 
 #: Least width for output that goes to a file or a pipe (a CI log), not a terminal: rich would
 #: otherwise take 80 columns (or a COLUMNS inherited from some terminal) and squeeze the table.
@@ -51,20 +54,34 @@ def error(console: Console, message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
 
 
+class RateColumn(ProgressColumn):
+    """Units per second over the last moments, as "12.3k residues/s"."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.speed
+        return Text(f"{fmt_rate(speed)} {self.unit}/s" if speed else f"- {self.unit}/s")
+
+
 class LiveProgress(LibraryProgress):
     """Renders the library's progress callbacks as rich progress bars."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, unit: str = "tokens"):
         self.console = console
+        rate = (TextColumn("{task.fields[unit]}"), RateColumn(unit), TimeRemainingColumn()) if unit != "tokens" else (TextColumn("tokens"),)
         self.bars = Progress(
             TextColumn("{task.description:<14}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("tokens"),
+            *rate,
             TimeElapsedColumn(),
             console=console,
             transient=False,
         )
+        self.unit = unit
         self.task = None
 
     def __enter__(self) -> LiveProgress:
@@ -81,7 +98,7 @@ class LiveProgress(LibraryProgress):
         self.bars.console.print(f"[yellow]warning:[/] {message}")
 
     def pass_started(self, label: str, total_tokens: int) -> None:
-        self.task = self.bars.add_task(label, total=total_tokens)
+        self.task = self.bars.add_task(label, total=total_tokens, unit=self.unit)
 
     def advance(self, tokens: int) -> None:
         if self.task is not None:
@@ -170,3 +187,22 @@ def catalog(console: Console, entries, policies) -> None:
     console.print(table)
     console.print("hf: any encoder directory or hub id with `fp16guard validate hf --model PATH_OR_ID`")
     console.print("Policies: " + ", ".join(f"{name} ({p.describe()})" for name, p in policies.items()))
+
+
+def embed_summary(console: Console, result) -> None:
+    """What ``fp16guard embed`` wrote, under which policy, with the spot checks (give it stdout)."""
+    console.print(f"[bold green]embedded {result.sequences} sequence(s)[/] into {result.out}", soft_wrap=True)
+    console.print(f"precision: {result.policy_note}", soft_wrap=True)
+    layers = ", ".join(map(str, result.layers))
+    console.print(f"layer{'s' if len(result.layers) > 1 else ''} {layers}; pooled FP32 embeddings" + (" and per-residue states" if result.per_residue else ""))
+    if result.spot_checks:
+        console.print(f"spot checks against FP32: {result.spot_checks} sequence(s), min cosine {result.spot_min_cosine:.6f} "
+                      f"(threshold {result.threshold})")
+    elif result.policy.is_full_precision:
+        console.print("spot checks: none needed (FP32)")
+    rate = result.tokens_per_second
+    console.print(f"{result.tokens} tokens embedded by this run in {result.seconds:.1f} s"
+                  + (f" ({fmt_rate(rate)} tokens/s)" if rate else "")
+                  + (f"; {result.resumed_shards} of {result.shards} shard(s) resumed from an earlier run" if result.resumed_shards else ""))
+    if result.truncated:
+        console.print(f"[yellow]{result.truncated} sequence(s) longer than the model's limit were truncated[/]")

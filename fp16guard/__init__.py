@@ -13,6 +13,8 @@ _LAZY = {
     "apply_policy": "fp16guard.targets",
     "Embedder": "fp16guard.embedding",
     "embed_sequences": "fp16guard.embedding",
+    "read_embeddings": "fp16guard.embedfile",
+    "Embeddings": "fp16guard.embedfile",
     "get_policy": "fp16guard.policy",
     "Policy": "fp16guard.policy",
     "LADDER": "fp16guard.policy",

@@ -4,6 +4,7 @@ forward (padded or packed, as the policy says) that ``validate`` timed and compa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,10 +12,10 @@ import torch
 from .config import ModelSource
 from .errors import InputError
 from .policy import FP32, Policy, get_policy
-from .runner import embed_batch
+from .runner import forward_splitting, pool
 from .sequences import make_batches
 from .targets import get_target
-from .targets.base import LoadedModel, Target, build, token_batch
+from .targets.base import LoadedModel, Target, TokenBatch, build, token_batch
 
 DEFAULT_MAX_TOKENS = 16_384
 
@@ -71,17 +72,53 @@ class Embedder:
         too_long = next((i for i, n in enumerate(lengths) if limit is not None and n > limit), None)
         if too_long is not None:
             raise InputError(f"sequence {too_long} has {lengths[too_long]} tokens, more than {self.loaded.name}'s {limit}")
-        packed = self.policy.layout == "packed"
         out: torch.Tensor | None = None
-        with torch.inference_mode():
-            for plan in make_batches(lengths, self.max_tokens, self.target.special_tokens_per_row):
-                batch = token_batch(self.target, self.loaded, texts, lengths, plan.indices)
-                rows = embed_batch(self.target, self.loaded, self.model, batch, self.device, self.layer, packed).cpu()
-                if out is None:
-                    out = torch.empty(len(texts), rows.shape[-1], dtype=torch.float32)
-                out[list(batch.indices)] = rows
+        for batch in self.batches(texts, lengths):
+            rows = self.run(batch).pooled[self.layer]
+            if out is None:
+                out = torch.empty(len(texts), rows.shape[-1], dtype=torch.float32)
+            out[list(batch.indices)] = rows
         assert out is not None
         return out
+
+    def batches(self, texts: Sequence[str], lengths: Sequence[int]) -> list[TokenBatch]:
+        """``texts`` (validated, ``lengths`` tokens each without special tokens) tokenised in
+        token-budget batches, longest first, as ``embed`` runs them."""
+        plans = make_batches(lengths, self.max_tokens, self.target.special_tokens_per_row)
+        return [token_batch(self.target, self.loaded, texts, lengths, plan.indices) for plan in plans]
+
+    def run(self, batch: TokenBatch, layers: Sequence[int] | None = None, per_residue: bool = False) -> BatchOutput:
+        """One batch's outputs on the host in FP32, rows in the batch's order: pooled rows for
+        each of ``layers`` (default: this embedder's layer) and, with ``per_residue``, the
+        hidden states of every pooled position."""
+        packed = self.policy.layout == "packed"
+        layers = [self.layer] if layers is None else list(layers)
+        for layer in layers:
+            if not 0 <= layer <= self.loaded.num_layers:
+                raise InputError(f"layer must be between 0 and {self.loaded.num_layers}, got {layer}")
+        out = BatchOutput({}, {}, [])
+        with torch.inference_mode():
+            for layer in layers:
+                hidden = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+                rows, mask = pool(batch, hidden, packed, self.device)
+                out.pooled[layer] = rows.float().cpu()
+                if per_residue:
+                    # Pooled positions in row order, in both layouts.
+                    out.residues[layer] = hidden[mask].float().cpu()
+                    if not out.counts:
+                        out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
+        return out
+
+
+@dataclass
+class BatchOutput:
+    """What ``Embedder.run`` returns for one batch: ``pooled`` layer -> [B, D]; ``residues``
+    layer -> [R, D] (the pooled positions of every row, row after row) and ``counts``, the
+    positions of each row (with ``per_residue``)."""
+
+    pooled: dict[int, torch.Tensor]
+    residues: dict[int, torch.Tensor]
+    counts: list[int]
 
 
 def embed_sequences(target: str, sequences: Sequence[str], **options) -> torch.Tensor:

@@ -13,6 +13,13 @@ class Fp16GuardError(Exception):
     exit_code = 3
 
 
+class AccuracyError(Fp16GuardError):
+    """Embeddings that fail the accuracy gate while embedding: a spot check below the threshold,
+    or NaN/Inf in an output (exit 1, the code of an accuracy failure)."""
+
+    exit_code = 1
+
+
 class InputError(Fp16GuardError):
     """Bad user input: a FASTA file, an option value, an unknown policy name (exit 2)."""
 

@@ -215,6 +215,13 @@ def get_policy(spec: str | Path | Policy | dict) -> Policy:
 def read_policy_file(path: str | Path) -> Policy:
     """The policy in a JSON file: a policy object, or a file written by ``--save-policy`` (the
     policy under its ``policy`` key). InputError naming the file and the field otherwise."""
+    return read_policy_record(path)[0]
+
+
+def read_policy_record(path: str | Path) -> tuple[Policy, dict | None]:
+    """``read_policy_file``'s policy and the file's ``validated`` record (what ``--save-policy``
+    says it was validated on: weights_sha256, threshold, min_cosine, ...), None when the file
+    holds a bare policy object."""
     path = Path(path)
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
@@ -226,12 +233,16 @@ def read_policy_file(path: str | Path) -> Policy:
         raise InputError(f"policy file {path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InputError(f"policy file {path}: JSON nested too deeply") from None
+    validated = None
     if isinstance(data, dict) and "policy" in data:
+        validated = data.get("validated")
+        if validated is not None and not isinstance(validated, dict):
+            raise InputError(f"policy file {path}: field 'validated' must be a JSON object, not {_json_type(validated)}")
         data = data["policy"]
         if not isinstance(data, dict):
             raise InputError(f"policy file {path}: field 'policy' must be a JSON object, not {_json_type(data)}")
     try:
-        return Policy.from_dict(data)
+        return Policy.from_dict(data), validated
     except InputError as exc:
         raise InputError(f"policy file {path}: {exc}") from None
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import statistics
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,6 +58,18 @@ class SequenceSet:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def _open(path: Path):
+    """``path`` opened for binary reading; InputError saying why it cannot be."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+
+
 def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> SequenceSet:
     """Read and validate a FASTA file against ``alphabet`` (upper-case letters allowed).
 
@@ -65,14 +78,11 @@ def read_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> Seque
     codon) is dropped. Every problem raises :class:`InputError` naming the file, line and record.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; expected a FASTA file (plain or gzip-compressed)") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    with _open(path) as handle:
+        try:
+            data = handle.read()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc})") from None
     compressed = data.startswith(GZIP_MAGIC)
     if compressed:
         try:
@@ -91,29 +101,38 @@ def parse_fasta(text: str, source: str, alphabet: str, what: str = "sequence") -
     """Parse FASTA ``text``; ``source`` names it in error messages."""
     if not text.strip():
         raise InputError(f"{source}: the file is empty; expected FASTA records ('>id' lines)")
+    return SequenceSet(Path(source).name, tuple(iter_records(text.splitlines(), source, alphabet, what)))
+
+
+def iter_records(lines: Iterable[str], source: str, alphabet: str, what: str = "sequence") -> Iterator[Record]:
+    """Records of FASTA ``lines`` one at a time, validated as ``parse_fasta`` validates them
+    (InputError naming ``source``, the line and the record). Memory grows with the ids seen
+    (for the duplicate check), not with the sequences."""
     allowed = set(alphabet.upper())
-    records: list[Record] = []
     first_seen: dict[str, int] = {}
     header: tuple[str, str, int] | None = None
     chunks: list[str] = []
 
-    def finish() -> None:
+    def finish() -> Record | None:
         if header is None:
-            return
+            return None
         rid, desc, line = header
         seq = "".join(chunks)
         if seq.endswith("*"):
             seq = seq[:-1]
         if not seq:
             raise InputError(f"{source}:{line}: record '{rid}' has an empty {what}")
-        records.append(Record(rid, seq, desc, line))
+        return Record(rid, seq, desc, line)
 
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.rstrip("\r\n")
         line = raw.strip()
         if not line:
             continue
         if line.startswith(">"):
-            finish()
+            done = finish()
+            if done is not None:
+                yield done
             fields = line[1:].split(maxsplit=1)
             if not fields:
                 raise InputError(f"{source}:{number}: header line has no id after '>'")
@@ -142,8 +161,56 @@ def parse_fasta(text: str, source: str, alphabet: str, what: str = "sequence") -
                     f"which is not a valid {what} character (allowed: {''.join(sorted(allowed))})"
                 )
         chunks.append("".join(line.split()).upper())
-    finish()
-    return SequenceSet(Path(source).name, tuple(records))
+    done = finish()
+    if done is not None:
+        yield done
+
+
+class _HashingReader(io.RawIOBase):
+    """A binary file whose bytes are hashed (SHA-256) as they are read."""
+
+    def __init__(self, handle):
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.handle.read(len(buffer))
+        self.digest.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def stream_fasta(path: str | Path, alphabet: str, what: str = "sequence") -> tuple[Iterator[Record], Callable[[], str]]:
+    """Records of a FASTA file (plain or gzip, by its magic bytes) one at a time, validated as
+    ``read_fasta`` validates them, in bounded memory; and a function that returns the SHA-256 of
+    the file's bytes once the records are exhausted."""
+    path = Path(path)
+    handle = _open(path)
+    compressed = handle.read(2) == GZIP_MAGIC
+    handle.seek(0)
+    hashing = _HashingReader(handle)
+
+    def records() -> Iterator[Record]:
+        binary = gzip.GzipFile(fileobj=io.BufferedReader(hashing)) if compressed else io.BufferedReader(hashing)
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline=None)
+        empty = True
+        try:
+            for record in iter_records(text, str(path), alphabet, what):
+                empty = False
+                yield record
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise InputError(f"{path}: looks gzip-compressed but cannot be decompressed as gzip ({exc})") from None
+        except UnicodeDecodeError as exc:
+            inside = "the gzip-compressed file's content " if compressed else ""
+            raise InputError(f"{path}: {inside}cannot be read as text ({exc}); expected FASTA") from None
+        finally:
+            handle.close()
+        if empty:
+            raise InputError(f"{path}: the file is empty; expected FASTA records ('>id' lines)")
+
+    return records(), lambda: hashing.digest.hexdigest()
 
 
 def replace_letters(records: SequenceSet, letters: str, replacement: str) -> tuple[SequenceSet, list[str]]:
