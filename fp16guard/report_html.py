@@ -262,7 +262,7 @@ def cosine_chart(cosines: list[dict], threshold: float) -> str:
     clipped = any(1 - v <= 10.0**lo for v in finite)  # the first bin also holds these (exactly 1 among them)
     ticks = "".join(
         f'<line class="axis" x1="{x(e):.1f}" y1="{y1}" x2="{x(e):.1f}" y2="{y1 + 4}"/>'
-        f'<text x="{x(e):.1f}" y="{y1 + 16}" text-anchor="middle">{"&le;" if e == lo and clipped else ""}1e{e}</text>'
+        f'<text x="{x(e):.1f}" y="{y1 + 16}" text-anchor="middle">{"≤" if e == lo and clipped else ""}1e{e}</text>'
         for e in range(lo, hi + 1)
     )
     tx = x(threshold_exp)
@@ -277,6 +277,6 @@ def cosine_chart(cosines: list[dict], threshold: float) -> str:
         + f'<line class="threshold" x1="{tx:.1f}" y1="{y0 - 6}" x2="{tx:.1f}" y2="{y1}"/>'
         f'<text x="{tx + 4:.1f}" y="{y0 - 8}">threshold {escape(str(threshold))}</text>'
         f'<text x="{(nan_left + nan_right) / 2:.1f}" y="{y1 + 16}" text-anchor="middle">NaN/Inf</text>'
-        f'<text x="{(x0 + x1) / 2:.1f}" y="{y1 + 36}" text-anchor="middle">1 &#8722; cosine to FP32 per sequence '
+        f'<text x="{(x0 + x1) / 2:.1f}" y="{y1 + 36}" text-anchor="middle">1 − cosine to FP32 per sequence '
         f"(log scale; further right is worse)</text></svg>"
     )
