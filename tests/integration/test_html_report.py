@@ -8,6 +8,9 @@ checked, not assumed. CI installs Debian's chromium in .ci/run; elsewhere the te
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 from browser import Chromium, file_url, find_chromium
 from cli_runner import run_cli
@@ -15,8 +18,10 @@ from cli_runner import run_cli
 from fp16guard.report import read_report
 
 CHROMIUM = find_chromium()
+#: Set by .ci/run, where Chromium was installed: there a missing browser is a failure, not a skip.
+REQUIRED = os.environ.get("FP16GUARD_REQUIRE_CHROMIUM") == "1"
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
+    CHROMIUM is None and not REQUIRED,
     reason="no Chromium binary on PATH (chromium, chromium-browser, google-chrome; or set CHROMIUM): "
     "`apt-get install chromium` to run the browser test (CI installs it in .ci/run)",
 )
@@ -57,14 +62,13 @@ def runs(checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    assert CHROMIUM, "FP16GUARD_REQUIRE_CHROMIUM=1 but no Chromium binary was found"
     with Chromium(CHROMIUM) as chromium:
         yield chromium
 
 
 @pytest.mark.parametrize("name", ["pass", "fail"])
 def test_report_html_renders_without_errors_and_shows_verdict_and_table(runs, browser, name):
-    import json
-
     out = runs[name]
     page = browser.load(file_url(out / "report.html"), DOM)
     assert page.errors == []
