@@ -8,6 +8,7 @@ file. All text from the run (sequence ids, model names, reasons) goes through ``
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -111,7 +112,8 @@ def _table(rows: list[dict[str, str]], table_id: str | None = None, text_columns
 
     def cell(tag: str, header: str, value: str) -> str:
         classes = " ".join(c for c in ("text" if header in text_columns else "", "verdict" if header == verdict_column else "") if c)
-        return f"<{tag}{f' class={chr(34)}{classes}{chr(34)}' if classes else ''}>{escape(value)}</{tag}>"
+        attribute = f' class="{classes}"' if classes else ""
+        return f"<{tag}{attribute}>{escape(value)}</{tag}>"
 
     out = [f"<table{f' id={table_id}' if table_id else ''}>", "<thead><tr>" + "".join(cell("th", h, h) for h in headers) + "</tr></thead>", "<tbody>"]
     for i, row in enumerate(rows):
@@ -236,7 +238,10 @@ def cosine_chart(cosines: list[dict], threshold: float) -> str:
     for v in finite:
         gap = 1 - v
         exp = math.log10(gap) if gap > 0 else -math.inf
-        index = next((i for i, upper in enumerate(edges[1:]) if exp <= upper), len(counts) - 1)
+        index = min(bisect_left(edges, exp, lo=1) - 1, len(counts) - 1)  # the bin (lower, upper] holding exp
+        # 1 - v rounds: a cosine at the threshold may land just past its edge. The side is v's.
+        side = edges.index(threshold_exp)
+        index = min(index, side - 1) if v >= threshold else max(index, side)
         counts[index][v < threshold] += 1
     # Geometry: plot area x0..x1, NaN bar to the right of it, baseline at y1.
     width, height, x0, x1, y0, y1 = 680, 200, 34, 580, 18, 150

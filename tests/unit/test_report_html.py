@@ -41,6 +41,9 @@ def test_bars_past_the_threshold_are_failures_even_next_to_it():
     assert sorted(b["title"].split(" ")[0] for b in bars if b["class"] == "bad") == ["1"]
     assert sum(int(b["title"].split(" ")[0]) for b in bars if b["class"] == "ok") == 3  # 0.99 passes, 1.0 is drawn
     assert [b["title"].split(" ")[0] for b in bars if b["class"] == "nan"] == ["0"]  # an empty NaN bar still says 0
+    threshold_x = float(re.search(r'class="threshold" x1="([\d.]+)"', cosine_chart([{"id": "a", "cosine": 0.99}], 0.99))[1])
+    (at_threshold,) = _chart(0.99)[:1]
+    assert at_threshold["class"] == "ok" and at_threshold["x"] < threshold_x  # left of the line, though 1 - 0.99 > 0.01
 
 
 def test_every_cosine_exactly_one_or_all_nan_still_draws():
