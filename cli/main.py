@@ -110,7 +110,7 @@ NoFallbackOption = Annotated[bool, typer.Option("--no-fallback", help="Test full
 FullLadderOption = Annotated[
     bool, typer.Option("--full-ladder", help="Run every rung even after one passes, to see what each costs.")
 ]
-OutOption = Annotated[Path, typer.Option("--out", "-o", help="Directory for report.json, report.md, junit.xml.")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Directory for report.json, report.md, junit.xml, report.html.")]
 TryOption = Annotated[
     Optional[list[str]],
     typer.Option("--try", help="Also run this policy beside the ladder, for information (e.g. bf16); repeatable."),
@@ -480,7 +480,24 @@ def _run_validation(
         _exit(error.exit_code)
     if main:  # the result on stdout (`> log.txt` keeps it); progress and errors stayed on stderr
         render.summary(render.stdout_console(), report, paths)
+        _publish_to_ci(console, report)
     _exit(report.exit_code)
+
+
+def _publish_to_ci(console, report) -> None:
+    """On GitHub Actions: report.md into the step summary, and an ``::error`` line (stdout) when
+    the run failed. A summary that cannot be written is a warning: the verdict stands."""
+    from . import ci, render
+
+    if not ci.on_github():
+        return
+    try:
+        ci.append_step_summary(report)
+    except OSError as exc:
+        render.warning(console, f"cannot append to ${ci.STEP_SUMMARY_ENV} ({exc.strerror or exc}); the report is in --out")
+    line = ci.error_annotation(report)
+    if line:
+        typer.echo(line)
 
 
 def _agree(console, world, launched, error: Fp16GuardError | None) -> Fp16GuardError | None:

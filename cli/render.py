@@ -54,6 +54,10 @@ def error(console: Console, message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
 
 
+def warning(console: Console, message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
 class RateColumn(ProgressColumn):
     """Units per second over the last moments, as "12.3k residues/s"."""
 
@@ -95,7 +99,7 @@ class LiveProgress(LibraryProgress):
         self.bars.console.print(f"[dim]{message}[/]")
 
     def warn(self, message: str) -> None:
-        self.bars.console.print(f"[yellow]warning:[/] {message}")
+        warning(self.bars.console, message)
 
     def pass_started(self, label: str, total_tokens: int) -> None:
         self.task = self.bars.add_task(label, total=total_tokens, unit=self.unit)

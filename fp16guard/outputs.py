@@ -15,7 +15,7 @@ from .errors import InputError, OutputError
 
 #: Every file a run writes into ``--out``: the reports (fp16guard.report's formats), the profile
 #: plot, and the log of an internal error. A run clears them before it starts (``clear_reports``).
-REPORT_FILES = ("report.json", "report.md", "junit.xml", "profile.png")
+REPORT_FILES = ("report.json", "report.md", "junit.xml", "report.html", "profile.png")
 ERROR_LOG = "fp16guard-error.log"
 
 
@@ -96,7 +96,7 @@ def check_outputs(out: str | Path | None = None, save_policy: str | Path | None 
 
 def clear_reports(out: str | Path) -> list[Path]:
     """Remove the files an earlier run wrote into ``out`` (report.json, report.md, junit.xml,
-    profile.png, an error log), so that a run that ends without a verdict leaves none that
+    report.html, profile.png, an error log), so that a run that ends without a verdict leaves none that
     looks like its own. Returns the paths removed; OutputError if one cannot be removed."""
     out = Path(out)
     removed = []

@@ -1,4 +1,4 @@
-"""The report of a validation run and its writers: JSON, Markdown, JUnit (atomic writes)."""
+"""The report of a validation run and its writers: JSON, Markdown, JUnit, HTML (atomic writes)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import OutputError
 from .formatting import format_cosine
 from .outputs import write_text_atomic
+from .report_html import HtmlFormat
 
 #: 2: metrics gain ``nonfinite_sequences``; their min/mean/p1 cosine and errors are null when
 #: anything is non-finite; ``cosines`` is a list of {"id", "cosine"}; attempts gain
@@ -271,25 +272,46 @@ def _speed_lines(attempt: Attempt) -> list[str]:
     return lines
 
 
-def _layer_table(layers: list[dict], threshold: float) -> list[str]:
-    """Markdown rows of a per-layer profile, marking the first divergent block."""
-    first = next(
+def first_divergent_layer(layers: list[dict], threshold: float) -> int | None:
+    """The first block whose output has NaN/Inf or a cosine below ``threshold``; None if none."""
+    return next(
         (e["layer"] for e in layers if e["nonfinite_tokens"] or e["min_cosine"] is None or e["min_cosine"] < threshold),
         None,
     )
+
+
+#: The per-layer profile's columns (report.md and report.html), in order; see ``layer_cells``.
+LAYER_COLUMNS = ("block", "min cos", "mean cos", "relative error", "max abs activation", "FP16 headroom", "non-finite tokens")
+
+
+def layer_cells(entry: dict) -> dict[str, str]:
+    """One block of a per-layer profile as formatted cells, keyed by LAYER_COLUMNS."""
+    headroom = entry["fp16_headroom"]
+    return {
+        "block": str(entry["layer"]),
+        "min cos": format_cosine(entry["min_cosine"]),
+        "mean cos": format_cosine(entry["mean_cosine"]),
+        "relative error": _num(entry["relative_error"]),
+        "max abs activation": f"{entry['max_abs_activation']:.4g}",
+        "FP16 headroom": "inf" if headroom is None else f"{headroom:.3g}x",
+        "non-finite tokens": str(entry["nonfinite_tokens"]),
+    }
+
+
+def _layer_table(layers: list[dict], threshold: float) -> list[str]:
+    """Markdown rows of a per-layer profile, marking the first divergent block."""
+    first = first_divergent_layer(layers, threshold)
     lines = [
         f"Per layer (first divergent block: {first if first else 'none'}):",
         "",
-        "| block | min cos | mean cos | relative error | max abs activation | FP16 headroom | non-finite tokens |",
-        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(LAYER_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in LAYER_COLUMNS) + "|",
     ]
     for e in layers:
-        mark = " **<- first**" if e["layer"] == first else ""
-        headroom = e["fp16_headroom"]
-        lines.append(
-            f"| {e['layer']}{mark} | {format_cosine(e['min_cosine'])} | {format_cosine(e['mean_cosine'])} | {_num(e['relative_error'])} "
-            f"| {e['max_abs_activation']:.4g} | {'inf' if headroom is None else f'{headroom:.3g}x'} | {e['nonfinite_tokens']} |"
-        )
+        cells = layer_cells(e)
+        if e["layer"] == first:
+            cells["block"] += " **<- first**"
+        lines.append("| " + " | ".join(cells.values()) + " |")
     return lines + [""]
 
 
@@ -367,7 +389,7 @@ class JUnitFormat:
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
 
-FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat())
+FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat(), HtmlFormat())
 
 
 def write_atomic(path: Path, text: str) -> None:

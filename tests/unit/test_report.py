@@ -27,7 +27,7 @@ from fp16guard.report import (
 )
 
 IDS = ["P1", "P2", "P3", "P4"]
-OUTPUT_FILES = {"report.json", "report.md", "junit.xml"}
+OUTPUT_FILES = {"report.json", "report.md", "junit.xml", "report.html"}
 
 
 # --------------------------------------------------------------------------- building a report
@@ -195,7 +195,7 @@ def test_missing_schema_version_raises(report):
 # --------------------------------------------------------------------------- writers
 
 
-def test_write_report_writes_three_files_and_no_temporaries(report, tmp_path):
+def test_write_report_writes_four_files_and_no_temporaries(report, tmp_path):
     out = tmp_path / "nested" / "out"
     paths = write_report(report, out)
     assert {p.name for p in paths} == OUTPUT_FILES
