@@ -7,6 +7,7 @@ errors go to stderr."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from rich import box
@@ -33,7 +34,10 @@ LOG_WIDTH = 160
 
 
 def _console(stderr: bool) -> Console:
-    console = Console(stderr=stderr, highlight=False)
+    # NO_COLOR (https://no-color.org): rich alone would drop the colours but keep bold and
+    # dim; no colour system means no escape codes at all. Off a terminal rich writes none.
+    plain = bool(os.environ.get("NO_COLOR"))
+    console = Console(stderr=stderr, highlight=False, **({"color_system": None} if plain else {}))
     if not console.is_terminal:
         columns = os.environ.get("COLUMNS", "")
         console.width = max(LOG_WIDTH, int(columns) if columns.isdigit() else 0)
@@ -172,9 +176,30 @@ def summary(console: Console, report: Report, paths: list[Path]) -> None:
         console.print(table)
     else:
         _vertical(console, report)
-    colour = "green" if report.passed else "red"
-    console.print(f"[bold {colour}]{report.summary}[/]")
+    verdict(console, report)
     console.print(f"report: {', '.join(str(p) for p in paths)}", soft_wrap=True)  # paths stay whole for copying
+
+
+def verdict(console: Console, report: Report) -> None:
+    """The verdict line: PASS or FAIL, and which policy."""
+    colour = "green" if report.passed else "red"
+    console.print(f"[bold {colour}]{report.summary}[/]", soft_wrap=True)
+
+
+def result(report: Report, paths: list[Path], quiet: bool = False, as_json: bool = False) -> None:
+    """A finished validation's output: the summary on stdout; ``quiet``: only the verdict line;
+    ``as_json``: report.json on stdout and the rest (unless quiet) on stderr."""
+    if as_json:
+        from fp16guard.report import JsonFormat
+
+        sys.stdout.write(JsonFormat().render(report))
+        sys.stdout.flush()
+    console = stderr_console() if as_json else stdout_console()
+    if quiet:
+        if not as_json:
+            verdict(console, report)
+    else:
+        summary(console, report, paths)
 
 
 def catalog(console: Console, entries, policies) -> None:
