@@ -841,6 +841,37 @@ def run_embed(target: str, source, *, sequences, out, policy, force, device, gpu
     _exit(0)
 
 
+@app.command("diff", cls=Command, epilog="Exit codes: 0 no regression, 1 NEW regresses, 2 a report that cannot be read.")
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier run: a report.json or its report directory.", show_default=False)],
+    new: Annotated[Path, typer.Argument(help="The later run: a report.json or its report directory.", show_default=False)],
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", min=0.0, help="Largest fall in a sequence's cosine that is not a regression.")
+    ] = 1e-3,
+    max_slowdown: Annotated[
+        float,
+        typer.Option("--max-slowdown", min=1.0, help="Largest slowdown of a policy (old / new tokens/s) that is not a regression; gated on the same device model only."),
+    ] = 1.25,
+    top: Annotated[int, typer.Option("--top", min=0, help="Sequences shown per policy: those whose cosine fell most.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON on stdout.")] = False,
+) -> None:
+    """What changed between two validation runs: verdicts, per-sequence cosines, speed, memory, environment."""
+    from fp16guard.diff import diff_reports, load_report
+
+    from . import render
+
+    try:
+        result = diff_reports(load_report(old), load_report(new), tolerance=tolerance, max_slowdown=max_slowdown)
+    except Fp16GuardError as exc:
+        render.error(render.stderr_console(), str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        render.write_stdout(result.to_json())
+    else:
+        render.report_diff(render.stdout_console(), result, top)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("list", cls=Command)
 def list_models() -> None:
     """Targets, presets and known checkpoints, and whether each is on this machine (nothing is downloaded)."""
