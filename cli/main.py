@@ -402,7 +402,7 @@ def _config_defaults(ctx, command, config, target: str) -> dict:
         try:
             param.process_value(ctx, value)
         except typer.BadParameter as exc:
-            raise _input_error(f"{config.where}: {key}: {exc.message}") from None
+            raise _input_error(f"{config.where}: {key} = {value!r}: {exc.message}") from None
         defaults[param.name] = value
     return defaults
 

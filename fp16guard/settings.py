@@ -143,8 +143,11 @@ def _check(where: str, key: str, value: object, base: Path) -> object:
     if ok and isinstance(value, list):
         ok = all(isinstance(item, str) for item in value)
     if not ok:
-        expected = " or ".join(_TYPE_NAMES[t] for t in types)
+        named = [t for t in types if not (t is int and float in types)]  # an integer is a number
+        expected = " or ".join(_TYPE_NAMES[t] for t in named)
         raise InputError(f"{where}: {key} must be {expected}, not {value!r}")
+    if key == "max-tokens" and (value != "auto" if isinstance(value, str) else value < 1):
+        raise InputError(f"{where}: max-tokens must be a positive integer or \"auto\", not {value!r}")
     if key == "target" and value not in TARGETS:
         raise InputError(f"{where}: target must be one of {', '.join(TARGETS)}, not {value!r}")
     if key in PATH_KEYS:
