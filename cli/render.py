@@ -181,10 +181,10 @@ def summary(console: Console, report: Report, paths: list[Path]) -> None:
     console.print(f"report: {', '.join(str(p) for p in paths)}", soft_wrap=True)  # paths stay whole for copying
 
 
-def verdict(console: Console, report: Report) -> None:
-    """The verdict line: PASS or FAIL, and which policy."""
+def verdict(console: Console, report: Report, one_line: bool = False) -> None:
+    """The verdict: PASS or FAIL, and which policy; ``one_line``: never wrapped (--quiet)."""
     colour = "green" if report.passed else "red"
-    console.print(f"[bold {colour}]{report.summary}[/]", soft_wrap=True)
+    console.print(f"[bold {colour}]{report.summary}[/]", soft_wrap=one_line)
 
 
 def result(report: Report, paths: list[Path], quiet: bool = False, as_json: bool = False) -> None:
@@ -197,7 +197,7 @@ def result(report: Report, paths: list[Path], quiet: bool = False, as_json: bool
     console = stderr_console() if as_json else stdout_console()
     if quiet:
         if not as_json:
-            verdict(console, report)
+            verdict(console, report, one_line=True)
     else:
         summary(console, report, paths)
 
