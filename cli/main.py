@@ -67,7 +67,7 @@ def root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Prove that a biological language model is safe to run in FP16 before you ship its embeddings."""
+    """Options before any command (the app's help is Typer's ``help``)."""
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 pass, 1 accuracy failure (no policy passed), 2 bad input or usage (including an output path "
