@@ -40,16 +40,34 @@ app = typer.Typer(
     name="fp16guard",
     help="Prove that a biological language model is safe to run in FP16 before you ship its embeddings.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     cls=Group,
 )
 validate_app = typer.Typer(
-    help="Embed a reference set in FP32 and in FP16 (with fallbacks) and gate on the agreement.",
-    no_args_is_help=True,
+    help="Embed a reference set in FP32 and in FP16 (with fallbacks) and gate on the agreement. Without a "
+    "target, runs the one the config file names (fp16guard.toml, or pyproject.toml's tool.fp16guard table).",
+    invoke_without_command=True,
     cls=Group,
 )
 app.add_typer(validate_app, name="validate")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import fp16guard
+
+        typer.echo(f"fp16guard {fp16guard.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Options before any command (the app's help is Typer's ``help``)."""
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 pass, 1 accuracy failure (no policy passed), 2 bad input or usage (including an output path "
@@ -147,6 +165,13 @@ OfflineOption = Annotated[
 PoolingOption = Annotated[
     Pooling, typer.Option(help="mean: attention-mask-weighted mean of the hidden states; cls: the first token.")
 ]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only the verdict line (and errors): no progress, no table.")
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print report.json to stdout (and nothing else there); the summary goes to stderr."),
+]
 DebugOption = Annotated[
     bool,
     typer.Option(
@@ -177,6 +202,7 @@ DnabertRemoteCodeOption = Annotated[
 
 @validate_app.command("esm2", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_esm2(
+    ctx: typer.Context,
     model: Esm2ModelOption = "esm2_t33_650M_UR50D",
     weights: WeightsOption = None,
     sequences: SequencesOption = None,
@@ -198,17 +224,21 @@ def validate_esm2(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
     offline: OfflineOption = False,
 ) -> None:
     """Validate an ESM-2 model (fair-esm) in FP16 against FP32."""
     from fp16guard.config import ModelSource
 
-    run_validation("esm2", ModelSource(model=model, weights=weights, offline=offline), **_settings(locals()))
+    source = ModelSource(model=model, weights=weights, offline=offline)
+    run_validation("esm2", source, recorded=_recorded_settings(ctx), **_settings(locals()))
 
 
 @validate_app.command("hf", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_hf(
+    ctx: typer.Context,
     model: HfModelOption,
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
@@ -231,6 +261,8 @@ def validate_hf(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
     offline: OfflineOption = False,
 ) -> None:
@@ -238,11 +270,12 @@ def validate_hf(
     from fp16guard.config import ModelSource
 
     source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
-    run_validation("hf", source, **_settings(locals()))
+    run_validation("hf", source, recorded=_recorded_settings(ctx), **_settings(locals()))
 
 
 @validate_app.command("dnabert", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_dnabert(
+    ctx: typer.Context,
     model: DnabertModelOption = "zhihan1996/DNABERT-S",
     sequences: SequencesOption = None,
     trust_remote_code: DnabertRemoteCodeOption = False,
@@ -266,6 +299,8 @@ def validate_dnabert(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
     offline: OfflineOption = False,
 ) -> None:
@@ -273,11 +308,12 @@ def validate_dnabert(
     from fp16guard.config import ModelSource
 
     source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
-    run_validation("dnabert", source, **_settings(locals()))
+    run_validation("dnabert", source, recorded=_recorded_settings(ctx), **_settings(locals()))
 
 
 @validate_app.command("antiberty", epilog=EXIT_CODES_HELP, cls=Command)
 def validate_antiberty(
+    ctx: typer.Context,
     sequences: SequencesOption = None,
     pooling: PoolingOption = Pooling.mean,
     device: DeviceOption = Device.auto,
@@ -298,12 +334,113 @@ def validate_antiberty(
     search: SearchOption = False,
     careful_timing: CarefulTimingOption = False,
     out: OutOption = Path("fp16guard-report"),
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
     from fp16guard.config import ModelSource
 
-    run_validation("antiberty", ModelSource(offline=True, pooling=pooling.value), **_settings(locals()))
+    source = ModelSource(offline=True, pooling=pooling.value)
+    run_validation("antiberty", source, recorded=_recorded_settings(ctx), **_settings(locals()))
+
+
+#: ctx.meta keys (shared by every context of a run): the config file applied, and whether the
+#: target came from it.
+CONFIG_META, TARGET_FROM_CONFIG_META = "fp16guard.config", "fp16guard.target_from_config"
+
+
+@validate_app.callback()
+def validate_main(ctx: typer.Context) -> None:
+    """Read the config file (fp16guard.toml, or [tool.fp16guard] in pyproject.toml) of the current
+    directory and make its values the defaults of the validate command; run the command it names
+    as ``target`` when none was given."""
+    from fp16guard.settings import discover
+
+    from . import render
+
+    try:
+        config = discover()
+        target = ctx.invoked_subcommand or config.target
+        if target is None:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(2)
+        if config.target not in (None, target):
+            raise _input_error(f"{config.where}: target is {config.target!r}, but the command is `fp16guard validate "
+                               f"{target}`; run `fp16guard validate` (or change target)")
+        command = ctx.command.get_command(ctx, target)
+        ctx.default_map = {target: _config_defaults(ctx, command, config, target)}
+    except Fp16GuardError as exc:
+        render.error(render.stderr_console(), str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    ctx.meta[CONFIG_META] = config
+    ctx.meta[TARGET_FROM_CONFIG_META] = ctx.invoked_subcommand is None
+    if ctx.invoked_subcommand is None:
+        with command.make_context(target, [], parent=ctx) as sub:
+            command.invoke(sub)
+
+
+def _input_error(message: str) -> Fp16GuardError:
+    from fp16guard.errors import InputError
+
+    return InputError(message)
+
+
+def _config_defaults(ctx, command, config, target: str) -> dict:
+    """The config file's values keyed by ``command``'s parameter names, each checked by its
+    option's own type (a choice, a range) as if typed on the command line."""
+    from fp16guard.settings import option_name
+
+    params = {param.name: param for param in command.params}
+    defaults = {}
+    for key, value in config.values.items():
+        if key == "target":
+            continue
+        param = params.get(option_name(key))
+        if param is None:
+            raise _input_error(f"{config.where}: {key} does not apply to `fp16guard validate {target}`")
+        try:
+            param.process_value(ctx, value)
+        except typer.BadParameter as exc:
+            raise _input_error(f"{config.where}: {key} = {value!r}: {exc.message}") from None
+        defaults[param.name] = value
+    return defaults
+
+
+def _key(param) -> str:
+    """A parameter's long option name without dashes in front: its key in config files and in
+    the report's ``settings``."""
+    return max(param.opts, key=len).lstrip("-")
+
+
+def _recorded_settings(ctx: typer.Context) -> dict:
+    """Every option of the running validate command with its value and where it came from:
+    "default", "config:PATH", "environment" or "command line" (report.json ``settings``)."""
+    config = ctx.meta.get(CONFIG_META)
+    origin = {
+        "COMMANDLINE": "command line",
+        "ENVIRONMENT": "environment",
+        "DEFAULT_MAP": config.source if config is not None else "default",
+    }
+    from_config = ctx.meta.get(TARGET_FROM_CONFIG_META)
+    recorded = {"target": {"value": ctx.info_name, "source": config.source if from_config else "command line"}}
+    for param in ctx.command.params:
+        if param.name in ("quiet", "as_json", "debug"):  # how it printed, not what it validated
+            continue
+        source = ctx.get_parameter_source(param.name)
+        recorded[_key(param)] = {
+            "value": _plain(ctx.params.get(param.name)), "source": origin.get(getattr(source, "name", None), "default"),
+        }
+    return recorded
+
+
+def _plain(value):
+    """A parameter value as JSON data."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 #: Options that say where the model comes from; each command turns them into its ModelSource.
@@ -330,7 +467,7 @@ def _shared_option_names() -> frozenset[str]:
 
 def run_validation(
     target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences, device,
-    max_tokens, save_reference, reference, reference_device, gpus, debug, **settings,
+    max_tokens, save_reference, reference, reference_device, gpus, quiet, as_json, debug, recorded=None, **settings,
 ) -> None:
     """Check the output paths, build the config, run the workflow with live progress, write the
     report, exit. An unexpected exception exits 4 with one line (the traceback under --debug and
@@ -345,7 +482,7 @@ def run_validation(
             console, target, source, policy=policy, no_fallback=no_fallback, full_ladder=full_ladder, also_try=also_try,
             save_policy=save_policy, min_cosine=min_cosine, out=out, sequences=sequences, device=device,
             max_tokens=max_tokens, save_reference=save_reference, reference=reference,
-            reference_device=reference_device, gpus=gpus, **settings,
+            reference_device=reference_device, gpus=gpus, quiet=quiet, as_json=as_json, recorded=recorded, **settings,
         )
     except typer.Exit:
         raise
@@ -399,7 +536,7 @@ def _clear_quietly(out: Path) -> None:
 
 def _run_validation(
     console, target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences,
-    device, max_tokens, save_reference, reference, reference_device, gpus, **settings,
+    device, max_tokens, save_reference, reference, reference_device, gpus, quiet, as_json, recorded, **settings,
 ) -> None:
     """run_validation's work; exits through typer.Exit with the run's code."""
     from fp16guard.launch import from_env, launch
@@ -459,8 +596,9 @@ def _run_validation(
             **settings,
         )
         main = world is None or world.main
-        with render.LiveProgress(console) if main else nullcontext(Progress()) as progress:
+        with render.LiveProgress(console) if main and not quiet else nullcontext(Progress()) as progress:
             report = validate(target, config, source, sequences=sequences, progress=progress)
+        report.settings = recorded
         paths = write_report(report, out) if main else []
         if main and save_policy and report.passed:
             paths.append(write_policy(report, save_policy))
@@ -479,14 +617,15 @@ def _run_validation(
             render.error(console, str(error))
         _exit(error.exit_code)
     if main:  # the result on stdout (`> log.txt` keeps it); progress and errors stayed on stderr
-        render.summary(render.stdout_console(), report, paths)
-        _publish_to_ci(console, report)
+        render.result(report, paths, quiet=quiet, as_json=as_json)
+        _publish_to_ci(console, report, stdout=not as_json)
     _exit(report.exit_code)
 
 
-def _publish_to_ci(console, report) -> None:
-    """On GitHub Actions: report.md into the step summary, and an ``::error`` line (stdout) when
-    the run failed. A summary that cannot be written is a warning: the verdict stands."""
+def _publish_to_ci(console, report, stdout: bool = True) -> None:
+    """On GitHub Actions: report.md into the step summary, and an ``::error`` line (stdout, or
+    stderr when stdout carries --json) when the run failed. A summary that cannot be written is
+    a warning: the verdict stands."""
     from . import ci, render
 
     if not ci.on_github():
@@ -497,7 +636,7 @@ def _publish_to_ci(console, report) -> None:
         render.warning(console, f"cannot append to ${ci.STEP_SUMMARY_ENV} ({exc.strerror or exc}); the report is in --out")
     line = ci.error_annotation(report)
     if line:
-        typer.echo(line)
+        typer.echo(line, err=not stdout)
 
 
 def _agree(console, world, launched, error: Fp16GuardError | None) -> Fp16GuardError | None:
@@ -718,6 +857,37 @@ def run_embed(target: str, source, *, sequences, out, policy, force, device, gpu
     if main:  # the result on stdout; progress, warnings and errors stayed on stderr
         render.embed_summary(render.stdout_console(), result)
     _exit(0)
+
+
+@app.command("diff", cls=Command, epilog="Exit codes: 0 no regression, 1 NEW regresses, 2 a report that cannot be read.")
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier run: a report.json or its report directory.", show_default=False)],
+    new: Annotated[Path, typer.Argument(help="The later run: a report.json or its report directory.", show_default=False)],
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", min=0.0, help="Largest fall in a sequence's cosine that is not a regression.")
+    ] = 1e-3,
+    max_slowdown: Annotated[
+        float,
+        typer.Option("--max-slowdown", min=1.0, help="Largest slowdown of a policy (old / new tokens/s) that is not a regression; gated on the same device model only."),
+    ] = 1.25,
+    top: Annotated[int, typer.Option("--top", min=0, help="Sequences shown per policy: those whose cosine fell most.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON on stdout.")] = False,
+) -> None:
+    """What changed between two validation runs: verdicts, per-sequence cosines, speed, memory, environment."""
+    from fp16guard.diff import diff_reports, load_report
+
+    from . import render
+
+    try:
+        result = diff_reports(load_report(old), load_report(new), tolerance=tolerance, max_slowdown=max_slowdown)
+    except Fp16GuardError as exc:
+        render.error(render.stderr_console(), str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        render.write_stdout(result.to_json())
+    else:
+        render.report_diff(render.stdout_console(), result, top)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("list", cls=Command)

@@ -7,6 +7,7 @@ errors go to stderr."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from rich import box
@@ -25,7 +26,8 @@ from rich.text import Text
 from rich.table import Table
 
 from fp16guard.progress import Progress as LibraryProgress
-from fp16guard.report import Report, fmt_rate
+from fp16guard.formatting import format_cosine
+from fp16guard.report import Report, fmt_bytes, fmt_rate, fmt_ratio
 
 #: Least width for output that goes to a file or a pipe (a CI log), not a terminal: rich would
 #: otherwise take 80 columns (or a COLUMNS inherited from some terminal) and squeeze the table.
@@ -33,7 +35,10 @@ LOG_WIDTH = 160
 
 
 def _console(stderr: bool) -> Console:
-    console = Console(stderr=stderr, highlight=False)
+    # NO_COLOR (https://no-color.org): rich alone would drop the colours but keep bold and
+    # dim; no colour system means no escape codes at all. Off a terminal rich writes none.
+    plain = bool(os.environ.get("NO_COLOR"))
+    console = Console(stderr=stderr, highlight=False, **({"color_system": None} if plain else {}))
     if not console.is_terminal:
         columns = os.environ.get("COLUMNS", "")
         console.width = max(LOG_WIDTH, int(columns) if columns.isdigit() else 0)
@@ -176,9 +181,92 @@ def summary(console: Console, report: Report, paths: list[Path]) -> None:
         console.print(table)
     else:
         _vertical(console, report)
-    colour = "green" if report.passed else "red"
-    console.print(f"[bold {colour}]{report.summary}[/]")
+    verdict(console, report)
     console.print(f"report: {', '.join(str(p) for p in paths)}", soft_wrap=True)  # paths stay whole for copying
+
+
+def verdict(console: Console, report: Report, one_line: bool = False) -> None:
+    """The verdict: PASS or FAIL, and which policy; ``one_line``: never wrapped (--quiet)."""
+    colour = "green" if report.passed else "red"
+    console.print(f"[bold {colour}]{report.summary}[/]", soft_wrap=one_line)
+
+
+def result(report: Report, paths: list[Path], quiet: bool = False, as_json: bool = False) -> None:
+    """A finished validation's output: the summary on stdout; ``quiet``: only the verdict line;
+    ``as_json``: report.json on stdout and the rest (unless quiet) on stderr."""
+    if as_json:
+        from fp16guard.report import JsonFormat
+
+        write_stdout(JsonFormat().render(report))
+    console = stderr_console() if as_json else stdout_console()
+    if quiet:
+        if not as_json:
+            verdict(console, report, one_line=True)
+    else:
+        summary(console, report, paths)
+
+
+def write_stdout(text: str) -> None:
+    """Machine-readable output (JSON), as it is: no wrapping, no markup."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _pair(old, new, fmt, present=(True, True)) -> str:
+    """"old -> new", or the one value when both agree; "-" for a side the run lacks."""
+    a = fmt(old) if present[0] else "-"
+    b = fmt(new) if present[1] else "-"
+    return a if a == b else f"{a} -> {b}"
+
+
+def _passed(value: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "reference"}[value]
+
+
+def report_diff(console: Console, result, top: int = 5) -> None:
+    """``fp16guard diff``: environment changes, a row per policy, the sequences whose cosine
+    fell most, and the regressions (give it stdout)."""
+    verdict_line = _pair(result.old_passed, result.new_passed, _passed)
+    policies = _pair(result.old_policy, result.new_policy, lambda p: p or "none")
+    console.print(f"verdict: {verdict_line} (policy {policies})", soft_wrap=True)
+    if result.environment:
+        table = Table(title="Environment changes", title_justify="left")
+        for header in ("", "old", "new"):
+            table.add_column(header, overflow="fold")
+        for what, old, new in result.environment:
+            table.add_row(what, str(old), str(new))
+        console.print(table)
+    else:
+        console.print("environment: unchanged")
+    table = Table(title="Per policy (old -> new)", title_justify="left")
+    for header in ("policy", "verdict", "min cos", "tokens/s", "slowdown", "peak memory"):
+        table.add_column(header, justify="left" if header in ("policy", "verdict") else "right", no_wrap=True)
+    for change in result.policies:
+        present = (change.in_old, change.in_new)
+        table.add_row(
+            change.policy + ("" if change.role == "attempt" else f" ({change.role})"),
+            _pair(change.old_passed, change.new_passed, _passed, present),
+            _pair(change.old_min_cosine, change.new_min_cosine, format_cosine, present) if change.role != "reference" else "-",
+            _pair(change.old_tokens_per_second, change.new_tokens_per_second, fmt_rate, present),
+            fmt_ratio(change.slowdown),
+            _pair(change.old_peak_memory_bytes, change.new_peak_memory_bytes, fmt_bytes, present),
+        )
+    console.print(table)
+    if not result.speed_compared:
+        console.print("[yellow]the runs are on different devices: speed is shown, not gated[/]")
+    for change in result.policies:
+        movers = [s for s in change.sequences if s.delta is not None and s.delta < 0][:top]
+        if movers:
+            console.print(f"[bold]{change.policy}[/]: largest falls in cosine")
+            for seq in movers:
+                mark = " [red](crossed the threshold)[/]" if seq.crossed else ""
+                console.print(f"  {seq.id}: {format_cosine(seq.old)} -> {format_cosine(seq.new)}{mark}", soft_wrap=True)
+    if result:
+        console.print(f"[bold green]no regression[/] (tolerance {result.tolerance:g}, max slowdown {result.max_slowdown:g}x)")
+    else:
+        for regression in result.regressions:
+            console.print(f"[red]regression:[/] {regression}", soft_wrap=True)
+        console.print(f"[bold red]REGRESSION: {len(result.regressions)} finding(s)[/]")
 
 
 def catalog(console: Console, entries, policies) -> None:

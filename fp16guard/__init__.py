@@ -32,6 +32,13 @@ __all__ = ["Fp16GuardError", "InputError", "ModelLoadError", "NonFiniteReference
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # the installed distribution's version
+        from importlib import metadata
+
+        try:
+            return metadata.version("fp16guard")
+        except metadata.PackageNotFoundError:
+            return "unknown"
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fp16guard' has no attribute {name!r}")

@@ -79,6 +79,9 @@ class Report:
     summary: str
     recommended_policy: str | None = None  # the fast variant when it passes and is faster, else passing_policy
     notes: list[str] = field(default_factory=list)
+    # The CLI's effective options: {key: {"value": ..., "source": "default" | "config:PATH" |
+    # "environment" | "command line"}}; None for a report built through the library.
+    settings: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
