@@ -675,6 +675,14 @@ def _exit(code: int) -> None:
         if world.main:
             Path(code_file).write_text(f"{code}\n")
         code = 0
+    if world is not None and world.size > 1:
+        # Every rank has agreed and left the group: nothing is left to do but the interpreter's
+        # teardown, in which a worker of a multi-node torchrun sometimes aborts in C++
+        # ("terminate called without an active exception", torch 2.13 CPU, gloo); its agent
+        # then reports a failure and the other node's agent waits. Skip that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)
 
 

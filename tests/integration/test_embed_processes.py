@@ -82,18 +82,29 @@ def test_two_nodes_of_two_processes_write_the_single_process_file(checkpoints, s
     fasta, one = single
     out = tmp_path / "nodes.h5"
     port = free_port()
-    nodes = [
-        subprocess.Popen(
-            _command(checkpoints["healthy"], fasta, out, launcher=(
-                "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2", "--node-rank", str(node),
-                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "embed-test",
-                "-m", "fp16guard_cli")),
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for node in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    nodes = []
+    try:
+        for node in (0, 1):
+            nodes.append(subprocess.Popen(
+                _command(checkpoints["healthy"], fasta, out, launcher=(
+                    "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2", "--node-rank", str(node),
+                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "embed-test",
+                    "--rdzv-conf", "join_timeout=90", "-m", "fp16guard_cli")),
+                env=_env(), stdout=open(tmp_path / f"node{node}.log", "w"), stderr=subprocess.STDOUT,
+            ))
+            # Both agents match the endpoint's host, so both would try to serve the rendezvous
+            # store: node 0 starts it first, node 1 joins it as a client.
+            time.sleep(3 if node == 0 else 0)
+        for node in nodes:
+            node.wait(timeout=120)
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    logs = [(tmp_path / f"node{node}.log").read_text() for node in (0, 1)]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert sum("embedded 60 sequence(s)" in log for log in logs) == 1  # global rank 0 alone prints
     assert out.read_bytes() == one.read_bytes()
 
 
