@@ -725,6 +725,18 @@ EmbedMaxTokensOption = Annotated[
 ]
 
 
+class Compile(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+CompileOption = Annotated[
+    Compile,
+    typer.Option("--compile", help="torch.compile a packed ESM-2 policy's blocks; auto: on a GPU for inputs long enough to pay for compiling."),
+]
+
+
 def _embed_options(
     *,
     sequences: EmbedSequencesOption,
@@ -738,6 +750,7 @@ def _embed_options(
     per_residue: PerResidueOption = False,
     spot_check_every: SpotCheckOption = 1000,
     chunk_size: ChunkSizeOption = 10_000,
+    compile: CompileOption = Compile.auto,
     debug: DebugOption = False,
 ) -> None:
     """The options every embed command shares (their one definition; see _embed_command)."""
@@ -814,7 +827,7 @@ def _parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
 
 
 def run_embed(target: str, source, *, sequences, out, policy, force, device, gpus, max_tokens, layers, per_residue,
-              spot_check_every, chunk_size, debug) -> None:
+              spot_check_every, chunk_size, compile, debug) -> None:
     """Run the embed workflow with live progress and print the summary; the exit code follows
     the documented codes (1: a spot check failed or NaN/Inf). Under --gpus or torchrun every
     rank runs this; rank 0 alone prints."""
@@ -841,6 +854,7 @@ def run_embed(target: str, source, *, sequences, out, policy, force, device, gpu
         config = EmbedConfig(
             sequences=sequences, out=out, policy=policy, force=force, device=device.value, max_tokens=max_tokens,
             layers=_parse_layers(layers), per_residue=per_residue, spot_check_every=spot_check_every, chunk_size=chunk_size,
+            compile=compile.value,
         )
         world = distributed.init(device.value)
         main = world is None or world.main

@@ -288,13 +288,17 @@ def embed_summary(console: Console, result) -> None:
     layers = ", ".join(map(str, result.layers))
     console.print(f"layer{'s' if len(result.layers) > 1 else ''} {layers}; pooled FP32 embeddings" + (" and per-residue states" if result.per_residue else ""))
     if result.spot_checks:
-        console.print(f"spot checks against FP32: {result.spot_checks} sequence(s), min cosine {result.spot_min_cosine:.6f} "
-                      f"(threshold {result.threshold})")
+        share = f", {result.spot_seconds:.1f} s = {result.spot_seconds / result.seconds:.1%} of the embedding time" if result.seconds > 0 else ""
+        console.print(f"spot checks against FP32: {result.spot_checks} sequence(s), min cosine {format_cosine(result.spot_min_cosine)} "
+                      f"(threshold {result.threshold}{share})")
     elif result.policy.is_full_precision:
         console.print("spot checks: none needed (FP32)")
+    if result.compile_note:
+        console.print(f"execution: {result.compile_note}", soft_wrap=True)
     rate = result.tokens_per_second
     console.print(f"{result.tokens} tokens embedded by this run in {result.seconds:.1f} s"
                   + (f" ({fmt_rate(rate)} tokens/s)" if rate else "")
+                  + (f", the first batch done {result.first_batch_seconds:.1f} s after start-up began" if result.first_batch_seconds is not None else "")
                   + (f"; {result.resumed_shards} of {result.shards} shard(s) resumed from an earlier run" if result.resumed_shards else ""))
     if result.truncated:
         console.print(f"[yellow]{result.truncated} sequence(s) longer than the model's limit were truncated[/]")

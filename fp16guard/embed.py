@@ -70,6 +70,7 @@ class EmbedConfig:
     per_residue: bool = False
     spot_check_every: int = 1000
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    compile: str = "auto"  # "auto" | "on" | "off": torch.compile for a packed ESM-2 (see decide_compile)
 
 
 @dataclass
@@ -91,10 +92,44 @@ class EmbedResult:
     shards: int
     truncated: int
     warnings: list[str] = field(default_factory=list)
+    compiled: bool = False
+    compile_note: str = ""
+    spot_seconds: float = 0.0  # of ``seconds``, spent on the FP32 spot checks
+    first_batch_seconds: float | None = None  # from the call to the first batch's output (start-up)
 
     @property
     def tokens_per_second(self) -> float | None:
         return self.tokens / self.seconds if self.seconds > 0 and self.tokens else None
+
+
+#: Below this many tokens, compiling costs more than it saves. Measured on an H200 with
+#: ESM-2 650M (docs/benchmarks.md, "fp16guard embed"): compiling took COMPILE_SECONDS_H200 s
+#: and saved about 0.8 us a token over the eager packed path.
+COMPILE_MIN_TOKENS = 50_000_000
+
+
+def decide_compile(choice: str, target: Target, policy: Policy, device: torch.device, tokens: int) -> tuple[bool, str]:
+    """Whether to compile, and a line for the summary. ``auto`` compiles a packed policy on a
+    GPU when the input has at least COMPILE_MIN_TOKENS tokens; ``on`` whenever the target and
+    policy allow it (InputError otherwise); ``off`` never."""
+    from .embedding import can_compile
+
+    if choice not in ("auto", "on", "off"):
+        raise InputError(f"--compile takes auto, on or off, not {choice!r}")
+    possible = can_compile(target, policy)
+    if choice == "off":
+        return False, "not compiled (--compile off)"
+    if choice == "on":
+        if not possible:
+            raise InputError(f"--compile on needs a packed policy and the esm2 target; '{policy.name}' on {target.name} cannot be compiled")
+        return True, "compiled with torch.compile (--compile on)"
+    if not possible:
+        return False, "not compiled (only packed ESM-2 policies compile)"
+    if device.type != "cuda":
+        return False, "not compiled (auto: compiles on a GPU only)"
+    if tokens < COMPILE_MIN_TOKENS:
+        return False, f"not compiled (auto: {tokens:,} tokens is less than the {COMPILE_MIN_TOKENS:,} that pay for compiling)"
+    return True, f"compiled with torch.compile (auto: {tokens:,} tokens)"
 
 
 def parts_dir(out: Path) -> Path:
@@ -256,6 +291,7 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
     every rank calls it; rank 0 merges."""
     from .workflow import resolve_device
 
+    began = time.perf_counter()
     progress = progress or Progress()
     warnings: list[str] = []
     out, parts = Path(config.out), parts_dir(Path(config.out))
@@ -306,15 +342,24 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
         progress.stage(f"resuming: {len(done)} of {chunks} shard(s) already in {parts}")
     mine = [n for n in range(chunks) if n % size == rank and n not in done]
 
-    embedder = Embedder(target, loaded, policy, device, layers[0], max_tokens)
+    tokens = sum(found.chunk_residues[n] for n in mine) + target.special_tokens_per_row * found.count // max(size, 1)
+    compiled, compile_note = decide_compile(config.compile, target, policy, device, tokens)
+    embedder = Embedder(target, loaded, policy, device, layers[0], max_tokens, compile=compiled)
+    if compiled:
+        progress.stage("compiling the model's blocks with torch.compile: the first batches wait for it")
     checker = Embedder(target, loaded, FP32, device, layers[0], max_tokens) if not policy.is_full_precision else None
-    stats = {"tokens": 0, "seconds": 0.0}
+    stats = {"tokens": 0, "seconds": 0.0, "spot_seconds": 0.0, "began": began, "first_batch": None}
 
     def work() -> None:
         total = sum(found.chunk_residues[n] for n in mine)
         _embed_chunks(target, loaded, embedder, checker, config, layers, threshold, parts, key, mine, total, progress, stats)
 
     _together(world, "embedding", work)
+    for note in embedder.notes:
+        progress.warn(note)
+        warnings.append(note)
+    if compiled and not embedder.compiled:
+        compile_note = "not compiled (torch.compile failed; see the warning)"
 
     summary: dict = {}
 
@@ -330,7 +375,9 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
         per_residue=config.per_residue, spot_checks=summary["spot_checks"], spot_min_cosine=summary["spot_min_cosine"],
         threshold=None if policy.is_full_precision else threshold, tokens=sum(t["tokens"] for t in totals),
         seconds=max(t["seconds"] for t in totals), resumed_shards=len(done), shards=chunks, truncated=summary["truncated"],
-        warnings=warnings,
+        warnings=warnings, compiled=embedder.compiled, compile_note=compile_note,
+        spot_seconds=max(t["spot_seconds"] for t in totals),
+        first_batch_seconds=max((t["first_batch"] for t in totals if t["first_batch"] is not None), default=None),
     )
 
 
@@ -461,7 +508,7 @@ def _embed_chunks(target, loaded, embedder: Embedder, checker: Embedder | None, 
             if chunk is _DONE:
                 break
             start = time.perf_counter()
-            part = _embed_chunk(chunk, embedder, checker, layers, config, threshold, key, progress, parts)
+            part = _embed_chunk(chunk, embedder, checker, layers, config, threshold, key, progress, parts, stats)
             stats["seconds"] += time.perf_counter() - start
             stats["tokens"] += sum(b.tokens_used for b in chunk.batches)
             writer.check()
@@ -480,7 +527,7 @@ def _embed_chunks(target, loaded, embedder: Embedder, checker: Embedder | None, 
 
 
 def _embed_chunk(chunk: Chunk, embedder: Embedder, checker: Embedder | None, layers: list[int], config: EmbedConfig,
-                 threshold: float, key: str, progress: Progress, parts: Path) -> Part:
+                 threshold: float, key: str, progress: Progress, parts: Path, stats: dict) -> Part:
     """One chunk's outputs in input order, checked (NaN/Inf, spot checks)."""
     count = len(chunk.ids)
     pooled: dict[int, np.ndarray] = {}
@@ -489,6 +536,8 @@ def _embed_chunk(chunk: Chunk, embedder: Embedder, checker: Embedder | None, lay
     kept = f"; shards written so far stay in {parts} (rerun to resume after fixing the cause)"
     for batch in chunk.batches:
         output = embedder.run(batch, layers, config.per_residue)
+        if stats["first_batch"] is None:
+            stats["first_batch"] = time.perf_counter() - stats["began"]
         rows = list(batch.indices)
         for layer in layers:
             values = output.pooled[layer].numpy()
@@ -514,12 +563,14 @@ def _embed_chunk(chunk: Chunk, embedder: Embedder, checker: Embedder | None, lay
     spot = spot_positions(chunk.start, count, config.spot_check_every)
     spot_min = None
     if checker is not None and spot:
+        began = time.perf_counter()  # the host copies below wait for the GPU: wall time is GPU time
         local = [i - chunk.start for i in spot]
         texts, lengths = [chunk.texts[i] for i in local], [chunk.lengths[i] for i in local]
         reference = np.empty((len(local), pooled[layers[0]].shape[1]), dtype=np.float32)
         for batch in checker.batches(texts, lengths):
             reference[list(batch.indices)] = checker.run(batch).pooled[layers[0]].numpy()
         cosines = cosine_rows(torch.from_numpy(reference), torch.from_numpy(pooled[layers[0]][local])).numpy()
+        stats["spot_seconds"] += time.perf_counter() - began
         worst = int(np.argmin(cosines))
         spot_min = float(cosines[worst])
         if not np.isfinite(reference).all():

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelSource
-from .errors import InputError
+from .errors import Fp16GuardError, InputError
 from .policy import FP32, Policy, get_policy
 from .runner import forward_splitting, pool
 from .sequences import make_batches
@@ -28,7 +28,7 @@ class Embedder:
     """
 
     def __init__(self, target: Target, loaded: LoadedModel, policy: Policy, device: torch.device,
-                 layer: int | None = None, max_tokens: int = DEFAULT_MAX_TOKENS):
+                 layer: int | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, compile: bool = False):
         layer = loaded.num_layers if layer is None else layer
         if not 0 <= layer <= loaded.num_layers:
             raise InputError(f"layer must be between 0 and {loaded.num_layers}, got {layer}")
@@ -37,20 +37,30 @@ class Embedder:
         self.target, self.loaded, self.policy, self.device = target, loaded, policy, device
         self.layer, self.max_tokens = layer, max_tokens
         self.model, self.applied = build(target, loaded, policy, device)
+        #: Things the caller should tell the user (a compilation that failed and was dropped).
+        self.notes: list[str] = []
+        self.compiled = False
+        if compile:
+            if not can_compile(target, policy):
+                raise InputError(f"compiling needs a packed policy on a target that supports it (esm2); '{policy.name}' on {target.name} is not")
+            target.compile_packed(loaded, self.model)
+            self.compiled = True
+        self._proven = not self.compiled  # a compiled model has run one batch
 
     @classmethod
     def load(cls, target: str, *, model: str | None = None, weights: str | Path | None = None,
              policy: str | Path | Policy | dict = FP32, device: str | torch.device = "auto", layer: int | None = None,
              max_tokens: int = DEFAULT_MAX_TOKENS, offline: bool = False, pooling: str = "mean",
-             trust_remote_code: bool = False) -> Embedder:
+             trust_remote_code: bool = False, compile: bool = False) -> Embedder:
         """Load ``target``'s weights (a model name or id, or local ``weights``) and build the
         model under ``policy`` (a name, a policy file written by ``--save-policy``, a dict or a
-        Policy) on ``device`` (auto: CUDA when present)."""
+        Policy) on ``device`` (auto: CUDA when present); ``compile`` puts a packed ESM-2's
+        blocks under torch.compile (pays off from tens of millions of tokens on a GPU)."""
         chosen = get_target(target)
         if isinstance(device, str):
             device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
         source = ModelSource(model=model, weights=Path(weights) if weights else None, offline=offline, pooling=pooling, trust_remote_code=trust_remote_code)
-        return cls(chosen, chosen.load(source), get_policy(policy), device, layer, max_tokens)
+        return cls(chosen, chosen.load(source), get_policy(policy), device, layer, max_tokens, compile)
 
     def embed(self, sequences: Sequence[str]) -> torch.Tensor:
         """Pooled embeddings [N, D] in FP32 on the host, in the order of ``sequences``.
@@ -85,7 +95,11 @@ class Embedder:
         """``texts`` (validated, ``lengths`` tokens each without special tokens) tokenised in
         token-budget batches, longest first, as ``embed`` runs them."""
         plans = make_batches(lengths, self.max_tokens, self.target.special_tokens_per_row)
-        return [token_batch(self.target, self.loaded, texts, lengths, plan.indices) for plan in plans]
+        batches = [token_batch(self.target, self.loaded, texts, lengths, plan.indices) for plan in plans]
+        if self.policy.layout == "packed":
+            for batch in batches:
+                batch.pack()  # built here (embed's reader thread), not between two forwards
+        return batches
 
     def run(self, batch: TokenBatch, layers: Sequence[int] | None = None, per_residue: bool = False) -> BatchOutput:
         """One batch's outputs on the host in FP32, rows in the batch's order: pooled rows for
@@ -99,7 +113,7 @@ class Embedder:
         out = BatchOutput({}, {}, [])
         with torch.inference_mode():
             for layer in layers:
-                hidden = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+                hidden = self._forward(batch, layer, packed)
                 rows, mask = pool(batch, hidden, packed, self.device)
                 out.pooled[layer] = rows.float().cpu()
                 if per_residue:
@@ -108,6 +122,32 @@ class Embedder:
                     if not out.counts:
                         out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
         return out
+
+
+    def _forward(self, batch: TokenBatch, layer: int, packed: bool) -> torch.Tensor:
+        """forward_splitting; a compiled model whose first batch fails to compile (no C
+        compiler, no Triton, an unsupported operator) falls back to eager, with a note."""
+        if self._proven:
+            return forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+        try:
+            hidden = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+        except (torch.OutOfMemoryError, Fp16GuardError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # torch.compile's failures come in many types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            self.notes.append(f"torch.compile failed ({type(exc).__name__}: {first}); running uncompiled")
+            for block in self.target.blocks(self.model):
+                block._compiled_call_impl = None  # undoes nn.Module.compile()
+            self.compiled = False
+            hidden = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+        self._proven = True
+        return hidden
+
+
+def can_compile(target: Target, policy: Policy) -> bool:
+    """Whether ``Embedder(..., compile=True)`` is possible: a packed policy on a target whose
+    blocks compile (ESM-2)."""
+    return policy.layout == "packed" and hasattr(target, "compile_packed")
 
 
 @dataclass

@@ -142,14 +142,23 @@ class SdpaAttention(nn.Module):
 class PackState:
     """The packed batch a model is running, shared by its attention modules (set by
     ``Esm2Target.packed_hidden_states`` for one forward), and the rotary tables of that pack,
-    computed once per pack rather than once per layer."""
+    computed once per pack rather than once per layer.
+
+    ``compiled_max_seqlen`` is set when the blocks run under torch.compile
+    (``Esm2Target.compile_packed``): the attention kernel is then told one fixed bound on the
+    sequence length instead of each pack's longest, so that one compiled graph serves every pack.
+    The bound only sizes the kernel's launch grid (surplus tiles have no rows and exit); each
+    sequence's extent comes from ``cu_seqlens``."""
 
     def __init__(self) -> None:
         self.batch: PackedBatch | None = None
+        self.max_seqlen = 0
+        self.compiled_max_seqlen: int | None = None
         self._tables: dict = {}
 
     def start(self, batch: PackedBatch) -> None:
         self.batch, self._tables = batch, {}
+        self.max_seqlen = max(batch.max_seqlen, self.compiled_max_seqlen or 0)
 
     def finish(self) -> None:
         self.batch, self._tables = None, {}
@@ -160,13 +169,21 @@ class PackState:
         Computed in ``inv_freq``'s dtype, as fair-esm computes them: FP16 angles in a model
         cast whole to FP16, FP32 angles under an FP32 rotary island (``fp32_positional``); then
         cast to the attention's dtype."""
+        assert self.batch is not None
+        if torch.compiler.is_compiling():
+            # Inside a compiled block the tables are recomputed: the compiler fuses them into
+            # the rotation (no extra pass over memory), where a cache would be a side effect.
+            return _rotary_tables(self.batch.positions, inv_freq, dtype)
         key = (inv_freq.dtype, dtype, inv_freq.device)
         if key not in self._tables:
-            assert self.batch is not None
-            angles = self.batch.positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
-            angles = torch.cat((angles, angles), dim=-1)[:, None, :]
-            self._tables[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            self._tables[key] = _rotary_tables(self.batch.positions, inv_freq, dtype)
         return self._tables[key]
+
+
+def _rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
+    angles = torch.cat((angles, angles), dim=-1)[:, None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class PackedAttention(SdpaAttention):
@@ -198,20 +215,15 @@ class PackedAttention(SdpaAttention):
         out = self._attend(q, k, v)
         return self.out_proj(out.reshape(tokens, 1, self.embed_dim)), None
 
-    @torch.compiler.disable
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Rotary positions and attention within each sequence of the current pack. Kept out
-        of torch.compile's graphs: the pack (its offsets and longest length) changes with every
-        batch, and the kernel is fused already; the projections, layer norms and MLP around it
-        still compile."""
-        packed = self.state.batch
+        """Rotary positions and attention within each sequence of the current pack."""
         if self.rot_emb is not None:
             # As SdpaAttention: the kernel's own 1/sqrt(head_dim) scaling stands for fair-esm's
             # scaling of q before the rotation (the rotation is linear).
             cos, sin = self.state.rotary_tables(self.rot_emb.inv_freq, q.dtype)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        return packed_attention(q, k, v, packed)
+        return packed_attention(q, k, v, self.state.batch, max_seqlen=self.state.max_seqlen)
 
 
 class _LayerForward(nn.Module):
@@ -397,6 +409,10 @@ class Esm2Target:
         if layer == 0:
             return x
         x = x[:, None, :]
+        if state.compiled_max_seqlen is not None:
+            # One graph for packs of any size: the token and sequence counts are symbolic.
+            for tensor in (x, packed.positions, packed.cu_seqlens):
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
         state.start(packed)
         try:
             for number, block in enumerate(module.layers, start=1):
@@ -406,6 +422,21 @@ class Esm2Target:
             return module.emb_layer_norm_after(x)[:, 0]
         finally:
             state.finish()
+
+    def compile_packed(self, loaded: LoadedModel, module: nn.Module) -> None:
+        """Put each block of ``module`` (built under a packed policy) under torch.compile.
+
+        The blocks share their code, so one compiled graph serves them all; the pack's sizes
+        are symbolic and the attention kernel gets a fixed length bound (see PackState), so
+        packs of any composition reuse it. Compiled kernels fuse element-wise work (rotary
+        tables, GELU, residual adds) and so round differently from the eager policy in the
+        last bits: embed's spot checks compare the compiled run with FP32."""
+        state = getattr(module, "fp16guard_pack", None)
+        if state is None:
+            raise UnsupportedPolicyError("only a model built under a packed policy can be compiled")
+        state.compiled_max_seqlen = (loaded.max_length or 1024) + self.special_tokens_per_row
+        for block in module.layers:
+            block.compile()
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
         return list(module.layers)

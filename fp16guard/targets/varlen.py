@@ -58,7 +58,7 @@ def flash_alibi_supported(device: torch.device) -> bool:
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
-                     alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+                     alibi_slopes: torch.Tensor | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     """Softmax(q k^T / sqrt(head_dim) + bias) v within each sequence of ``packed`` (a
     PackedBatch on q's device); q, k, v and the result are [N, heads, head_dim].
 
@@ -67,21 +67,33 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
     slopes alone (the varlen operator ``varlen_attn`` calls takes them), so no [heads, T, T]
     table is built; where it does not (PyTorch 2.11 on CUDA), UnsupportedPolicyError: the
     sequence-by-sequence path would be correct but slower than padding, and packing is only
-    worth offering where it is fast."""
+    worth offering where it is fast.
+
+    ``max_seqlen`` (default: the pack's longest sequence) may be any upper bound on the
+    sequence lengths: the fused kernel sizes its grid by it and takes each sequence's extent from
+    ``cu_seqlens``; a fixed bound lets one compiled graph serve packs of every length."""
     if uses_varlen_kernel(q):
         cu = packed.cu_seqlens
+        longest = packed.max_seqlen if max_seqlen is None else max_seqlen
         if alibi_slopes is None:
-            return varlen_kernel()(q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen)
+            return varlen_kernel()(q, k, v, cu, cu, longest, longest)
         if not flash_alibi_supported(q.device):
             raise UnsupportedPolicyError(
                 "this PyTorch's flash-attention build has no ALiBi support, so DNABERT cannot run packed on this GPU; "
                 "its padded fused attention (fp16+sdpa) is the fast path here"
             )
         return torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, packed.max_seqlen, packed.max_seqlen, 0.0, False, False, alibi_slopes=alibi_slopes
+            q, k, v, cu, cu, longest, longest, 0.0, False, False, alibi_slopes=alibi_slopes
         )[0]
+    return _attention_by_sequence(q, k, v, packed.offsets, alibi_slopes)
+
+
+@torch.compiler.disable
+def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: tuple[int, ...],
+                           alibi_slopes: torch.Tensor | None) -> torch.Tensor:
+    """packed_attention without the fused kernel: SDPA on each sequence in turn (kept out of
+    compiled graphs, which would otherwise unroll one loop per pack)."""
     out = torch.empty_like(q)
-    bounds = packed.offsets
     for start, end in zip(bounds[:-1], bounds[1:]):
         # [L, H, Dh] -> [1, H, L, Dh] for SDPA, and back
         part = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]

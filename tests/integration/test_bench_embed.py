@@ -13,14 +13,23 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "embed.py"
 
 @pytest.mark.slow
 def test_embed_bench_quick_on_cpu(tmp_path):
-    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--rss", "--out", str(tmp_path)]
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(tmp_path)]
     proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["embed"]["tokens"] > 0 and results["embed"]["spot_checks"] >= 3
-    assert results["embed-min-spot"]["spot_checks"] == 3
-    assert results["bare-fp16"]["tokens"] == results["embed"]["tokens"]
+    for run in ("embed", "embed-compiled"):
+        assert results[run]["tokens"] > 0 and results[run]["spot_checks"] >= 3
+        assert results[run]["spot_seconds"] is not None and results[run]["seconds_to_first_batch"] > 0
+    assert results["embed"]["execution"].startswith("not compiled")
+    assert results["embed-compiled"]["execution"].startswith("compiled")
+    assert results["bare-fp16"]["sequences"] == 60
     assert results["fp32-extract"]["sequences"] == 40
-    assert set(results["ratios"]) == {"embed_vs_bare_fp16", "embed_vs_fp32_extract", "spot_check_cost"}
+    assert {"embed_vs_bare_fp16", "embed_vs_fp32_extract", "embed-compiled_vs_bare_fp16",
+            "embed_spot_check_share_of_wall"} <= set(results["ratios"])
     assert results["rss"]["ratio"] > 0
     assert "no speed claim" in (tmp_path / "results.md").read_text()
+    combined = tmp_path / "combined"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--combine", str(tmp_path), "--out", str(combined)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((combined / "results.json").read_text())["ratios"] == results["ratios"]
