@@ -102,10 +102,11 @@ class EmbedResult:
         return self.tokens / self.seconds if self.seconds > 0 and self.tokens else None
 
 
-#: Below this many tokens, compiling costs more than it saves. Measured on an H200 with
-#: ESM-2 650M (docs/benchmarks.md, "fp16guard embed"): compiling took COMPILE_SECONDS_H200 s
-#: and saved about 0.8 us a token over the eager packed path.
-COMPILE_MIN_TOKENS = 50_000_000
+#: Below this many tokens, compiling costs about what it saves. Measured on an H200 with
+#: ESM-2 650M, 100,000 proteins (38.1M tokens; docs/benchmarks.md, "fp16guard embed"): the
+#: first batch came about 12 s later (compiling, cold cache), the embedding took 142 s instead
+#: of 162 s; so compiling pays from about 15M tokens.
+COMPILE_MIN_TOKENS = 20_000_000
 
 
 def decide_compile(choice: str, target: Target, policy: Policy, device: torch.device, tokens: int) -> tuple[bool, str]:
@@ -318,9 +319,20 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
         raise InputError("--layers names a layer twice")
     threshold = float((record or {}).get("threshold") or DEFAULT_THRESHOLD)
 
-    progress.stage(f"reading {config.sequences}")
-    found = scan(target, loaded, Path(config.sequences), config.chunk_size)
     max_tokens = config.max_tokens or 8192
+    models: dict = {}
+
+    def build_models() -> None:  # copying, casting and moving weights: C work, beside the scan's Python
+        models["embedder"] = Embedder(target, loaded, policy, device, layers[0], max_tokens)
+        models["checker"] = Embedder(target, loaded, FP32, device, layers[0], max_tokens) if not policy.is_full_precision else None
+
+    builder = _Worker("fp16guard-build", build_models)
+    progress.stage(f"reading {config.sequences}")
+    try:
+        found = scan(target, loaded, Path(config.sequences), config.chunk_size)
+    finally:
+        builder.thread.join()
+    builder.check()
     fingerprint = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "target": target_name, "model": loaded.name,
         "weights_sha256": loaded.weights_sha256, "policy": policy.to_dict(), "input_sha256": found.sha256,
@@ -344,10 +356,10 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
 
     tokens = sum(found.chunk_residues[n] for n in mine) + target.special_tokens_per_row * found.count // max(size, 1)
     compiled, compile_note = decide_compile(config.compile, target, policy, device, tokens)
-    embedder = Embedder(target, loaded, policy, device, layers[0], max_tokens, compile=compiled)
+    embedder, checker = models["embedder"], models["checker"]
     if compiled:
+        embedder.compile()
         progress.stage("compiling the model's blocks with torch.compile: the first batches wait for it")
-    checker = Embedder(target, loaded, FP32, device, layers[0], max_tokens) if not policy.is_full_precision else None
     stats = {"tokens": 0, "seconds": 0.0, "spot_seconds": 0.0, "began": began, "first_batch": None}
 
     def work() -> None:

@@ -40,12 +40,22 @@ class Embedder:
         #: Things the caller should tell the user (a compilation that failed and was dropped).
         self.notes: list[str] = []
         self.compiled = False
+        self._proven = True  # a compiled model has run one batch
         if compile:
-            if not can_compile(target, policy):
-                raise InputError(f"compiling needs a packed policy on a target that supports it (esm2); '{policy.name}' on {target.name} is not")
-            target.compile_packed(loaded, self.model)
-            self.compiled = True
-        self._proven = not self.compiled  # a compiled model has run one batch
+            self.compile()
+
+    def compile(self) -> None:
+        """Put the model's blocks under torch.compile (a packed policy on ESM-2; InputError
+        otherwise). The first batch compiles them; if that fails, the run goes on eager and
+        ``notes`` says why."""
+        if self.compiled:
+            return
+        if not can_compile(self.target, self.policy):
+            raise InputError(
+                f"compiling needs a packed policy on a target that supports it (esm2); '{self.policy.name}' on {self.target.name} is not"
+            )
+        self.target.compile_packed(self.loaded, self.model)
+        self.compiled, self._proven = True, False
 
     @classmethod
     def load(cls, target: str, *, model: str | None = None, weights: str | Path | None = None,
