@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--rss-small", type=int, default=10_000)
     parser.add_argument("--rss-large", type=int, default=1_000_000)
     parser.add_argument("--kill-after", type=float, default=40.0, help="scale: seconds before one rank is killed")
+    parser.add_argument("--scale-compile", default="auto", choices=["auto", "on", "off"], help="scale: embed's --compile in every run")
     parser.add_argument("--combine", type=Path, nargs="+", help="merge the results.json of these directories and compute the ratios")
     parser.add_argument("--quick", action="store_true", help="tiny model, few sequences: the code paths only")
     args = parser.parse_args()
@@ -294,6 +295,7 @@ def main() -> None:
                     rss[str(count)] = peak_rss(command)
                 results["rss"] = {**rss, "ratio": rss[str(args.rss_large)] / rss[str(args.rss_small)]}
             elif step == "scale":
+                common = [*common, "--compile", args.scale_compile]
                 one = run_embed(cli, fasta, tmp / "one.h5", policy, "cuda", common, logs, keep=True, name="one-gpu")
                 two = run_embed(cli, fasta, tmp / "two.h5", policy, "cuda", ["--gpus", "2", *common], logs, keep=True, name="two-gpus")
                 killed = embed_with_kill(cli, fasta, tmp / "killed.h5", policy, common, args.kill_after, logs)

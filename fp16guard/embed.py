@@ -333,12 +333,16 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
     finally:
         builder.thread.join()
     builder.check()
+    # Decided on the whole input, never on what is left or on the number of processes: compiled
+    # and eager kernels round differently, and a file must not mix them (nor depend on --gpus).
+    tokens = sum(found.chunk_residues) + target.special_tokens_per_row * found.count
+    compiled, compile_note = decide_compile(config.compile, target, policy, device, tokens)
     fingerprint = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "target": target_name, "model": loaded.name,
         "weights_sha256": loaded.weights_sha256, "policy": policy.to_dict(), "input_sha256": found.sha256,
         "sequences": found.count, "layers": layers, "per_residue": config.per_residue, "pooling": source.pooling,
         "chunk_size": config.chunk_size, "max_tokens": max_tokens, "spot_check_every": config.spot_check_every,
-        "device_type": device.type,
+        "device_type": device.type, "compiled": compiled,
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     chunks = -(-found.count // config.chunk_size)
@@ -354,8 +358,6 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
         progress.stage(f"resuming: {len(done)} of {chunks} shard(s) already in {parts}")
     mine = [n for n in range(chunks) if n % size == rank and n not in done]
 
-    tokens = sum(found.chunk_residues[n] for n in mine) + target.special_tokens_per_row * found.count // max(size, 1)
-    compiled, compile_note = decide_compile(config.compile, target, policy, device, tokens)
     embedder, checker = models["embedder"], models["checker"]
     if compiled:
         embedder.compile()

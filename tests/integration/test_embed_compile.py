@@ -86,3 +86,14 @@ def test_embed_cli_compile_on_the_cpu(checkpoints, tmp_path):
     result, text = run_cli("embed", "esm2", "--device", "cpu", "-w", checkpoints["healthy"], "-s", fasta,
                            "-o", tmp_path / "f.h5", "--policy", "fp16+sdpa", "--force", "--compile", "on")
     assert result.exit_code == 2 and "--compile on needs a packed policy" in text
+
+
+def test_a_stopped_compiled_run_is_not_resumed_uncompiled(checkpoints, tmp_path):
+    """Compiled and eager kernels round differently: one file never mixes them."""
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text("".join(f">p{i}\n{t}\n" for i, t in enumerate(proteins(12))))
+    common = ("embed", "esm2", "--device", "cpu", "-w", checkpoints["mlp"], "-s", fasta, "-o", tmp_path / "e.h5",
+              "--policy", "fp16+packed", "--force", "--chunk-size", "4")
+    assert run_cli(*common, "--compile", "on")[0].exit_code == 1  # the planted failure stops it; parts stay
+    result, text = run_cli(*common, "--compile", "off")
+    assert result.exit_code == 2 and "other arguments" in text and "compiled" in text
