@@ -295,3 +295,27 @@ def test_token_stats_to_dict_summaries_are_nan_with_nonfinite_tokens():
     assert math.isnan(data["min_cosine"]) and math.isnan(data["max_abs_error"]) and math.isnan(data["relative_l2_error"])
     clean = TokenStats.of_batch(*_small_example()).to_dict()
     assert clean["min_cosine"] == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+
+
+def test_segment_mean_sums_as_masked_mean_does_bit_for_bit():
+    """Packed pooling lays tokens out as rows and sums along them (no scatter-add, whose
+    atomics make CUDA results vary run to run): the same bits as padded pooling."""
+    import torch
+
+    from fp16guard.metrics import masked_mean, segment_mean
+
+    generator = torch.Generator().manual_seed(3)
+    lengths = [7, 1, 300, 42, 5]
+    segments = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    hidden = torch.randn(sum(lengths), 16, generator=generator, dtype=torch.float64).half()
+    mask = torch.rand(sum(lengths), generator=generator) > 0.2
+    hidden[3, 2] = float("inf")  # in sequence 0 only
+    rows = torch.zeros(len(lengths), max(lengths), 16, dtype=torch.float16)
+    keep = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    start = 0
+    for row, n in enumerate(lengths):
+        rows[row, :n], keep[row, :n] = hidden[start : start + n], mask[start : start + n]
+        start += n
+    packed, padded = segment_mean(hidden, mask, segments, len(lengths)), masked_mean(rows, keep)
+    assert torch.equal(packed[1:], padded[1:])
+    assert torch.isfinite(packed[1:]).all() and (torch.isinf(packed[0]) == torch.isinf(padded[0])).all()
