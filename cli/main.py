@@ -721,7 +721,7 @@ ChunkSizeOption = Annotated[
     int, typer.Option("--chunk-size", min=1, help="Sequences per shard: the unit of resuming and of work per process.")
 ]
 EmbedMaxTokensOption = Annotated[
-    Optional[int], typer.Option("--max-tokens", min=1, help="Token budget per batch (default 8192).")
+    Optional[int], typer.Option("--max-tokens", min=1, help="Token budget per batch (default 16384 on a GPU, 8192 on a CPU).")
 ]
 
 
