@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--rss-small", type=int, default=10_000)
     parser.add_argument("--rss-large", type=int, default=1_000_000)
     parser.add_argument("--kill-after", type=float, default=40.0, help="scale: seconds before one rank is killed")
+    parser.add_argument("--chunk-size", type=int, help="embed's --chunk-size (default: embed's own)")
     parser.add_argument("--scale-compile", default="auto", choices=["auto", "on", "off"], help="scale: embed's --compile in every run")
     parser.add_argument("--combine", type=Path, nargs="+", help="merge the results.json of these directories and compute the ratios")
     parser.add_argument("--quick", action="store_true", help="tiny model, few sequences: the code paths only")
@@ -268,7 +269,7 @@ def main() -> None:
         weights = Path(cli[-1])
         fasta = write_fasta(tmp / "set.fasta", args.sequences)
         policy = write_policy(tmp / "policy.json", weights, args.policy)
-        common = ["--max-tokens", str(args.max_tokens)]
+        common = ["--max-tokens", str(args.max_tokens), *(["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])]
         logs = args.out / "logs"
         texts = read_records(fasta)
         results["set"] = {"sequences": len(texts), "residues": sum(map(len, texts))}
