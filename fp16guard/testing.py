@@ -271,7 +271,8 @@ T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCX"
 
 #: name -> (layers, d_model, d_ff, heads, d_kv, gated) of random-weight T5 encoders. ProtT5-XL-U50
 #: is T5 v1 style (ReLU feed-forward, ``feed_forward_proj="relu"``); Ankh is T5 v1.1 style
-#: (gated GELU). Sizes from their published config.json files.
+#: (gated GELU). ProtT5-XL's sizes as its config.json gives them; Ankh's as recalled from its
+#: paper and config (48 layers; not checked against the files here).
 T5_ARCHITECTURES = {
     "t5_tiny": (3, 32, 64, 4, 8, False),
     "t5_tiny_gated": (3, 32, 64, 4, 8, True),
