@@ -300,7 +300,7 @@ def prepare_inputs(
     rare = ids_with(records, "".join(read_as)) if read_as else []
     if rare:
         message = (
-            f"{', '.join(read_as)} not in {loaded.name}'s vocabulary: read as {'/'.join(sorted(set(read_as.values())))}, "
+            f"{', '.join(read_as)} are not in {loaded.name}'s vocabulary: read as {'/'.join(sorted(set(read_as.values())))}, "
             f"which it has (the ProtT5/Ankh convention), in {len(rare)} sequence(s): {some_ids(rare)}"
         )
         progress.warn(message)
