@@ -79,7 +79,14 @@ def main() -> int:
                 headers = list(rows[0])
                 lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
                 lines += ["| " + " | ".join(r[h] for h in headers) + " |" for r in rows]
-                lines += ["", f"Device: {report.environment['device_name']}, torch {report.environment['torch']}", ""]
+                env = report.environment
+                lines += ["", f"Device: {env['device_name']}, torch {env['torch']}, transformers {env.get('transformers')}", ""]
+                for attempt in report.attempts[1:]:  # what each policy kept in FP32, by name
+                    kept = attempt.fp32_modules
+                    if kept and attempt.passed is not None:
+                        shown = "; ".join(kept[:3]) + (f"; and {len(kept) - 3} more" if len(kept) > 3 else "")
+                        lines.append(f"- {attempt.name} ({'PASS' if attempt.passed else 'FAIL'}): {shown}")
+                lines.append("")
                 timings = {a.name: a.timing for a in report.attempts}
                 lines += ["```json", json.dumps(timings, indent=1), "```", ""]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
