@@ -206,13 +206,15 @@ class HfTarget:
         missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
         if missing:
             unexpected = sorted(info.get("unexpected_keys", ()))
-            raise ModelLoadError(f"{model_dir}: the weights do not fit {type(module).__name__}: {t5.describe_mismatch(type(module).__name__, missing, unexpected)}")
+            built = type(module).__name__
+            raise ModelLoadError(f"{model_dir}: the weights do not fit {built}: {t5.describe_mismatch(built, missing, unexpected)}")
         if encoder_only:
             decoder = [k for k in t5.checkpoint_keys(weight_files) if k.startswith("decoder.")]
             if decoder:
+                saved_as = ", ".join(config.architectures or [config.model_type])
                 notes.append(
-                    f"{model_dir.name}: the checkpoint holds a full encoder-decoder ({', '.join(config.architectures or [config.model_type])}); "
-                    f"its {len(decoder)} decoder tensors are ignored and only the encoder ({encoder_only}) is validated"
+                    f"{model_dir.name}: the checkpoint holds a full encoder-decoder ({saved_as}); its {len(decoder)} "
+                    f"decoder tensors are ignored and only the encoder ({encoder_only}) is validated"
                 )
         if tokenizer.pad_token_id is None:
             raise ModelLoadError(f"{model_dir}: the tokenizer has no padding token")
