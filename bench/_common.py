@@ -12,9 +12,11 @@ from pathlib import Path
 
 from fp16guard.testing import (
     ARCHITECTURES,
+    T5_ARCHITECTURES,
     write_checkpoint,
     write_dnabert,
     write_hf_esm,
+    write_hf_t5,
 )
 
 #: DNABERT-S's real sizes besides layers, width and heads (its config.json): the gated MLP's
@@ -25,8 +27,11 @@ DNABERT_CORPUS = 20000
 
 
 def write_weights(fmt: str, arch: str, path: Path, plant: str | None = None, plant_layer: int = 1) -> list[str]:
-    """Write random weights of ``arch`` (a key of fp16guard.testing.ARCHITECTURES) in ``fmt``
-    (fair-esm, hf or dnabert) at ``path``; return the CLI arguments that select them."""
+    """Write random weights of ``arch`` (a key of fp16guard.testing.ARCHITECTURES, or of
+    T5_ARCHITECTURES for ``t5``) in ``fmt`` (fair-esm, hf, dnabert or t5) at ``path``; return the
+    CLI arguments that select them."""
+    if fmt == "t5":  # T5EncoderModel.save_pretrained directory; plant "wo" in block plant_layer
+        return ["hf", "--model", str(write_hf_t5(path, plant, arch=arch, plant_block=plant_layer))]
     layers, dim, heads = ARCHITECTURES[arch]
     if fmt == "dnabert":
         directory = write_dnabert(

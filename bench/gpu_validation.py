@@ -9,6 +9,11 @@ every policy run on the GPU. Two runs over the bundled reference set:
     python bench/gpu_validation.py --arch 650M --out results/
     python bench/gpu_validation.py --arch 35M --format hf --out results-hf/   # transformers EsmModel
     python bench/gpu_validation.py --arch 117M --format dnabert --out results-dna/   # DNABERT-S layout
+    python bench/gpu_validation.py --format t5 --arch prot_t5_xl --out results-t5/   # ProtT5-XL encoder
+
+With ``--format t5`` the planted run is a feed-forward (``wo``) output beyond FP16 instead of a
+residual overflow: full FP16 (``.half()``) must fail and ``fp16+keep32`` (transformers' FP32
+``wo``) pass; ``--search-layer N`` adds the same plant in block N under ``--search``.
 
 writes each run's report directory and log under --out, and summary.md with both tables.
 """
@@ -25,35 +30,39 @@ from pathlib import Path
 from _common import run_cli, write_weights
 
 from fp16guard.report import read_report
-from fp16guard.testing import ARCHITECTURES
+from fp16guard.testing import ARCHITECTURES, T5_ARCHITECTURES
 
 RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
+T5_RUNS = {"healthy": (None, ["--full-ladder"]), "planted-wo-overflow": ("wo", [])}
 #: With --search-layer N (fair-esm only): an MLP overflow planted in block N that no rung fixes.
 SEARCH_RUN = "planted-mlp-overflow"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="650M", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--arch", default="650M", choices=sorted(ARCHITECTURES) + sorted(T5_ARCHITECTURES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-tokens", default="16384")
     parser.add_argument("--profile", action="store_true", help="pass --profile to every run")
     parser.add_argument("--search-layer", type=int, help="add a run with an MLP overflow in this block (from 1), with --search")
     parser.add_argument("--only", nargs="+", metavar="RUN", help=f"run only these ({', '.join([*RUNS, SEARCH_RUN])})")
-    parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert"], help="checkpoint format and target")
+    parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert", "t5"], help="checkpoint format and target")
     args = parser.parse_args()
+    if (args.format == "t5") != (args.arch in T5_ARCHITECTURES):
+        parser.error(f"--format t5 takes the T5 architectures ({', '.join(T5_ARCHITECTURES)}), the other formats {', '.join(ARCHITECTURES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"# fp16guard on {args.device}: {args.arch} architecture ({args.format}), random weights", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = dict(RUNS)
+        runs = dict(T5_RUNS if args.format == "t5" else RUNS)
         if args.search_layer:
-            runs[SEARCH_RUN] = ("mlp", ["--search"])
+            runs[SEARCH_RUN] = ("wo" if args.format == "t5" else "mlp", ["--search"])
         if args.only:
             runs = {run: spec for run, spec in runs.items() if run in args.only}
         for run, (plant, extra) in runs.items():
             start = time.perf_counter()
-            name = f"dnabert_{args.arch}_{run}" if args.format == "dnabert" else f"esm2_{args.arch}_{run}"
+            family = {"dnabert": "dnabert", "t5": "t5"}.get(args.format, "esm2")
+            name = f"{family}_{args.arch}_{run}"
             suffix = ".pt" if args.format == "fair-esm" else ""
             target = write_weights(args.format, args.arch, Path(tmp) / (name + suffix), plant, (args.search_layer or 2) - 1)
             written = time.perf_counter() - start
@@ -70,7 +79,14 @@ def main() -> int:
                 headers = list(rows[0])
                 lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
                 lines += ["| " + " | ".join(r[h] for h in headers) + " |" for r in rows]
-                lines += ["", f"Device: {report.environment['device_name']}, torch {report.environment['torch']}", ""]
+                env = report.environment
+                lines += ["", f"Device: {env['device_name']}, torch {env['torch']}, transformers {env.get('transformers')}", ""]
+                for attempt in report.attempts[1:]:  # what each policy kept in FP32, by name
+                    kept = attempt.fp32_modules
+                    if kept and attempt.passed is not None:
+                        shown = "; ".join(kept[:3]) + (f"; and {len(kept) - 3} more" if len(kept) > 3 else "")
+                        lines.append(f"- {attempt.name} ({'PASS' if attempt.passed else 'FAIL'}): {shown}")
+                lines.append("")
                 timings = {a.name: a.timing for a in report.attempts}
                 lines += ["```json", json.dumps(timings, indent=1), "```", ""]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -122,7 +122,7 @@ MinCosineOption = Annotated[
 ]
 PolicyOption = Annotated[
     Optional[str],
-    typer.Option("--policy", "-p", help="Test only this policy (fp16, fp16+ln32, fp16+pos32, fp16+res32, fp16+sdpa, fp16+packed, fp32, or a .json)."),
+    typer.Option("--policy", "-p", help="Test only this policy (fp16, fp16+keep32, fp16+ln32, fp16+pos32, fp16+res32, fp16+sdpa, fp16+packed, fp32, or a .json)."),
 ]
 NoFallbackOption = Annotated[bool, typer.Option("--no-fallback", help="Test full FP16 only.")]
 FullLadderOption = Annotated[

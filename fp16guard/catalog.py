@@ -31,6 +31,21 @@ DNABERT_MODELS: dict[str, str] = {
 DNABERT_DEFAULT = next(iter(DNABERT_MODELS))
 
 
+#: Hub id prefixes (case-insensitive) of model families that ``validate hf`` runs, for the
+#: description of a cached snapshot in ``fp16guard list``. No preset: no PyPI package ships them.
+HF_FAMILIES: dict[str, str] = {
+    "Rostlab/prot_t5": "ProtT5: T5 encoder (T5EncoderModel), space-separated residues",
+    "Rostlab/ProstT5": "ProstT5: T5 encoder (T5EncoderModel), space-separated residues",
+    "ElnaggarLab/ankh": "Ankh: T5 encoder (T5EncoderModel)",
+}
+
+
+def hf_family(model_id: str) -> str | None:
+    """The known family of a hub id (ProtT5, Ankh), or None."""
+    lowered = model_id.lower()
+    return next((d for prefix, d in HF_FAMILIES.items() if lowered.startswith(prefix.lower())), None)
+
+
 def torch_hub_dir() -> Path:
     """torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub."""
     cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
@@ -141,5 +156,7 @@ def catalog() -> list[CatalogEntry]:
         rows.append(CatalogEntry("dnabert", model_id, description, snapshot is not None, where))
     for model_id in hf_cached_models():
         if model_id not in DNABERT_MODELS:
-            rows.append(CatalogEntry("hf", model_id, "in the Hugging Face cache", True, str(hf_hub_cache())))
+            family = hf_family(model_id)
+            description = f"{family}; in the Hugging Face cache" if family else "in the Hugging Face cache"
+            rows.append(CatalogEntry("hf", model_id, description, True, str(hf_hub_cache())))
     return rows

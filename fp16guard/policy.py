@@ -42,6 +42,9 @@ class Policy:
     (flash or memory-efficient) kernels run instead of separate matmuls and softmax.
     ``layout``: ``padded`` (rows of equal width) or ``packed`` (no padding; needs
     ``fast_attention``: the packed path's attention is a fused variable-length kernel).
+    ``keep_in_fp32_modules``: the modules that the model class itself lists in transformers'
+    ``_keep_in_fp32_modules`` (T5: ``wo``) keep FP32 weights, as ``from_pretrained(...,
+    dtype=torch.float16)`` loads them; without it FP16 means every weight, as ``.half()`` gives.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Policy:
     fp32_parts: tuple[tuple[str, int], ...] = ()
     fast_attention: bool = False
     layout: str = "padded"
+    keep_in_fp32_modules: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists; a frozen policy keeps an ordered, duplicate-free tuple.
@@ -142,6 +146,8 @@ class Policy:
         if self.is_full_precision:
             return "everything in FP32"
         parts = [f"{self.dtype} compute"]
+        if self.keep_in_fp32_modules:
+            parts.append("the model class's _keep_in_fp32_modules in FP32 (as from_pretrained loads it)")
         if self.fp32_layer_norms:
             parts.append("FP32 layer norms")
         if self.fp32_positional:
@@ -179,9 +185,26 @@ FP16_SDPA = Policy("fp16+sdpa", fp32_positional=True, fast_attention=True)
 #: ``fast_variant``): no padding, one variable-length attention kernel per layer.
 FP16_PACKED = Policy("fp16+packed", fp32_positional=True, fast_attention=True, layout="packed")
 
+#: FP16 as transformers' ``from_pretrained(..., dtype=torch.float16)`` gives it: the modules the
+#: model class keeps in FP32 (T5 keeps ``wo``, whose output overflows FP16 in trained T5s) stay
+#: FP32. Tried right after ``fp16`` (which is ``.half()``) for models whose class declares such
+#: modules, so that the report says what each of the two ways of loading in FP16 gives.
+FP16_KEEP32 = Policy("fp16+keep32", keep_in_fp32_modules=True)
+
 #: The fallback ladder, tried in order after the FP32 reference; each rung adds to the one before.
 LADDER: tuple[Policy, ...] = (FP16, FP16_LN32, FP16_POS32, FP16_RES32)
-POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, BF16, FP16_SDPA, FP16_PACKED)}
+POLICIES: dict[str, Policy] = {p.name: p for p in (FP32, *LADDER, FP16_KEEP32, BF16, FP16_SDPA, FP16_PACKED)}
+
+
+def with_class_fp32(policies: list[Policy]) -> list[Policy]:
+    """``policies`` with ``fp16+keep32`` right after ``fp16`` (for a model class that declares
+    ``_keep_in_fp32_modules``); unchanged when ``fp16`` is not among them."""
+    out: list[Policy] = []
+    for policy in policies:
+        out.append(policy)
+        if policy == FP16 and FP16_KEEP32 not in policies:
+            out.append(FP16_KEEP32)
+    return out
 
 
 def fast_variant(policy: Policy, packed: bool = False) -> Policy:

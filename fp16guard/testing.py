@@ -261,3 +261,119 @@ def write_dnabert(
     }
     (directory / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
     return directory
+
+
+# --- T5 encoders (ProtT5, Ankh layout): save_pretrained directories with a residue tokenizer ----
+
+#: ProtT5's residues: the 20 standard amino acids and X; U, Z, O and B are not in this vocabulary
+#: (ProtT5's users map them to X before tokenizing).
+T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCX"
+
+#: name -> (layers, d_model, d_ff, heads, d_kv, gated) of random-weight T5 encoders. ProtT5-XL-U50
+#: is T5 v1 style (ReLU feed-forward, ``feed_forward_proj="relu"``); Ankh is T5 v1.1 style
+#: (gated GELU). ProtT5-XL's sizes as its config.json gives them; Ankh's as recalled from its
+#: paper and config (48 layers; not checked against the files here).
+T5_ARCHITECTURES = {
+    "t5_tiny": (3, 32, 64, 4, 8, False),
+    "t5_tiny_gated": (3, 32, 64, 4, 8, True),
+    "prot_t5_xl": (24, 1024, 16384, 32, 128, False),
+    "ankh_base": (48, 768, 3072, 12, 64, True),
+    "ankh_large": (48, 1536, 3840, 16, 64, True),
+}
+
+
+def _residue_tokenizer(directory: Path, spaced: bool):
+    """A word-level tokenizer of single residues with T5's special tokens (<pad> 0, </s> 1,
+    <unk> 2) and </s> after each sequence. ``spaced``: residues are read only when separated by
+    spaces (ProtT5's convention); otherwise each character is a token."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(T5_RESIDUES)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    if spaced:
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def plant_wo_overflow(model, block: int = 1, channel: int = 3, unit: int = 5, seed: int = 0) -> None:
+    """One feed-forward unit of ``block`` that fires on every token and a ``wo`` column that turns
+    it into an output beyond FP16's 65504 in one channel (about 3x) and a large but finite value
+    in another (about 0.5x): Inf under ``.half()`` (clamped by T5 to 64504, which distorts the
+    ratio of the two channels), exact with FP32 ``wo``.
+
+    The unit reads a channel that the input embeddings hold at 30 for every residue (real T5s
+    have such outlier channels), so it fires on real sequences: random blocks before it spread
+    a channel by a standard deviation of about 2 at depth 20, far from turning it negative. The
+    weights are calibrated on the FP32 model so that every token lands in range."""
+    config = model.config
+    ffn = model.encoder.block[block].layer[-1]
+    dense = ffn.DenseReluDense
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.shared.weight.normal_(0.0, 1.0, generator=generator)
+        model.shared.weight[:, channel] = 30.0
+        seen = []
+        hook = ffn.layer_norm.register_forward_hook(lambda _m, _a, out: seen.append(out[..., channel].flatten()))
+        tokens = torch.randint(3, 3 + len(T5_RESIDUES), (8, 64), generator=generator)
+        model.encoder(input_ids=tokens)
+        hook.remove()
+        x = torch.cat(seen)
+        if bool((x <= 0).any()):
+            raise RuntimeError(f"plant_wo_overflow: channel {channel} is not positive on every token before block {block}")
+        # Pre-activations of about 20 (gated: both halves, so the product stays near 400 and far
+        # below 65504 before wo).
+        scale = 20.0 / float(x.median())
+        first = [dense.wi_0, dense.wi_1] if config.is_gated_act else [dense.wi]
+        for linear in first:
+            linear.weight[unit].zero_()
+            linear.weight[unit, channel] = scale
+        pre = x * scale
+        act = torch.nn.functional.gelu(pre, approximate="tanh") * pre if config.is_gated_act else torch.relu(pre)
+        dense.wo.weight[:, unit].zero_()
+        dense.wo.weight[channel, unit] = 3.0 * 65504 / float(act.min())
+        dense.wo.weight[channel + 1, unit] = 0.5 * 65504 / float(act.max())
+
+
+def write_hf_t5(
+    directory: Path, plant: str | None = None, layout: str = "encoder", arch: str = "t5_tiny", spaced: bool = True,
+    plant_block: int = 1, seed: int = 0,
+) -> Path:
+    """A T5 encoder directory written by transformers: ``layout="encoder"`` saves
+    ``T5EncoderModel`` (as ProtT5's encoder-only half-precision release is laid out),
+    ``layout="full"`` a ``T5ForConditionalGeneration`` whose encoder is the same (as ProtT5-XL-U50
+    and Ankh ship). ``arch`` is a key of ``T5_ARCHITECTURES``; ``spaced`` picks ProtT5's
+    space-separated residues or a character-level tokenizer.
+
+    ``plant="wo"``: a feed-forward output beyond FP16 in block ``plant_block`` (from 0), see
+    ``plant_wo_overflow``; fixed by FP32 ``wo`` (``fp16+keep32``) or an FP32 MLP island."""
+    from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+
+    layers, d_model, d_ff, heads, d_kv, gated = T5_ARCHITECTURES[arch]
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _residue_tokenizer(directory, spaced)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_decoder_layers=layers,
+        num_heads=heads, feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    encoder = T5EncoderModel(config).eval()
+    if plant == "wo":
+        plant_wo_overflow(encoder, block=plant_block, seed=seed)
+    elif plant is not None:
+        raise ValueError(plant)
+    if layout == "encoder":
+        encoder.save_pretrained(directory)
+    elif layout == "full":
+        full = T5ForConditionalGeneration(config).eval()
+        full.load_state_dict(encoder.state_dict(), strict=False)
+        full.save_pretrained(directory)
+    else:
+        raise ValueError(layout)
+    return directory

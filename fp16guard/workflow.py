@@ -17,7 +17,7 @@ from .compare import Comparison, check_reference, compare
 from .composition import check_composition
 from .config import ValidationConfig
 from .errors import Fp16GuardError, InputError, UnsupportedPolicyError
-from .policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy
+from .policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy, with_class_fp32
 from .progress import Progress
 from .reference import (
     SavedReference,
@@ -283,6 +283,9 @@ def prepare_inputs(
         saved.check(target=target_name, dataset_sha256=records.sha256, versions=library_versions(target_name))
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)
+    for message in loaded.extra.get("notes", ()):  # such as a checkpoint's ignored decoder
+        progress.warn(message)
+        notes.append(message)
     unknown = target.read_as_unknown(loaded) if hasattr(target, "read_as_unknown") else ""
     check_alphabet(records, loaded.alphabet + unknown, f"{loaded.name}'s vocabulary")
     affected = ids_with(records, unknown) if unknown else []
@@ -290,6 +293,15 @@ def prepare_inputs(
         message = (
             f"{' and '.join(unknown)} is not in {loaded.name}'s vocabulary: read as its unknown token, as the model's own "
             f"tokenizer does, in {len(affected)} sequence(s): {some_ids(affected)}"
+        )
+        progress.warn(message)
+        notes.append(message)
+    read_as = loaded.extra.get("read_as") or {}
+    rare = ids_with(records, "".join(read_as)) if read_as else []
+    if rare:
+        message = (
+            f"{', '.join(read_as)} are not in {loaded.name}'s vocabulary: read as {'/'.join(sorted(set(read_as.values())))}, "
+            f"which it has (the ProtT5/Ankh convention), in {len(rare)} sequence(s): {some_ids(rare)}"
         )
         progress.warn(message)
         notes.append(message)
@@ -350,6 +362,9 @@ def validate(
 
     inputs = prepare_inputs(target, target_name, config, source, sequences, device, policies, saved, progress)
     records, loaded, layer, max_length = inputs.records, inputs.loaded, inputs.layer, inputs.max_length
+    if config.policies is None and loaded.extra.get("keep_in_fp32_modules"):
+        # Both ways of loading in FP16: .half() (fp16) and from_pretrained's (fp16+keep32).
+        policies = with_class_fp32(policies)
     ids, texts, batches, max_tokens = inputs.ids, inputs.texts, inputs.batches, inputs.max_tokens
     notes = inputs.notes
 
@@ -425,7 +440,7 @@ def validate(
         result = distributed.run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False, spread=spread)
         return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite))
 
-    for policy in policies:
+    for index, policy in enumerate(policies):
         attempts.append(judge(policy))
         if config.profile:
             progress.stage(f"{policy.name}: profiling every layer against FP32")
@@ -434,8 +449,10 @@ def validate(
             attempts[-1].layers = finite_or_none(distributed.profile_policy(target, loaded, profiled, batches, device, layer))
         if attempts[-1].passed:
             passing = passing or policy
-            if config.stop_at_first_pass:
-                break
+        # fp16 and fp16+keep32 are the two FP16 models users get: both run before stopping.
+        paired = index + 1 < len(policies) and policy == FP16 and policies[index + 1].keep_in_fp32_modules
+        if passing and config.stop_at_first_pass and not paired:
+            break
 
     if config.search:
         searched = _search(attempts, notes, passes, judge, len(target.blocks(loaded.module)))

@@ -29,18 +29,24 @@ from ..precision import (
     replace_module,
 )
 from .base import LoadedModel, ModelSource, hash_in_background, is_gzip, load_failure
+from . import t5
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: Selenocysteine, pyrrolysine and the ambiguity codes Asx, Glx, Xle
+RARE_RESIDUES = "UOBZJ"
 FP32_SOFTMAX = "fp16guard_fp32_softmax"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 
-def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
+def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **_):
     """Eager attention whose scores and softmax are FP32 (transformers' eager attention runs its
-    softmax in the input dtype); the probabilities are cast back before multiplying the values."""
+    softmax in the input dtype); the probabilities are cast back before multiplying the values.
+    ``position_bias`` (T5's relative position bias) is added to the FP32 scores."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling
+    if position_bias is not None:
+        scores = scores + position_bias.float()
     if attention_mask is not None:
         scores = scores + attention_mask.float()
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
@@ -167,7 +173,10 @@ class HfTarget:
         return self.preset.name, root / self.preset.model_dir, tokenizer
 
     def load(self, source: ModelSource) -> LoadedModel:
-        """Load the encoder in FP32 and its tokenizer; nothing but weights is unpickled."""
+        """Load the encoder in FP32 and its tokenizer; nothing but weights is unpickled. T5
+        configs build ``T5EncoderModel`` (a full encoder-decoder checkpoint's decoder weights are
+        ignored, and the load notes say so); others build what AutoModel builds."""
+        import transformers
         from transformers import AutoConfig, AutoModel, PreTrainedModel
 
         if source.pooling not in ("mean", "cls"):
@@ -180,28 +189,46 @@ class HfTarget:
         kwargs = {"local_files_only": True, "trust_remote_code": source.trust_remote_code}
         if "weights_only" in inspect.signature(PreTrainedModel.from_pretrained).parameters:
             kwargs["weights_only"] = True
+        notes: list[str] = []
         try:
             with quiet_transformers():
                 config = AutoConfig.from_pretrained(model_dir, **{k: v for k, v in kwargs.items() if k != "weights_only"})
-                module, info = AutoModel.from_pretrained(
+                encoder_only = t5.encoder_class(config)
+                builder = getattr(transformers, encoder_only) if encoder_only else AutoModel
+                module, info = builder.from_pretrained(
                     model_dir, config=config, dtype=torch.float32, output_loading_info=True, **kwargs
                 )
         except Exception as exc:  # torch's own advice to drop weights_only is not passed on
             culprit = next((p for p in weight_files if is_gzip(p)), model_dir)
             raise ModelLoadError(f"{culprit}: {load_failure(culprit, exc, 'cannot load the model', 300)}") from None
-        # Heads in the checkpoint (cls.*) are ignored; encoder weights that are missing would be
-        # silently random, so they are an error.
+        # Heads in the checkpoint (cls.*) are ignored; parameters that are missing would be
+        # silently random, so they are an error that names what is missing and what is extra.
         missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise ModelLoadError(f"{model_dir}: the weights lack encoder parameters: {shown}")
+            unexpected = sorted(info.get("unexpected_keys", ()))
+            built = type(module).__name__
+            raise ModelLoadError(f"{model_dir}: the weights do not fit {built}: {t5.describe_mismatch(built, missing, unexpected)}")
+        if encoder_only:
+            decoder = [k for k in t5.checkpoint_keys(weight_files) if k.startswith("decoder.")]
+            if decoder:
+                saved_as = ", ".join(config.architectures or [config.model_type])
+                notes.append(
+                    f"{model_dir.name}: the checkpoint holds a full encoder-decoder ({saved_as}); its {len(decoder)} "
+                    f"decoder tensors are ignored and only the encoder ({encoder_only}) is validated"
+                )
         if tokenizer.pad_token_id is None:
             raise ModelLoadError(f"{model_dir}: the tokenizer has no padding token")
         vocab = tokenizer.get_vocab()
-        alphabet = "".join(sorted(t for t in vocab if len(t) == 1 and t in LETTERS)) or LETTERS
-        separator = self._separator(tokenizer, alphabet)
+        # Sentencepiece vocabularies (T5: ProtT5, Ankh) write a word-initial residue as "▁A".
+        alphabet = "".join(sorted({t.lstrip("▁") for t in vocab} & set(LETTERS))) or LETTERS
+        read_as = self._rare_to_x(alphabet)
+        alphabet = "".join(sorted(set(alphabet) | set(read_as)))
+        separator = self._separator(tokenizer, alphabet.translate(str.maketrans(read_as)))
         specials = len(tokenizer("A")["input_ids"]) - len(tokenizer("A", add_special_tokens=False)["input_ids"])
         positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+        # T5 has no position table (relative buckets), and a tokenizer without a limit reports 1e30.
+        max_length = int(positions) - specials if positions and positions < 10**7 else None
+        keep32 = sorted(getattr(module, "_keep_in_fp32_modules", None) or ())
         return LoadedModel(
             target=self.name,
             name=name,
@@ -210,9 +237,21 @@ class HfTarget:
             num_layers=int(config.num_hidden_layers),
             weights_sha256=digest.result(),
             alphabet=alphabet,
-            max_length=int(positions) - specials,
-            extra={"tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},
+            max_length=max_length,
+            extra={
+                "tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id,
+                "read_as": read_as, "keep_in_fp32_modules": keep32, "notes": notes,
+            },
         )
+
+    @staticmethod
+    def _rare_to_x(alphabet: str) -> dict[str, str]:
+        """Rare and ambiguous residues (U, O, B, Z, J) that the vocabulary lacks, read as X when it
+        has X: ProtT5's and Ankh's convention, decided by the tokenizer's vocabulary, not by the
+        model's name. A vocabulary with its own U keeps reading U."""
+        if "X" not in alphabet:
+            return {}
+        return {letter: "X" for letter in RARE_RESIDUES if letter not in alphabet}
 
     @staticmethod
     def _separator(tokenizer, alphabet: str) -> str:
@@ -228,6 +267,8 @@ class HfTarget:
     @staticmethod
     def _texts(loaded: LoadedModel, sequences: Sequence[str]) -> list[str]:
         separator = loaded.extra["separator"]
+        table = str.maketrans(loaded.extra.get("read_as") or {})
+        sequences = [s.translate(table) for s in sequences]
         return [separator.join(s) if separator else s for s in sequences]
 
     def measure(self, loaded: LoadedModel, sequences: Sequence[str]) -> list[int]:
@@ -265,8 +306,9 @@ class HfTarget:
     def blocks(self, module: nn.Module) -> list[nn.Module]:
         """encoder.layer (BERT, ESM, DNABERT), or the longest ModuleList of the model."""
         encoder = getattr(module, "encoder", None)
-        if encoder is not None and isinstance(getattr(encoder, "layer", None), nn.ModuleList):
-            return list(encoder.layer)
+        for name in ("layer", "block"):  # BERT family; T5
+            if encoder is not None and isinstance(getattr(encoder, name, None), nn.ModuleList):
+                return list(getattr(encoder, name))
         lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
         return list(max(lists, key=len)) if lists else []
 
@@ -277,7 +319,10 @@ class HfTarget:
     @staticmethod
     def block_parts(block: nn.Module) -> dict:
         """BERT-style layers (BERT, ESM, DNABERT): ``attention.self``, and the MLP from
-        ``intermediate.dense`` to ``output.dense``; other layouts have no known parts."""
+        ``intermediate.dense`` to ``output.dense``; T5 blocks: ``SelfAttention`` and the
+        feed-forward module; other layouts have no known parts."""
+        if type(block).__name__ == "T5Block":
+            return t5.block_parts(block)
         parts = {}
         attention = getattr(getattr(block, "attention", None), "self", None)
         if isinstance(attention, nn.Module):
@@ -314,6 +359,28 @@ class HfTarget:
         dtype = policy.torch_dtype
         islands: list[str] = []
         keep: list[nn.Module] = []
+        declared = sorted(getattr(module, "_keep_in_fp32_modules", None) or ())
+        if declared and dtype == torch.float16:
+            kept, note = _class_fp32_modules(module, declared, policy.keep_in_fp32_modules)
+            keep += [module.get_submodule(name) for name in kept]
+            islands += [f"{name} (_keep_in_fp32_modules, FP32 output)" for name in kept]
+            notes.append(note)
+        elif policy.keep_in_fp32_modules:
+            notes.append(f"{type(module).__name__} declares no _keep_in_fp32_modules for {policy.dtype}: nothing extra is kept in FP32")
+        if t5.is_t5(module):
+            fp32_bias = False
+            if policy.fp32_positional and not policy.fast_attention:
+                fp32_bias = register_fp32_softmax() and t5.uses_attention_interface(module)
+                if fp32_bias:
+                    _set_attention(module, FP32_SOFTMAX)
+                    islands.append("attention scores, position bias and softmax (every layer)")
+                else:
+                    notes.append("this transformers version cannot swap T5's attention function: softmax stays in the compute dtype")
+            names, kept_t5, t5_notes = t5.apply_islands(module, self.blocks(module), policy, dtype, fp32_bias)
+            if dtype == torch.float16:
+                t5_notes.append(t5.CLAMP_NOTE)
+            cast_except(module, dtype, keep + kept_t5)
+            return AppliedPolicy(policy, tuple(islands + names), tuple(notes + t5_notes))
         if policy.fp32_residual:
             for name, sub in list(module.named_modules()):
                 if is_residual_output(sub):
@@ -342,6 +409,30 @@ class HfTarget:
         keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts
         cast_except(module, dtype, keep)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
+
+
+def _class_fp32_modules(module: nn.Module, declared: list[str], keep: bool) -> tuple[list[str], str]:
+    """The modules that ``from_pretrained(..., dtype=torch.float16)`` leaves in FP32 (those whose
+    dotted name has a component in the class's ``_keep_in_fp32_modules``) when ``keep``, and a
+    note that says which of the two FP16 models this attempt is."""
+    cls = type(module).__name__
+    names = [n for n, _ in module.named_modules() if n and any(part in declared for part in n.split("."))]
+    # Only the outermost matches: their children come along.
+    names = [n for n in names if not any(n.startswith(m + ".") for m in names)]
+    listed = ", ".join(declared)
+    if not keep:
+        return [], (
+            f"{listed} in FP16, as model.half() (or .to(torch.float16)) leaves {cls}; from_pretrained(..., "
+            f"dtype=torch.float16) would keep its _keep_in_fp32_modules ({listed}) in FP32: policy fp16+keep32"
+        )
+    for name in names:
+        # What from_pretrained does and no more: FP32 weights, no casts around them. The
+        # model's own code casts their input (T5's wo does) and its output stays FP32.
+        module.get_submodule(name).float()
+    return names, (
+        f"as from_pretrained(..., dtype=torch.float16) loads {cls}: its _keep_in_fp32_modules ({listed}) keep FP32 "
+        f"weights in {len(names)} module(s), the rest is FP16"
+    )
 
 
 def _set_attention(module: nn.Module, implementation: str) -> None:

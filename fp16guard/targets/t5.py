@@ -1,0 +1,206 @@
+"""T5 encoders (ProtT5, Ankh) inside the ``hf`` target: which class to build, what a
+checkpoint's keys say, and how the precision policies map onto T5's layout.
+
+T5 differs from the BERT family in the places that matter for FP16:
+
+- The residual adds sit inside ``T5LayerSelfAttention`` / ``T5LayerFF`` (no ``*Output``
+  modules), and type promotion decides their dtype: an FP32 operand makes the sum FP32. So an
+  FP32 input embedding (``fp16+res32``) makes the whole residual stream FP32, and so does any
+  FP32 feed-forward output (transformers' FP32 ``wo``, or an FP32 MLP island).
+- ``T5LayerNorm`` is an RMS norm without ``normalized_shape``; it already accumulates its
+  variance in FP32 and casts to its weight's dtype, so an FP32 island on it changes only the
+  rounding of the scale.
+- Positions enter as a relative position bias: a learned table (``relative_attention_bias``, in
+  the first block only) looked up per (query, key) bucket and added to the attention scores of
+  every block. It is a positional table, so ``fp32_positional`` keeps it FP32 and adds it to
+  FP32 scores before an FP32 softmax.
+- In FP16, every ``T5Block`` clamps its hidden states to +-(65504 - 1000) once an Inf appears
+  (transformers' workaround for FP16 training): an overflow shows up as drift, not as NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedPolicyError
+from ..policy import Policy
+from ..precision import make_fp32_island
+
+#: config.model_type -> the transformers class that builds its encoder alone
+ENCODER_CLASSES = {"t5": "T5EncoderModel"}
+
+CLAMP_NOTE = (
+    "T5 blocks clamp FP16 hidden states to +-64504 once an Inf appears (transformers' FP16 training "
+    "workaround): an overflow shows up as drifted embeddings rather than NaN"
+)
+
+
+def encoder_class(config) -> str | None:
+    """The encoder-only class for ``config`` (T5: ``T5EncoderModel``), None for other models."""
+    return ENCODER_CLASSES.get(getattr(config, "model_type", None))
+
+
+def is_t5(module: nn.Module) -> bool:
+    """Whether ``module`` is a transformers T5 model (encoder-only or encoder-decoder)."""
+    config = getattr(module, "config", None)
+    return getattr(config, "model_type", None) in ENCODER_CLASSES and isinstance(
+        getattr(getattr(module, "encoder", None), "block", None), nn.ModuleList
+    )
+
+
+def uses_attention_interface(module: nn.Module) -> bool:
+    """Whether this transformers version's T5 attention calls the swappable attention function
+    (transformers 5 does; 4.x computes scores, bias and softmax inline)."""
+    import sys
+
+    block = module.encoder.block[0]
+    return hasattr(sys.modules[type(block).__module__], "eager_attention_forward")
+
+
+def checkpoint_keys(weight_files: Sequence) -> list[str]:
+    """Tensor names in the weight files, read from the safetensors headers or, for
+    ``pytorch_model*.bin``, a weights-only memory-mapped load (no tensor data is read)."""
+    keys: list[str] = []
+    for path in weight_files:
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                keys += list(handle.keys())
+        else:
+            keys += list(torch.load(path, map_location="cpu", weights_only=True, mmap=True).keys())
+    return keys
+
+
+def _shown(keys: list[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _stack(key: str) -> str:
+    return "decoder" if key.startswith("decoder.") or ".decoder." in key else "encoder"
+
+
+def describe_mismatch(class_name: str, missing: list[str], unexpected: list[str]) -> str:
+    """Why a checkpoint does not fit the model built for it, with missing and unexpected keys
+    named apart and split into encoder and decoder parameters."""
+    parts = []
+    for stack in ("encoder", "decoder"):
+        lacking = [k for k in missing if _stack(k) == stack]
+        if lacking:
+            parts.append(f"{len(lacking)} {stack} parameter(s) that {class_name} needs are missing from the checkpoint ({_shown(lacking)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} parameter(s) in the checkpoint fit no part of {class_name} ({_shown(unexpected)})")
+    text = "; ".join(parts)
+    if missing and all(_stack(k) == "decoder" for k in missing):
+        text += (
+            f". {class_name} is an encoder-decoder and the checkpoint holds its encoder only: fp16guard runs the "
+            "encoders of T5 models alone (T5EncoderModel), not other encoder-decoders"
+        )
+    return text
+
+
+# --- policies --------------------------------------------------------------------------------
+
+
+def _island(module: nn.Module, first_dtype: torch.dtype, rest_dtype: torch.dtype) -> nn.Module:
+    """An FP32 island for a T5 block or attention module, whose outputs are a tuple: the first
+    (hidden states) is cast to ``first_dtype``, the position biases after it to ``rest_dtype``."""
+    module.float()
+
+    def inputs_to_fp32(_module, args, kwargs):
+        up = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+        return tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+
+    def outputs(_module, _args, _kwargs, output):
+        if not isinstance(output, tuple):
+            return output.to(first_dtype)
+        cast = [first_dtype] + [rest_dtype] * (len(output) - 1)
+        return tuple(o.to(d) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o, d in zip(output, cast))
+
+    module.register_forward_pre_hook(inputs_to_fp32, with_kwargs=True)
+    module.register_forward_hook(outputs, with_kwargs=True)
+    return module
+
+
+def _norms(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in root.named_modules() if type(m).__name__.endswith("LayerNorm") and hasattr(m, "variance_epsilon")]
+
+
+def block_parts(block: nn.Module) -> dict:
+    """A T5Block's self-attention and its feed-forward (``DenseReluDense``: wi or wi_0/wi_1,
+    the activation, wo)."""
+    parts = {}
+    attention = getattr(block.layer[0], "SelfAttention", None)
+    if attention is not None:
+        parts["attention"] = attention
+    feed_forward = getattr(block.layer[-1], "DenseReluDense", None)
+    if feed_forward is not None:
+        parts["mlp"] = feed_forward
+    return parts
+
+
+def apply_islands(
+    module: nn.Module, blocks: list[nn.Module], policy: Policy, dtype: torch.dtype, fp32_bias: bool
+) -> tuple[list[str], list[nn.Module], list[str]]:
+    """The FP32 islands of ``policy`` on a T5 model: (names for the report, modules to keep out
+    of the cast, notes). ``fp32_bias``: the attention function accepts an FP32 position bias
+    (the FP32-softmax eager function); otherwise the bias is handed on in ``dtype``."""
+    names = {id(m): n for n, m in module.named_modules()}
+    islands: list[str] = []
+    keep: list[nn.Module] = []
+    notes: list[str] = []
+    bias_dtype = torch.float32 if fp32_bias else dtype
+    if policy.fp32_residual:
+        # One FP32 operand is enough: every residual add after the embedding promotes to FP32,
+        # and every T5LayerNorm reads FP32 and hands its weight's dtype on.
+        # The stack's own embedding: transformers 5 builds it apart from `shared` (tied weights).
+        embedding = module.encoder.embed_tokens
+        embedding.register_forward_hook(lambda _m, _a, out: out.float())
+        islands.append(f"{names.get(id(embedding), 'encoder.embed_tokens')} output: the residual stream (every residual add in FP32)")
+    if policy.fp32_layer_norms:
+        for name, norm in _norms(module):
+            keep.append(make_fp32_island(norm, dtype))
+            islands.append(name)
+    if policy.fp32_positional:
+        tables = [(n, m) for n, m in module.named_modules() if n.endswith("relative_attention_bias")]
+        for name, table in tables:
+            keep.append(make_fp32_island(table, bias_dtype))
+            islands.append(f"{name} (relative position bias{', FP32 into FP32 scores' if fp32_bias else ''})")
+        if tables and not fp32_bias:
+            notes.append(
+                "T5's relative position bias is a learned table: it enters the attention in the compute dtype "
+                "(a fused kernel's mask has the query's dtype), so keeping the table in FP32 changes nothing"
+            )
+    if policy.fp32_blocks and max(policy.fp32_blocks) > len(blocks):
+        raise UnsupportedPolicyError(f"the policy keeps block {max(policy.fp32_blocks)} in FP32, but the model has {len(blocks)} blocks")
+    for number in policy.fp32_blocks:
+        # The block's hidden states leave it in FP32: cast back to FP16, a value beyond 65504
+        # that the FP32 block computed (a wo overflow) would be Inf again. The next blocks then
+        # add in FP32 by promotion, as they do after transformers' FP32 wo.
+        keep.append(_island(blocks[number - 1], torch.float32, bias_dtype))
+        islands.append(f"{names[id(blocks[number - 1])]} (whole block, FP32 output)")
+    if policy.fp32_parts and max(b for _, b in policy.fp32_parts) > len(blocks):
+        raise UnsupportedPolicyError(
+            f"the policy keeps parts of block {max(b for _, b in policy.fp32_parts)} in FP32, but the model has {len(blocks)} blocks"
+        )
+    for kind, number in policy.fp32_parts:
+        block = blocks[number - 1]
+        if kind == "layer_norm":
+            for name, norm in _norms(block):
+                keep.append(make_fp32_island(norm, dtype))
+                islands.append(f"{names[id(block)]}.{name}")
+            continue
+        part = block_parts(block).get(kind)
+        if part is None:
+            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that fp16guard can keep in FP32")
+        if kind == "attention":
+            keep.append(_island(part, dtype, bias_dtype))
+            islands.append(f"{names[id(part)]} (attention)")
+        else:
+            # The feed-forward's output stays FP32 for the residual add, as with FP32 wo.
+            keep.append(make_fp32_island(part, torch.float32))
+            islands.append(f"{names[id(part)]} (MLP: wi .. wo, FP32 output)")
+    return islands, keep, notes

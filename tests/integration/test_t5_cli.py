@@ -1,0 +1,180 @@
+"""`fp16guard validate hf` on T5 encoders (ProtT5, Ankh layout): tiny directories written by
+transformers' save_pretrained, encoder-only and full encoder-decoder, healthy and with a planted
+`wo` overflow, loaded through the same path as a user's checkpoint."""
+
+import json
+
+import pytest
+from cli_runner import ladder, read_report, run_cli
+
+from fp16guard.sequences import read_fasta
+from fp16guard.testing import write_hf_t5
+
+
+@pytest.fixture(scope="module")
+def t5_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t5")
+    return {
+        "encoder": write_hf_t5(root / "encoder"),
+        "full": write_hf_t5(root / "full", layout="full"),
+        "wo": write_hf_t5(root / "wo", plant="wo"),
+        "wo-full-gated": write_hf_t5(root / "wo-full-gated", plant="wo", layout="full", arch="t5_tiny_gated", spaced=False),
+    }
+
+
+@pytest.mark.parametrize("layout", ["encoder", "full"])
+def test_healthy_t5_encoder_passes_in_both_layouts(t5_models, small_fasta, tmp_path, layout):
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "hf", "--model", t5_models[layout], "-s", small_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    assert report["passing_policy"] == "fp16"
+    assert report["model"]["num_layers"] == 3
+    # Both FP16 models users get are tested and told apart: .half() and from_pretrained's.
+    fp16, keep32 = ladder(report)[1:3]
+    assert (fp16["policy"]["name"], keep32["policy"]["name"]) == ("fp16", "fp16+keep32")
+    assert fp16["passed"] and keep32["passed"]
+    assert any("model.half()" in n for n in fp16["notes"]) and not fp16["fp32_modules"]
+    assert any("from_pretrained(..., dtype=torch.float16)" in n for n in keep32["notes"])
+    assert [m.split()[0] for m in keep32["fp32_modules"]] == [f"encoder.block.{i}.layer.1.DenseReluDense.wo" for i in range(3)]
+    decoder_notes = [n for n in report["notes"] if "decoder tensors are ignored" in n]
+    assert bool(decoder_notes) == (layout == "full"), report["notes"]
+    # One token per residue plus </s>: nothing became <unk>; U, Z, B became X (gamma has them).
+    residues = sum(len(r.sequence) for r in read_fasta(small_fasta, "ABCDEFGHIJKLMNOPQRSTUVWXYZ").records)
+    assert report["attempts"][0]["timing"]["tokens"] == residues + 5
+    assert any("read as X" in n and "gamma" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("kind", ["wo", "wo-full-gated"])
+def test_planted_wo_overflow_fails_fp16_and_the_ladder_keeps_wo_in_fp32(t5_models, small_fasta, tmp_path, kind):
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "hf", "--model", t5_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    fp16, keep32 = ladder(report)[1:]
+    assert not fp16["passed"] and fp16["metrics"]["min_cosine"] < 0.99
+    # T5 clamps the Inf in FP16: the failure is drift, not NaN, and the report says why.
+    assert fp16["metrics"]["nan_count"] == 0
+    assert any("clamp" in n for n in fp16["notes"])
+    assert keep32["passed"] and keep32["metrics"]["min_cosine"] > 0.9999
+    assert report["passing_policy"] == "fp16+keep32"
+    assert "encoder.block.1.layer.1.DenseReluDense.wo (_keep_in_fp32_modules, FP32 output)" in keep32["fp32_modules"]
+    assert "fp16+keep32" in report["summary"]
+
+
+def test_wo_overflow_search_names_the_blocks_mlp(t5_models, small_fasta, tmp_path):
+    """--search finds the same rescue on its own, as an FP32 MLP island of the planted block."""
+    out = tmp_path / "out"
+    result, text = run_cli(
+        "validate", "hf", "--model", t5_models["wo"], "-s", small_fasta, "-o", out, "--device", "cpu",
+        "--policy", "fp16", "--search",
+    )
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    searched = [a for a in report["attempts"] if a["policy"]["name"] == "fp16+islands32"]
+    assert len(searched) == 1 and searched[0]["passed"]
+    assert searched[0]["policy"]["fp32_parts"] == {"mlp": [2]} and searched[0]["policy"]["fp32_blocks"] == []
+    assert searched[0]["fp32_modules"] == ["encoder.block.1.layer.1.DenseReluDense (MLP: wi .. wo, FP32 output)"]
+
+
+def test_full_ladder_on_t5_runs_every_rung(t5_models, small_fasta, tmp_path):
+    """Every rung builds and runs on a T5: layer norms are T5's RMS norms, the positional rung
+    keeps the relative position bias and the softmax in FP32, the residual rung makes the stream
+    FP32 (which cannot undo an FP16 wo output beyond 65504: NaN instead of T5's clamp)."""
+    out = tmp_path / "out"
+    result, text = run_cli(
+        "validate", "hf", "--model", t5_models["wo"], "-s", small_fasta, "-o", out, "--device", "cpu", "--full-ladder"
+    )
+    assert result.exit_code == 0, text
+    attempts = {a["policy"]["name"]: a for a in ladder(read_report(out))}
+    assert list(attempts) == ["fp32", "fp16", "fp16+keep32", "fp16+ln32", "fp16+pos32", "fp16+res32"]
+    assert "encoder.final_layer_norm" in attempts["fp16+ln32"]["fp32_modules"]
+    pos32 = attempts["fp16+pos32"]["fp32_modules"]
+    assert any(m.startswith("encoder.block.0.layer.0.SelfAttention.relative_attention_bias") for m in pos32)
+    assert "attention scores, position bias and softmax (every layer)" in pos32
+    assert any("residual stream" in m for m in attempts["fp16+res32"]["fp32_modules"])
+    assert attempts["fp16+res32"]["metrics"]["nan_count"] > 0
+    assert [attempts[n]["passed"] for n in attempts if n != "fp32"] == [False, True, False, False, False]
+
+
+def test_rare_residues_and_lower_case_follow_the_tokenizer(t5_models, tmp_path):
+    """U, Z, O, B go to X because this vocabulary has X and lacks them; lower case is read as
+    upper case; the ids are the tokenizer's own for the spaced residues."""
+    from fp16guard.config import ModelSource
+    from fp16guard.targets import get_target
+
+    target = get_target("hf")
+    loaded = target.load(ModelSource(model=str(t5_models["encoder"])))
+    assert loaded.extra["separator"] == " "
+    assert loaded.max_length is None  # relative positions: no table to run past
+    tokenizer = loaded.extra["tokenizer"]
+    tokens, mask, used = target.tokenize(loaded, ["MKUZOB", "MKXXXX"])
+    assert tokens[0].tolist() == tokens[1].tolist() == tokenizer("M K X X X X")["input_ids"]
+    assert tokens[0, -1] == tokenizer.eos_token_id and tokenizer.unk_token_id not in tokens.tolist()[0]
+    path = tmp_path / "lower.fasta"
+    path.write_text(">upper\nMKVLAAGU\n>lower\nmkvlaagu\n")
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", path, "-o", out, "--device", "cpu", "--no-fallback")
+    assert result.exit_code == 0, text
+    metrics = read_report(out)["attempts"][1]["metrics"]
+    assert metrics["min_cosine"] > 0.999
+
+
+def test_character_tokenizer_reads_residues_unspaced(t5_models):
+    from fp16guard.config import ModelSource
+    from fp16guard.targets import get_target
+
+    loaded = get_target("hf").load(ModelSource(model=str(t5_models["wo-full-gated"])))
+    assert loaded.extra["separator"] == ""
+    assert loaded.extra["read_as"]["U"] == "X"
+
+
+def test_checkpoint_that_does_not_fit_names_missing_encoder_keys(t5_models, small_fasta, tmp_path):
+    """An encoder checkpoint with blocks missing: the error names missing encoder parameters,
+    not decoder ones, and exits 3."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(t5_models["encoder"], broken)
+    state = load_file(broken / "model.safetensors")
+    save_file({k: v for k, v in state.items() if ".block.2." not in k}, broken / "model.safetensors", metadata={"format": "pt"})
+    result, text = run_cli("validate", "hf", "--model", broken, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "do not fit T5EncoderModel" in flat and "encoder parameter(s) that T5EncoderModel needs are missing" in flat
+    assert "encoder.block.2." in flat and "decoder" not in flat
+    assert "lack encoder parameters" not in flat
+
+
+def test_encoder_decoder_other_than_t5_names_the_decoder_keys(t5_models, small_fasta, tmp_path):
+    """A model type fp16guard has no encoder class for goes through AutoModel: an encoder-only
+    checkpoint of an encoder-decoder is reported as missing decoder parameters."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(t5_models["encoder"], other)
+    config = json.loads((other / "config.json").read_text())
+    config["model_type"] = "mt5"
+    config["architectures"] = ["MT5EncoderModel"]
+    (other / "config.json").write_text(json.dumps(config))
+    result, text = run_cli("validate", "hf", "--model", other, "-s", small_fasta, "-o", tmp_path / "out")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "decoder parameter(s) that MT5Model needs are missing" in flat
+    assert "holds its encoder only" in flat
+
+
+def test_list_recognises_prot_t5_and_ankh_in_the_hf_cache(tmp_path):
+    env = {"TORCH_HOME": str(tmp_path / "th"), "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "250"}
+    for repo in ("models--Rostlab--prot_t5_xl_uniref50", "models--ElnaggarLab--ankh-base"):
+        snapshot = tmp_path / "hf" / "hub" / repo / "snapshots" / "abc"
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text("{}")
+        (snapshot / "model.safetensors").write_bytes(b"x")
+    result, text = run_cli("list", env=env)
+    assert result.exit_code == 0, text
+    rows = {line.split("│")[2].strip(): line for line in text.splitlines() if line.count("│") > 4}
+    assert "ProtT5" in rows["Rostlab/prot_t5_xl_uniref50"] and "T5 encoder" in rows["Rostlab/prot_t5_xl_uniref50"]
+    assert "Ankh" in rows["ElnaggarLab/ankh-base"]
