@@ -18,6 +18,7 @@ knows about models.
 from __future__ import annotations
 
 import math
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -306,6 +307,7 @@ def measure(reference: torch.Tensor, candidate: torch.Tensor, ids: Sequence[str]
     ``neighbours`` (k, mean, min overlap, sample size), ``ranking`` (Spearman of pairwise cosines,
     pairs), and where given ``probe``, ``centroid`` and ``fp64``. Every figure is NaN when the
     candidate has a non-finite row (so that none can read as agreement)."""
+    started = time.perf_counter()
     inputs = inputs or AgreementInputs()
     n = len(ids)
     finite = bool(torch.isfinite(candidate).all())
@@ -342,6 +344,7 @@ def measure(reference: torch.Tensor, candidate: torch.Tensor, ids: Sequence[str]
             "min_cosine": _min_cosine(candidate[list(floor.rows)], floor.exact) if finite else math.nan,
             "fp32_min_cosine": floor.fp32_min_cosine,
         }
+    out["seconds"] = time.perf_counter() - started  # the metrics' own cost (the FP64 pass excluded)
     return out
 
 
