@@ -155,9 +155,10 @@ def knn_cell(metrics: dict | None) -> str:
 
 
 def rank_cell(metrics: dict | None) -> str:
-    """The summary cell of ranking agreement: Spearman of pairwise cosines; "-" for none."""
+    """The summary cell of ranking agreement: Spearman of pairwise cosines, shown by the cosine
+    rule (never rounded up: "1-3.0e-07"); "-" for none."""
     ranking = ((metrics or {}).get("agreement") or {}).get("ranking")
-    return _down(ranking["spearman"], 4) if ranking else "-"
+    return format_cosine(ranking["spearman"]) if ranking else "-"
 
 
 def agreement_lines(agreement: dict | None) -> list[str]:
@@ -178,7 +179,7 @@ def agreement_lines(agreement: dict | None) -> list[str]:
         )
     if ranking:
         lines.append(f"Ranking: Spearman correlation of all {ranking['pairs']:,} pairwise cosines, FP32 vs this, "
-                     f"{_down(ranking['spearman'], 6)}")
+                     f"{format_cosine(ranking['spearman'])}")
     probe = agreement.get("probe")
     if probe:
         flipped = (f"; flipped: {', '.join(probe['flipped_ids'])}" + (" ..." if probe["flipped"] > len(probe["flipped_ids"]) else "")
@@ -477,15 +478,15 @@ class JUnitFormat:
                 name=attempt.name,
                 time=f"{attempt.timing.get('seconds') or 0:.3f}",
             )
-            if not attempt.passed:
-                failure = ET.SubElement(case, "failure", message=attempt.reason, type="AccuracyFailure")
-                failure.text = attempt.reason
             m = attempt.metrics or {}
             properties = junit_properties(m)
-            if properties:
+            if properties:  # first, as in a testsuite (GitLab and Jenkins read them per test case)
                 element = ET.SubElement(case, "properties")
                 for name, value in properties.items():
                     ET.SubElement(element, "property", name=name, value=value)
+            if not attempt.passed:
+                failure = ET.SubElement(case, "failure", message=attempt.reason, type="AccuracyFailure")
+                failure.text = attempt.reason
             out = ET.SubElement(case, "system-out")
             out.text = "; ".join([
                 f"{attempt.description}; min cosine {format_cosine(m.get('min_cosine'))}; "
