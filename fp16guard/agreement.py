@@ -39,6 +39,25 @@ MAX_PAIRWISE_SEQUENCES = 2000
 #: 0.99. Only --min-knn-overlap and --min-rank-correlation gate; these are advisory.
 ADVISORY_KNN_OVERLAP = 0.9
 ADVISORY_RANK_CORRELATION = 0.99
+#: What neighbour metrics can mean on each bundled set (data/README.md, "Neighbour structure"),
+#: for the report's notes: a neighbour is only informative where related sequences exist.
+BUNDLED_NEIGHBOURS = {
+    "antibody_reference.fasta": (
+        "the bundled antibody set has families: 62 CDR variants of 19 of its 22 real chains (1 to 7 per chain) and "
+        "chains of the same type, so neighbour agreement asks whether FP16 keeps variants of one antibody together"
+    ),
+    "protein_reference.fasta": (
+        "the bundled protein set has no families (102 independent synthetic sequences, 16 edge cases, 9 unrelated "
+        "real proteins): its neighbours reflect length and composition, so neighbour agreement here is a weak check; "
+        "validate on your own sequences (--sequences, with --labels) for search or clustering questions"
+    ),
+    "dna_reference.fasta": (
+        "the bundled DNA set has few related records (21 real records cut from 9 GenBank records, some nested, e.g. genes "
+        "inside their plasmid or cluster) and 101 independent synthetic or edge records: its neighbours mostly "
+        "reflect GC content and length, so neighbour agreement here is a weak check of binning; validate on your own "
+        "genomes (--sequences, with --labels) for that"
+    ),
+}
 #: Sequences shown by name where a probe's decision flipped.
 FLIPS_SHOWN = 5
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .agreement import AgreementInputs, load_probe, read_labels
+from .agreement import BUNDLED_NEIGHBOURS, AgreementInputs, load_probe, read_labels
 from .budget import auto_max_tokens
 from .compare import Comparison, check_reference, compare
 from .composition import check_composition
@@ -416,6 +416,9 @@ def validate(
         labels=labels,
         fp64=_fp64_floor(target, loaded, inputs, reference, config, device, progress, notes) if config.fp64_floor else None,
     )
+    bundled = BUNDLED_NEIGHBOURS.get(inputs.source.removeprefix("bundled:")) if inputs.source.startswith("bundled:") else None
+    if bundled:
+        notes.append(f"Neighbour metrics: {bundled} (data/README.md)")
     if labels is not None and None in labels:
         notes.append(f"--labels: {sum(label is None for label in labels)} of {len(ids)} sequences have no label; "
                      "nearest-centroid accuracy covers the labelled ones")
