@@ -157,3 +157,17 @@ def test_gates_from_the_config_file(checkpoints, collapse, families, tmp_path, m
     report = read_report(tmp_path / "out")
     assert report["settings"]["min-knn-overlap"]["value"] == 0.9
     assert report["settings"]["min-knn-overlap"]["source"].startswith("config:")
+
+
+def test_the_report_says_what_neighbours_mean_on_a_bundled_set(checkpoints, tmp_path):
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "--out", out, "--device", "cpu",
+                           "--policy", "fp16", "--max-length", "200")
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    note = next(n for n in report["notes"] if n.startswith("Neighbour metrics:"))
+    assert "protein set has no families" in note
+    data = agreement(report)
+    assert data["neighbours"]["sequences"] == 127 and data["ranking"]["pairs"] == 127 * 126 // 2
+    html = (out / "report.html").read_text()
+    assert "Neighbours: mean overlap of the 10 nearest" in html and "kNN overlap" in html
