@@ -58,7 +58,8 @@ def fp64_floor(target: Target, loaded: LoadedModel, texts: Sequence[str], length
     start = time.perf_counter()
     sample_texts = [texts[i] for i in rows]
     sample_lengths = [lengths[i] for i in rows]
-    plan = make_batches(sample_lengths, max_tokens, target.special_tokens_per_row)
+    # FP64 activations take twice FP32's bytes: half the token budget keeps the memory the same.
+    plan = make_batches(sample_lengths, max(1, max_tokens // 2), target.special_tokens_per_row)
     batches = [token_batch(target, loaded, sample_texts, sample_lengths, b.indices) for b in plan]
     try:
         exact, where = _embed64(target, loaded, batches, len(rows), device, layer), str(device)
