@@ -87,6 +87,8 @@ class HtmlFormat:
 
 
 def _verdict_block(report: Report, status: str) -> str:
+    from .report import _gates
+
     model, data = report.model, report.dataset
     lines = [
         f'<section id=verdict class="banner {status.lower()}">',
@@ -99,7 +101,7 @@ def _verdict_block(report: Report, status: str) -> str:
         f"<p>Model <code>{escape(model['name'])}</code> ({escape(model['target'])}, {model['parameters']:,} parameters, "
         f"layer {model['layer']} of {model['num_layers']}) on {escape(str(report.environment.get('device_name')))}; "
         f"{data['sequences']} sequences from <code>{escape(data['name'])}</code>; every sequence must reach cosine "
-        f"&ge; {escape(str(report.thresholds['min_cosine']))} to FP32, with no NaN/Inf.</p>",
+        f"&ge; {escape(str(report.thresholds['min_cosine']))} to FP32, with no NaN/Inf{escape(_gates(report.thresholds))}.</p>",
         "</section>",
     ]
     return "\n".join(lines)
