@@ -51,8 +51,11 @@ def error_annotation(report: Report) -> str | None:
     if tried:
         last = tried[-1]
         sequence, cosine = last.metrics["worst"][0]
-        message += (f" Worst sequence under policy {last.name}: {sequence} (cosine {format_cosine(cosine)}, "
-                    f"threshold {report.thresholds['min_cosine']}).")
+        if last.metrics.get("below_threshold") or last.metrics.get("nonfinite_sequences") or last.metrics.get("min_cosine") is None:
+            message += (f" Worst sequence under policy {last.name}: {sequence} (cosine {format_cosine(cosine)}, "
+                        f"threshold {report.thresholds['min_cosine']}).")
+        else:  # every cosine passed: an agreement gate (--min-knn-overlap, ...) failed, and its reason names it
+            message += f" Policy {last.name}: {last.reason}."
     return f"::error title=fp16guard::{_escape_data(message)}"
 
 

@@ -120,6 +120,26 @@ LayerOption = Annotated[Optional[int], typer.Option(help="Layer whose hidden sta
 MinCosineOption = Annotated[
     float, typer.Option("--min-cosine", help="Every sequence's pooled cosine to FP32 must reach this.")
 ]
+MinKnnOverlapOption = Annotated[
+    Optional[float],
+    typer.Option("--min-knn-overlap", min=0.0, max=1.0, help="Also gate on neighbour agreement: the mean share of each sequence's k nearest FP32 neighbours (cosine) that stay among its k nearest (k = 10, fewer on small sets)."),
+]
+MinRankCorrelationOption = Annotated[
+    Optional[float],
+    typer.Option("--min-rank-correlation", min=-1.0, max=1.0, help="Also gate on ranking agreement: Spearman correlation of all pairwise cosine similarities, FP32 vs the attempt."),
+]
+ProbeOption = Annotated[
+    Optional[Path],
+    typer.Option("--probe", help="A linear head trained on these embeddings (.npz or .safetensors with W [classes, dim] and b): report how many sequences change predicted class."),
+]
+LabelsOption = Annotated[
+    Optional[Path],
+    typer.Option("--labels", help="A two-column TSV (sequence id, label): report nearest-centroid accuracy under FP32 and each attempt."),
+]
+Fp64FloorOption = Annotated[
+    bool,
+    typer.Option("--fp64-floor", help="Embed a sample of 32 sequences in FP64 (GPU if it fits, else CPU) and give each attempt's error as a multiple of FP32's own."),
+]
 PolicyOption = Annotated[
     Optional[str],
     typer.Option("--policy", "-p", help="Test only this policy (fp16, fp16+keep32, fp16+ln32, fp16+pos32, fp16+res32, fp16+sdpa, fp16+packed, fp32, or a .json)."),
@@ -213,6 +233,11 @@ def validate_esm2(
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
+    min_knn_overlap: MinKnnOverlapOption = None,
+    min_rank_correlation: MinRankCorrelationOption = None,
+    probe: ProbeOption = None,
+    labels: LabelsOption = None,
+    fp64_floor: Fp64FloorOption = False,
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
@@ -250,6 +275,11 @@ def validate_hf(
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
+    min_knn_overlap: MinKnnOverlapOption = None,
+    min_rank_correlation: MinRankCorrelationOption = None,
+    probe: ProbeOption = None,
+    labels: LabelsOption = None,
+    fp64_floor: Fp64FloorOption = False,
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
@@ -288,6 +318,11 @@ def validate_dnabert(
     ] = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
+    min_knn_overlap: MinKnnOverlapOption = None,
+    min_rank_correlation: MinRankCorrelationOption = None,
+    probe: ProbeOption = None,
+    labels: LabelsOption = None,
+    fp64_floor: Fp64FloorOption = False,
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
@@ -323,6 +358,11 @@ def validate_antiberty(
     max_length: MaxLengthOption = None,
     layer: LayerOption = None,
     min_cosine: MinCosineOption = 0.99,
+    min_knn_overlap: MinKnnOverlapOption = None,
+    min_rank_correlation: MinRankCorrelationOption = None,
+    probe: ProbeOption = None,
+    labels: LabelsOption = None,
+    fp64_floor: Fp64FloorOption = False,
     policy: PolicyOption = None,
     no_fallback: NoFallbackOption = False,
     full_ladder: FullLadderOption = False,
@@ -466,7 +506,8 @@ def _shared_option_names() -> frozenset[str]:
 
 
 def run_validation(
-    target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences, device,
+    target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, min_knn_overlap,
+    min_rank_correlation, probe, labels, fp64_floor, out, sequences, device,
     max_tokens, save_reference, reference, reference_device, gpus, quiet, as_json, debug, recorded=None, **settings,
 ) -> None:
     """Check the output paths, build the config, run the workflow with live progress, write the
@@ -480,7 +521,9 @@ def run_validation(
     try:
         _run_validation(
             console, target, source, policy=policy, no_fallback=no_fallback, full_ladder=full_ladder, also_try=also_try,
-            save_policy=save_policy, min_cosine=min_cosine, out=out, sequences=sequences, device=device,
+            save_policy=save_policy, min_cosine=min_cosine, min_knn_overlap=min_knn_overlap,
+            min_rank_correlation=min_rank_correlation, probe=probe, labels=labels, fp64_floor=fp64_floor, out=out,
+            sequences=sequences, device=device,
             max_tokens=max_tokens, save_reference=save_reference, reference=reference,
             reference_device=reference_device, gpus=gpus, quiet=quiet, as_json=as_json, recorded=recorded, **settings,
         )
@@ -535,7 +578,8 @@ def _clear_quietly(out: Path) -> None:
 
 
 def _run_validation(
-    console, target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, out, sequences,
+    console, target: str, source, *, policy, no_fallback, full_ladder, also_try, save_policy, min_cosine, min_knn_overlap,
+    min_rank_correlation, probe, labels, fp64_floor, out, sequences,
     device, max_tokens, save_reference, reference, reference_device, gpus, quiet, as_json, recorded, **settings,
 ) -> None:
     """run_validation's work; exits through typer.Exit with the run's code."""
@@ -578,13 +622,16 @@ def _run_validation(
     try:
         # Joined first: after this, every failure is one the ranks can agree on.
         world = distributed.init(device.value)
-        from fp16guard.config import Thresholds, ValidationConfig
+        from fp16guard.config import FP64_FLOOR_SEQUENCES, Thresholds, ValidationConfig
         from fp16guard.progress import Progress
         from fp16guard.report import write_policy, write_report
         from fp16guard.workflow import validate
 
         config = ValidationConfig(
-            thresholds=Thresholds(min_cosine=min_cosine),
+            thresholds=Thresholds(min_cosine=min_cosine, min_knn_overlap=min_knn_overlap, min_rank_correlation=min_rank_correlation),
+            probe=str(probe) if probe else None,
+            labels=str(labels) if labels else None,
+            fp64_floor=FP64_FLOOR_SEQUENCES if fp64_floor else 0,
             device=device.value,
             reference_device=reference_device.value if reference_device else None,
             policies=(policy,) if policy else ("fp16",) if no_fallback else None,

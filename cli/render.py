@@ -118,10 +118,11 @@ class LiveProgress(LibraryProgress):
 
 
 # The terminal shows the essentials; report.md has every column.
-TERMINAL_COLUMNS = ("policy", "min cos", "mean cos", "worst sequence", "NaN/Inf", "tokens/s", "speed-up", "peak memory", "verdict")
+TERMINAL_COLUMNS = ("policy", "min cos", "mean cos", "worst sequence", "NaN/Inf", "kNN overlap", "rank corr", "tokens/s", "speed-up",
+                    "peak memory", "verdict")
 #: Left out in this order, one at a time, while the table is wider than the console: a number is
 #: never folded or cut, so a column that does not fit goes as a whole.
-DROP_ORDER = ("peak memory", "tokens/s", "mean cos", "worst sequence", "speed-up", "NaN/Inf")
+DROP_ORDER = ("peak memory", "tokens/s", "rank corr", "mean cos", "worst sequence", "speed-up", "NaN/Inf", "kNN overlap")
 #: The one column of free text: a long sequence id folds within this width when the whole id
 #: does not fit. Every other column holds a number or a short word and never wraps.
 TEXT_COLUMN, TEXT_WIDTH = "worst sequence", 20

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .agreement import AgreementInputs, decisions, measure
 from .config import Thresholds
 from .errors import NonFiniteReferenceError
 from .formatting import format_cosine
@@ -42,6 +43,9 @@ class Comparison:
     max_abs_error: float
     relative_l2_error: float
     tokens: TokenStats | None = None
+    # Neighbour, ranking, probe and FP64-floor agreement (fp16guard.agreement.measure), with
+    # ``decisions``: what each metric decided (gated) or would have decided (advisory).
+    agreement: dict | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -53,6 +57,7 @@ class Comparison:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         data["cosines"] = [{"id": i, "cosine": c} for i, c in zip(self.ids, self.cosines, strict=True)]
         data["tokens"] = self.tokens.to_dict() if self.tokens is not None and self.tokens.tokens else None
+        data["agreement"] = self.agreement
         return data
 
     @property
@@ -79,11 +84,16 @@ def compare(
     thresholds: Thresholds,
     tokens: TokenStats | None = None,
     token_nonfinite: tuple[int, int] | None = None,
+    agreement: AgreementInputs | None = None,
 ) -> Comparison:
     """Compare pooled embeddings [N, D] row by row against the FP32 ``reference``.
 
     ``tokens`` adds token-level statistics; ``token_nonfinite`` gives the NaN/Inf element counts
-    of the candidate's hidden states (otherwise those of the pooled embeddings are reported). Raises NonFiniteReferenceError if the reference has NaN/Inf.
+    of the candidate's hidden states (otherwise those of the pooled embeddings are reported).
+    The agreement metrics (neighbours, ranking; the probe, labels and FP64 floor in
+    ``agreement``) are always measured; they gate only where ``thresholds`` sets
+    ``min_knn_overlap`` or ``min_rank_correlation``, after cosine and NaN/Inf.
+    Raises NonFiniteReferenceError if the reference has NaN/Inf.
     """
     if reference.shape != candidate.shape or reference.shape[0] != len(ids):
         raise ValueError(f"shape mismatch: {tuple(reference.shape)}, {tuple(candidate.shape)}, {len(ids)} ids")
@@ -115,6 +125,12 @@ def compare(
         reason = f"{below} of {len(ids)} sequences below cosine {threshold} (worst {worst[0][0]}: {format_cosine(worst[0][1])})"
     else:
         passed, reason = True, f"all {len(ids)} sequences at cosine >= {threshold} (min {format_cosine(min_cos)})"
+    agreed = measure(reference, candidate, ids, agreement)
+    agreed["decisions"] = decisions(agreed, thresholds.min_knn_overlap, thresholds.min_rank_correlation)
+    if passed:
+        failed = _failed_gate(agreed, thresholds)
+        if failed:
+            passed, reason = False, f"{failed}; cosine passed ({reason})"
     return Comparison(
         passed=passed,
         reason=reason,
@@ -133,4 +149,28 @@ def compare(
         max_abs_error=max_abs,
         relative_l2_error=rel_l2,
         tokens=tokens,
+        agreement=agreed,
     )
+
+
+def _failed_gate(agreed: dict, thresholds: Thresholds) -> str:
+    """The first agreement gate the candidate misses, as a reason naming the metric ("" if none)."""
+    gates = (("neighbours", thresholds.min_knn_overlap, "--min-knn-overlap"),
+             ("ranking", thresholds.min_rank_correlation, "--min-rank-correlation"))
+    for key, gate, option in gates:
+        if gate is None:
+            continue
+        if key not in agreed:
+            return f"{option} {gate}: not measurable on fewer than 3 sequences"
+        decision = next(d for d in agreed["decisions"] if d["option"] == option)
+        if not decision["passed"]:
+            return f"{decision['metric']} {_figure(decision['value'])} below {option} {gate}" + (
+                f" (worst {agreed['neighbours']['worst']}: min overlap {_figure(agreed['neighbours']['min_overlap'])})"
+                if key == "neighbours" and agreed["neighbours"]["worst"] else ""
+            )
+    return ""
+
+
+def _figure(value: float | None) -> str:
+    """Four decimals rounded down, so a figure below its gate never prints at the gate."""
+    return "NaN" if value is None or not math.isfinite(value) else f"{math.floor(value * 1e4) / 1e4:.4f}"

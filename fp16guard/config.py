@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+#: Sequences in the FP64 pass of ``--fp64-floor``: enough for a stable error figure, few enough
+#: that FP64 on a CPU (several times slower than FP32) stays a small share of a run.
+FP64_FLOOR_SEQUENCES = 32
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where the weights come from and how to read them, as the user asked. Kept free of torch
@@ -22,16 +27,25 @@ class ModelSource:
 class Thresholds:
     """What an attempt must meet to pass.
 
-    ``min_cosine`` applies to every sequence's pooled embedding; any NaN or Inf fails.
+    ``min_cosine`` applies to every sequence's pooled embedding; any NaN or Inf fails. The
+    optional agreement gates (None: reported, not gated): ``min_knn_overlap``, the mean share of
+    each sequence's k nearest FP32 neighbours kept under the attempt; ``min_rank_correlation``,
+    the Spearman correlation of all pairwise cosine similarities, FP32 vs the attempt.
     """
 
     min_cosine: float = 0.99
+    min_knn_overlap: float | None = None
+    min_rank_correlation: float | None = None
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.min_cosine <= 1.0:
-            from .errors import InputError
+        from .errors import InputError
 
+        if not -1.0 <= self.min_cosine <= 1.0:
             raise InputError(f"--min-cosine must lie in [-1, 1], got {self.min_cosine}")
+        if self.min_knn_overlap is not None and not 0.0 <= self.min_knn_overlap <= 1.0:
+            raise InputError(f"--min-knn-overlap must lie in [0, 1], got {self.min_knn_overlap}")
+        if self.min_rank_correlation is not None and not -1.0 <= self.min_rank_correlation <= 1.0:
+            raise InputError(f"--min-rank-correlation must lie in [-1, 1], got {self.min_rank_correlation}")
 
 
 @dataclass(frozen=True)
@@ -57,3 +71,6 @@ class ValidationConfig:
     token_reference_budget_bytes: int = 4 * 1024**3
     save_reference: str | None = None  # write the FP32 reference (.npz) here after computing it
     reference: str | None = None  # load the FP32 reference from this .npz instead of computing it
+    probe: str | None = None  # a linear head (.npz or .safetensors: W [classes, dim], b) to check decisions with
+    labels: str | None = None  # a TSV of sequence id and label: nearest-centroid accuracy per attempt
+    fp64_floor: int = 0  # sequences in the FP64 pass that measures FP32's own error (0: none)

@@ -16,7 +16,13 @@ from .report_html import HtmlFormat
 #: 2: metrics gain ``nonfinite_sequences``; their min/mean/p1 cosine and errors are null when
 #: anything is non-finite; ``cosines`` is a list of {"id", "cosine"}; attempts gain
 #: ``composition`` (the batch-composition check) and their timing first-pass and steady figures.
-SCHEMA_VERSION = 2
+#: 3: metrics gain ``agreement`` (neighbours, ranking, probe, centroid, fp64, decisions: see
+#: fp16guard.agreement) and ``tokens.p1_cosine``; thresholds gain ``min_knn_overlap`` and
+#: ``min_rank_correlation`` (null: not gated).
+SCHEMA_VERSION = 3
+#: Versions ``read_report`` accepts: a schema-2 report reads as one without agreement metrics,
+#: so that ``fp16guard diff`` compares a run from before them with one after.
+READABLE_VERSIONS = (2, 3)
 
 
 def finite_or_none(value):
@@ -95,8 +101,8 @@ class Report:
     @classmethod
     def from_dict(cls, data: dict) -> Report:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"report schema version {version} is not {SCHEMA_VERSION}")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise ValueError(f"report schema version {version} is not {SCHEMA_VERSION} (or {', '.join(map(str, READABLE_VERSIONS[:-1]))})")
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["attempts"] = [Attempt(**a) for a in data["attempts"]]
         return cls(**values)
@@ -119,6 +125,8 @@ class Report:
                     "vs previous": delta,
                     "worst sequence": worst[0][0] if worst else "-",
                     "NaN/Inf": f"{m.get('nan_count', 0)}/{m.get('inf_count', 0)}" if m else "-",
+                    "kNN overlap": knn_cell(m),
+                    "rank corr": rank_cell(m),
                     "FP32 modules": "all" if attempt.role == "reference" else str(attempt.fp32_module_count),
                     "tokens/s": fmt_rate(attempt.timing.get("tokens_per_second")),
                     "speed-up": fmt_ratio(attempt.speedup_vs_fp32),
@@ -130,6 +138,86 @@ class Report:
             if m:
                 previous = m
         return rows
+
+
+def _down(value: float | None, places: int) -> str:
+    """``value`` with ``places`` decimals, rounded down (so 0.8999 never shows as 0.900)."""
+    if value is None or not math.isfinite(value):
+        return "NaN"
+    scale = 10**places
+    return f"{math.floor(value * scale + 1e-9) / scale:.{places}f}"
+
+
+def knn_cell(metrics: dict | None) -> str:
+    """The summary cell of neighbour agreement: mean overlap@k ("0.987@10"); "-" for none."""
+    neighbours = ((metrics or {}).get("agreement") or {}).get("neighbours")
+    return f"{_down(neighbours['mean_overlap'], 3)}@{neighbours['k']}" if neighbours else "-"
+
+
+def rank_cell(metrics: dict | None) -> str:
+    """The summary cell of ranking agreement: Spearman of pairwise cosines, shown by the cosine
+    rule (never rounded up: "1-3.0e-07"); "-" for none."""
+    ranking = ((metrics or {}).get("agreement") or {}).get("ranking")
+    return format_cosine(ranking["spearman"]) if ranking else "-"
+
+
+def agreement_lines(agreement: dict | None) -> list[str]:
+    """Plain-text sentences (no markup) on an attempt's agreement metrics, for report.md,
+    report.html and JUnit: neighbours and ranking, probe, centroid, FP64 floor, decisions."""
+    if not agreement:
+        return []
+    lines = []
+    neighbours, ranking = agreement.get("neighbours"), agreement.get("ranking")
+    if neighbours:
+        sample = (f" (on an evenly spaced sample of {neighbours['sequences']} of {neighbours['of']} sequences)"
+                  if neighbours["sequences"] < neighbours["of"] else "")
+        changed = (f"; {neighbours['changed']} of {neighbours['sequences']} sequences lost a neighbour, worst "
+                   f"{neighbours['worst']} at {_down(neighbours['min_overlap'], 3)}" if neighbours.get("changed") else "")
+        lines.append(
+            f"Neighbours: mean overlap of the {neighbours['k']} nearest (cosine) {_down(neighbours['mean_overlap'], 4)}, "
+            f"min {_down(neighbours['min_overlap'], 4)}{changed}{sample}"
+        )
+    if ranking:
+        lines.append(f"Ranking: Spearman correlation of all {ranking['pairs']:,} pairwise cosines, FP32 vs this, "
+                     f"{format_cosine(ranking['spearman'])}")
+    probe = agreement.get("probe")
+    if probe:
+        flipped = (f"; flipped: {', '.join(probe['flipped_ids'])}" + (" ..." if probe["flipped"] > len(probe["flipped_ids"]) else "")
+                   if probe.get("flipped") else "")
+        lines.append(
+            f"Probe {probe['path']} ({probe['classes']} classes): same decision for {_percent(probe['same_decision'])} of the "
+            f"sequences ({probe['flipped'] if probe['flipped'] is not None else 'NaN'} flipped); largest logit change "
+            f"{_num(probe['max_logit_change'])} (FP32 logits spread {_num(probe['logit_scale'])}){flipped}"
+        )
+    centroid = agreement.get("centroid")
+    if centroid:
+        lines.append(
+            f"Nearest-centroid accuracy ({centroid['labelled']} labelled sequences, {centroid['classes']} classes, leave one "
+            f"out): FP32 {_percent(centroid['fp32_accuracy'])}, this {_percent(centroid['accuracy'])}; "
+            f"{centroid['changed_predictions'] if centroid['changed_predictions'] is not None else 'NaN'} predictions changed"
+        )
+    floor = agreement.get("fp64")
+    if floor:
+        ratio = floor["ratio"]
+        lines.append(
+            f"FP64 floor ({floor['sequences']} sequences): relative error against FP64 {_num(floor['relative_error'])}, "
+            f"FP32's own {_num(floor['fp32_relative_error'])}: "
+            + ("NaN" if ratio is None or not math.isfinite(ratio) else f"{ratio:,.0f}x FP32's error" if ratio >= 10 else f"{ratio:.2f}x FP32's error")
+        )
+    decided = agreement.get("decisions") or []
+    if decided:
+        lines.append("Decisions: " + "; ".join(
+            f"{d['metric']} >= {d['threshold']}: " + ("pass" if d["passed"] else "fail")
+            + (" (gate)" if d["gated"] else f" (would have; not gated, {d['option']} gates it)")
+            for d in decided
+        ))
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "NaN"
+    return f"{math.floor(value * 1000) / 10:.1f}%"
 
 
 def _verdict(attempt: Attempt, recommended: str | None = None) -> str:
@@ -192,7 +280,7 @@ class MarkdownFormat:
             + (f"{len(data['truncated'])} truncated to {data['max_length']} tokens" if data["max_length"] else "no length limit"),
             f"- **Device**: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
             f"CUDA {env.get('cuda') or 'none'}" + (f", cuDNN {env['cudnn']}" if env.get("cudnn") else ""),
-            f"- **Threshold**: every sequence at cosine >= {report.thresholds['min_cosine']}, no NaN/Inf",
+            f"- **Threshold**: every sequence at cosine >= {report.thresholds['min_cosine']}, no NaN/Inf" + _gates(report.thresholds),
         ]
         if report.recommended_policy:
             lines.append(f"- **Recommended policy**: `{report.recommended_policy}` (what --save-policy writes)")
@@ -203,7 +291,9 @@ class MarkdownFormat:
         lines.append("|" + "|".join("---" for _ in headers) + "|")
         for row in rows:
             lines.append("| " + " | ".join(row[h] for h in headers) + " |")
-        lines += ["", "'vs previous' is the change in minimum cosine from the rung before.", ""]
+        lines += ["", "'vs previous' is the change in minimum cosine from the rung before. 'kNN overlap': the mean share "
+                  "of each sequence's k nearest FP32 neighbours (cosine) that stay among its k nearest (@k); 'rank corr': "
+                  "Spearman correlation of all pairwise cosine similarities, FP32 vs the attempt.", ""]
         lines.append("## Attempts")
         lines.append("")
         for attempt in report.attempts:
@@ -221,13 +311,15 @@ class MarkdownFormat:
                     f"{m.get('nonfinite_sequences', 0)} of {m.get('sequences', '?')}"
                 )
                 if tokens:
+                    p1 = tokens.get("p1_cosine")
                     lines.append(
                         f"- Per token ({tokens['sequences']} sequences): min cosine "
-                        f"{format_cosine(tokens['min_cosine'])}, max abs error {_num(tokens['max_abs_error'])}, "
+                        f"{format_cosine(tokens['min_cosine'])}, 1st percentile {format_cosine(p1)}, max abs error {_num(tokens['max_abs_error'])}, "
                         f"relative L2 {_num(tokens['relative_l2_error'])}, non-finite tokens {tokens['nonfinite_tokens']}"
                     )
                 worst = ", ".join(f"`{i}` {format_cosine(c)}" for i, c in m["worst"])
                 lines.append(f"- Worst sequences: {worst}")
+                lines += [f"- {line}" for line in agreement_lines(m.get("agreement"))]
             if attempt.role != "reference":
                 shown = ", ".join(f"`{n}`" for n in attempt.fp32_modules[:8])
                 more = f" and {attempt.fp32_module_count - 8} more" if attempt.fp32_module_count > 8 else ""
@@ -249,6 +341,14 @@ class MarkdownFormat:
             lines.append("")
         lines.append(f"_fp16guard {report.tool['version']}, report schema {report.schema_version}, {report.created}_")
         return "\n".join(lines) + "\n"
+
+
+def _gates(thresholds: dict) -> str:
+    """The agreement gates the run set, for the threshold line ("" for none)."""
+    gates = [f"mean kNN overlap >= {thresholds['min_knn_overlap']}" if thresholds.get("min_knn_overlap") is not None else "",
+             f"rank correlation >= {thresholds['min_rank_correlation']}" if thresholds.get("min_rank_correlation") is not None else ""]
+    gates = [g for g in gates if g]
+    return ("; gates: " + ", ".join(gates)) if gates else "; agreement metrics reported, not gated"
 
 
 def _speed_lines(attempt: Attempt) -> list[str]:
@@ -378,18 +478,52 @@ class JUnitFormat:
                 name=attempt.name,
                 time=f"{attempt.timing.get('seconds') or 0:.3f}",
             )
+            m = attempt.metrics or {}
+            properties = junit_properties(m)
+            if properties:  # first, as in a testsuite (GitLab and Jenkins read them per test case)
+                element = ET.SubElement(case, "properties")
+                for name, value in properties.items():
+                    ET.SubElement(element, "property", name=name, value=value)
             if not attempt.passed:
                 failure = ET.SubElement(case, "failure", message=attempt.reason, type="AccuracyFailure")
                 failure.text = attempt.reason
             out = ET.SubElement(case, "system-out")
-            m = attempt.metrics or {}
-            out.text = (
+            out.text = "; ".join([
                 f"{attempt.description}; min cosine {format_cosine(m.get('min_cosine'))}; "
                 f"non-finite sequences {m.get('nonfinite_sequences', 0)}; "
-                f"tokens/s {fmt_rate(attempt.timing.get('tokens_per_second'))}"
-            )
+                f"tokens/s {fmt_rate(attempt.timing.get('tokens_per_second'))}",
+                *agreement_lines(m.get("agreement")),
+            ])
         ET.indent(suite)
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def junit_properties(metrics: dict) -> dict[str, str]:
+    """The figures a CI system can chart, as JUnit test-case properties (name -> text)."""
+    if not metrics:
+        return {}
+    agreement = metrics.get("agreement") or {}
+    figures = {
+        "min_cosine": metrics.get("min_cosine"),
+        "p1_token_cosine": (metrics.get("tokens") or {}).get("p1_cosine"),
+        "knn_k": (agreement.get("neighbours") or {}).get("k"),
+        "knn_overlap_mean": (agreement.get("neighbours") or {}).get("mean_overlap"),
+        "knn_overlap_min": (agreement.get("neighbours") or {}).get("min_overlap"),
+        "rank_correlation": (agreement.get("ranking") or {}).get("spearman"),
+        "probe_same_decision": (agreement.get("probe") or {}).get("same_decision"),
+        "probe_max_logit_change": (agreement.get("probe") or {}).get("max_logit_change"),
+        "centroid_accuracy_fp32": (agreement.get("centroid") or {}).get("fp32_accuracy"),
+        "centroid_accuracy": (agreement.get("centroid") or {}).get("accuracy"),
+        "fp64_error_ratio": (agreement.get("fp64") or {}).get("ratio"),
+    }
+    present = {k: v for k, v in figures.items() if k in ("min_cosine",) or v is not None or _present(agreement, k)}
+    return {k: "NaN" if v is None or (isinstance(v, float) and not math.isfinite(v)) else repr(v) for k, v in present.items()}
+
+
+def _present(agreement: dict, key: str) -> bool:
+    """Whether the metric behind a JUnit property was measured (a NaN figure is still shown)."""
+    section = {"knn": "neighbours", "rank": "ranking", "probe": "probe", "centroid": "centroid", "fp64": "fp64"}
+    return any(key.startswith(prefix) and name in agreement for prefix, name in section.items())
 
 
 FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat(), HtmlFormat())

@@ -63,7 +63,9 @@ class HtmlFormat:
             "<h2>Attempts</h2>",
             '<div class=scroll>' + _table(report.summary_rows(), "attempts", text_columns=("policy", "worst sequence", "verdict"),
                                           verdict_column="verdict") + "</div>",
-            "<p class=muted>'vs previous' is the change in minimum cosine from the rung before.</p>",
+            "<p class=muted>'vs previous' is the change in minimum cosine from the rung before. 'kNN overlap': the mean "
+            "share of each sequence's k nearest FP32 neighbours that stay among its k nearest (@k); 'rank corr': Spearman "
+            "correlation of all pairwise cosine similarities, FP32 vs the attempt.</p>",
             *(_attempt(report, a, threshold) for a in report.attempts),
             "<h2>Environment</h2>",
             _environment(report),
@@ -85,6 +87,8 @@ class HtmlFormat:
 
 
 def _verdict_block(report: Report, status: str) -> str:
+    from .report import _gates
+
     model, data = report.model, report.dataset
     lines = [
         f'<section id=verdict class="banner {status.lower()}">',
@@ -97,7 +101,7 @@ def _verdict_block(report: Report, status: str) -> str:
         f"<p>Model <code>{escape(model['name'])}</code> ({escape(model['target'])}, {model['parameters']:,} parameters, "
         f"layer {model['layer']} of {model['num_layers']}) on {escape(str(report.environment.get('device_name')))}; "
         f"{data['sequences']} sequences from <code>{escape(data['name'])}</code>; every sequence must reach cosine "
-        f"&ge; {escape(str(report.thresholds['min_cosine']))} to FP32, with no NaN/Inf.</p>",
+        f"&ge; {escape(str(report.thresholds['min_cosine']))} to FP32, with no NaN/Inf{escape(_gates(report.thresholds))}.</p>",
         "</section>",
     ]
     return "\n".join(lines)
@@ -126,7 +130,7 @@ def _table(rows: list[dict[str, str]], table_id: str | None = None, text_columns
 
 def _attempt(report: Report, attempt: Attempt, threshold: float) -> str:
     """One attempt's card: verdict and reason, chart, worst sequences, speed and memory, checks."""
-    from .report import _verdict
+    from .report import _verdict, agreement_lines
 
     verdict = _verdict(attempt, report.recommended_policy)
     state = {"PASS": "pass", "FAIL": "fail"}.get(verdict.split(" ")[0], "")
@@ -150,6 +154,7 @@ def _attempt(report: Report, attempt: Attempt, threshold: float) -> str:
             f"sequences below {escape(str(threshold))}; non-finite sequences {m.get('nonfinite_sequences', 0)} "
             f"({m.get('nan_count', 0)} NaN, {m.get('inf_count', 0)} Inf values).</p>"
         )
+        parts += [f"<p class=agreement>{escape(line)}.</p>" for line in agreement_lines(m.get("agreement"))]
     parts.append(_speed_and_memory(attempt))
     if attempt.role != "reference" and attempt.fp32_modules:
         shown = ", ".join(f"<code>{escape(n)}</code>" for n in attempt.fp32_modules[:12])

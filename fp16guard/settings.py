@@ -38,6 +38,11 @@ KEYS: dict[str, tuple[type, ...]] = {
     "max-length": (int,),
     "layer": (int,),
     "min-cosine": (float, int),
+    "min-knn-overlap": (float, int),
+    "min-rank-correlation": (float, int),
+    "probe": (str,),
+    "labels": (str,),
+    "fp64-floor": (bool,),
     "policy": (str,),
     "no-fallback": (bool,),
     "full-ladder": (bool,),
@@ -51,7 +56,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "out": (str,),
 }
 #: Keys naming files or directories: resolved against the config file's directory.
-PATH_KEYS = frozenset({"weights", "sequences", "save-policy", "save-reference", "reference", "out"})
+PATH_KEYS = frozenset({"weights", "sequences", "save-policy", "save-reference", "reference", "out", "probe", "labels"})
 TARGETS = ("esm2", "hf", "dnabert", "antiberty")
 
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number", list: "a list of strings"}

@@ -43,6 +43,53 @@ def plant_mlp_overflow(model, layer: int = 1, unit: int = 5) -> None:
         block.fc1.weight[unit].fill_(2.5 * 65504 / model.embed_dim)
 
 
+def plant_neighbour_collapse(model, offset: float = 5000.0, seed: int = 1) -> None:
+    """A large common offset in the residual stream: the last block's fc2 bias becomes a fixed
+    pattern of +-``offset`` per channel, added to every token of every sequence.
+
+    Trained transformers carry such shared components ("massive activations", an anisotropic
+    embedding space); what tells sequences apart is a small remainder on top of them (about 1.2
+    per channel in the tiny model). FP16 has 11 significant bits: between 4096 and 8192 its
+    spacing is 4, so the FP16 residual add rounds each token's remainder to a grid coarser than
+    the remainder itself; and the final layer norm's FP16 output (about 1 per channel, spacing
+    1e-3) is rounded again at the size of the normalised remainder (1.2 / 5000). Related
+    sequences, whose remainders differ by less than that, collapse onto the same values or jump
+    apart at random: their neighbours change. The shared part dominates every embedding, so
+    each still has cosine > 0.99999 to its FP32 self and a cosine gate passes. FP32 (24 bits,
+    spacing 5e-4 next to 5000) keeps the remainder."""
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (model.embed_dim,), generator=generator).float() * 2 - 1
+    with torch.no_grad():
+        model.layers[-1].fc2.bias.copy_(offset * signs)
+
+
+def related_sequences(families: int = 3, size: int = 20, length: int = 90, seed: int = 0) -> list[tuple[str, str]]:
+    """(id, sequence) pairs in ``families`` families of ``size`` close relatives: a random parent
+    and point mutants of it (1 to 4 substitutions each), so that every sequence has near
+    neighbours whose order is decided by small differences. Deterministic in ``seed``."""
+    import random
+
+    rng = random.Random(seed)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    out = []
+    for family in range(families):
+        parent = "M" + "".join(rng.choice(letters) for _ in range(length - 1))
+        out.append((f"fam{family}_parent", parent))
+        for member in range(1, size):
+            residues = list(parent)
+            for position in rng.sample(range(1, length), rng.randint(1, 4)):
+                residues[position] = rng.choice(letters.replace(residues[position], ""))
+            out.append((f"fam{family}_variant{member:02d}", "".join(residues)))
+    return out
+
+
+def write_fasta(records: list[tuple[str, str]], path: Path) -> Path:
+    """Write (id, sequence) pairs as a FASTA file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f">{name}\n{sequence}\n" for name, sequence in records))
+    return path
+
+
 def save_checkpoint(model, path: Path) -> Path:
     """Write ``model`` as fair-esm's released ESM-2 files are laid out: prefixed keys and a cfg
     holding an argparse.Namespace; no contact-regression weights."""
@@ -75,13 +122,16 @@ ARCHITECTURES = {
 
 
 def write_checkpoint(path: Path, plant: str | None = None, plant_layer: int = 1, **shape) -> Path:
-    """Healthy (``plant=None``), ``"residual"`` (fixed by fp16+res32) or ``"mlp"`` (in layer
-    ``plant_layer``, counted from 0: no rung fixes it, an FP32 block does)."""
+    """Healthy (``plant=None``), ``"residual"`` (fixed by fp16+res32), ``"mlp"`` (in layer
+    ``plant_layer``, counted from 0: no rung fixes it, an FP32 block does) or ``"collapse"``
+    (every cosine passes, neighbours change: see plant_neighbour_collapse)."""
     model = build_model(**shape)
     if plant == "residual":
         plant_residual_overflow(model)
     elif plant == "mlp":
         plant_mlp_overflow(model, layer=plant_layer)
+    elif plant == "collapse":
+        plant_neighbour_collapse(model)
     elif plant is not None:
         raise ValueError(plant)
     return save_checkpoint(model, path)

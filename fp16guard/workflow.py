@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .agreement import BUNDLED_NEIGHBOURS, AgreementInputs, load_probe, read_labels
 from .budget import auto_max_tokens
 from .compare import Comparison, check_reference, compare
 from .composition import check_composition
@@ -367,6 +368,10 @@ def validate(
         policies = with_class_fp32(policies)
     ids, texts, batches, max_tokens = inputs.ids, inputs.texts, inputs.batches, inputs.max_tokens
     notes = inputs.notes
+    # The user's probe and labels are read before any pass, so a bad file fails in seconds.
+    labels = tuple(read_labels(config.labels, ids)) if config.labels else None
+    if config.probe:
+        load_probe(config.probe, None)
 
     def run(policy: Policy, reference: RunResult | None = None, keep: int = 0, on=(device, spread)) -> RunResult:
         progress.stage(f"{policy.name}: building the model ({policy.describe()})")
@@ -421,6 +426,17 @@ def validate(
     attempts = [_attempt(reference, None, None)]
     if saved is not None:
         same_device = saved.describe(attempts[0], env, notes)
+    agreement = AgreementInputs(
+        probe=load_probe(config.probe, reference.pooled.shape[1]) if config.probe else None,
+        labels=labels,
+        fp64=_fp64_floor(target, loaded, inputs, reference, config, device, progress, notes) if config.fp64_floor else None,
+    )
+    bundled = BUNDLED_NEIGHBOURS.get(inputs.source.removeprefix("bundled:")) if inputs.source.startswith("bundled:") else None
+    if bundled:
+        notes.append(f"Neighbour metrics: {bundled} (data/README.md)")
+    if labels is not None and None in labels:
+        notes.append(f"--labels: {sum(label is None for label in labels)} of {len(ids)} sequences have no label; "
+                     "nearest-centroid accuracy covers the labelled ones")
     passing: Policy | None = None
 
     cosines: dict[str, tuple[float, ...]] = {}
@@ -429,7 +445,7 @@ def validate(
         """A full, timed attempt compared with the reference."""
         result = run(policy, reference)
         comparison = compare(
-            reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite
+            reference.pooled, result.pooled, ids, config.thresholds, result.token_stats, result.token_nonfinite, agreement
         )
         cosines[policy.name] = comparison.cosines
         return _attempt(result, reference, comparison, role, comparable)
@@ -438,7 +454,8 @@ def validate(
         """An untimed pass, for the search: does ``policy`` meet the threshold?"""
         progress.stage(f"search: {policy.describe()}")
         result = distributed.run_policy(target, loaded, policy, batches, len(ids), device, layer, measure=False, spread=spread)
-        return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite))
+        return bool(compare(reference.pooled, result.pooled, ids, config.thresholds, token_nonfinite=result.token_nonfinite,
+                            agreement=agreement))
 
     for index, policy in enumerate(policies):
         attempts.append(judge(policy))
@@ -536,7 +553,11 @@ def validate(
             "max_tokens_reason": inputs.budget_reason,
             "batches": len(batches),
         },
-        thresholds={"min_cosine": config.thresholds.min_cosine, "allow_nonfinite": False},
+        thresholds={
+            "min_cosine": config.thresholds.min_cosine, "allow_nonfinite": False,
+            "min_knn_overlap": config.thresholds.min_knn_overlap,
+            "min_rank_correlation": config.thresholds.min_rank_correlation,
+        },
         attempts=attempts,
         passed=passing is not None,
         passing_policy=passing.name if passing else None,
@@ -544,6 +565,31 @@ def validate(
         summary=summary,
         notes=notes,
     )
+
+
+def _fp64_floor(target: Target, loaded: LoadedModel, inputs: Inputs, reference: RunResult, config: ValidationConfig,
+                device: torch.device, progress: Progress, notes: list[str]):
+    """The FP64 pass over a sample (fp16guard.floor), or None with a note when this model cannot
+    run in FP64."""
+    from .floor import fp64_floor, sample_rows
+
+    rows = sample_rows(inputs.lengths, config.fp64_floor)
+    progress.stage(f"FP64 floor: embedding {len(rows)} sequences in FP64 to measure FP32's own error")
+    try:
+        floor = fp64_floor(target, loaded, inputs.texts, inputs.lengths, rows, reference.pooled, device, inputs.layer,
+                           inputs.max_tokens)
+    except RuntimeError as exc:  # a model whose code cannot run in FP64 (a fixed-dtype kernel)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"FP64 floor not measured: {loaded.name} does not run in FP64 here ({first[:200]})"
+        progress.warn(message)
+        notes.append(message)
+        return None
+    notes.append(
+        f"FP64 floor: {len(rows)} sequences embedded in FP64 on {floor.device} in {floor.seconds:.1f} s; FP32's own "
+        f"relative error against FP64 is {floor.fp32_error:.2e} (min cosine {floor.fp32_min_cosine:.10f}); each "
+        "attempt's error is given as a multiple of it"
+    )
+    return floor
 
 
 def _version() -> str:

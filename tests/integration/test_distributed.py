@@ -54,6 +54,8 @@ def _stable(report: dict) -> dict:
     attempts = [{k: v for k, v in a.items() if k not in VOLATILE} for a in report["attempts"]]
     for attempt in attempts:  # the search's note ends with its time and speed
         attempt["notes"] = [re.sub(r" \(\d+\.\d s\); speed .*", "", n) for n in attempt["notes"]]
+        if (attempt.get("metrics") or {}).get("agreement"):  # the agreement metrics time themselves
+            attempt["metrics"] = {**attempt["metrics"], "agreement": {k: v for k, v in attempt["metrics"]["agreement"].items() if k != "seconds"}}
     return {"attempts": attempts, **{k: report[k] for k in ("model", "dataset", "thresholds", "passed", "passing_policy", "summary", "notes")}}
 
 

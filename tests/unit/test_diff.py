@@ -113,3 +113,15 @@ def test_unreadable_reports_are_input_errors(tmp_path):
         assert caught.value.exit_code == 2
     (tmp_path / "good.json").write_text(json.dumps(data))
     assert load_report(tmp_path / "good.json").passed
+
+
+def test_a_schema_2_report_compares_with_a_schema_3_report(tmp_path):
+    """Reports from before the agreement metrics (schema 2) stay comparable with newer ones."""
+    old = report(GOOD).to_dict()
+    assert old["schema_version"] == 2
+    new = {**report(GOOD).to_dict(), "schema_version": 3}
+    new["attempts"][1]["metrics"]["agreement"] = {"neighbours": {"k": 2, "mean_overlap": 1.0}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    result = diff_reports(load_report(tmp_path / "old.json"), load_report(tmp_path / "new.json"))
+    assert result and result.exit_code == 0
