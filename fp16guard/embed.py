@@ -126,7 +126,7 @@ def decide_compile(choice: str, target: Target, policy: Policy, device: torch.de
             raise InputError(f"--compile on needs a packed policy and the esm2 target; '{policy.name}' on {target.name} cannot be compiled")
         return True, "compiled with torch.compile (--compile on)"
     if not possible:
-        return False, "not compiled (only packed ESM-2 policies compile)"
+        return False, ""  # nothing to say: compiling is not an option for this target and policy
     if device.type != "cuda":
         return False, "not compiled (auto: compiles on a GPU only)"
     if tokens < COMPILE_MIN_TOKENS:
