@@ -321,8 +321,10 @@ T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCX"
 
 #: name -> (layers, d_model, d_ff, heads, d_kv, gated) of random-weight T5 encoders. ProtT5-XL-U50
 #: is T5 v1 style (ReLU feed-forward, ``feed_forward_proj="relu"``); Ankh is T5 v1.1 style
-#: (gated GELU). ProtT5-XL's sizes as its config.json gives them; Ankh's as recalled from its
-#: paper and config (48 layers; not checked against the files here).
+#: (gated GELU). ProtT5-XL's sizes as its config.json gives them. Ankh's layers, widths and heads
+#: as the model card of a public re-implementation lists them (Synthyra/ANKH_base on the Hugging
+#: Face hub: base 48 x 768, 12 heads; large 48 x 1536, 16 heads, gelu_new); the feed-forward
+#: widths are recalled from the Ankh paper, not checked against its config files.
 T5_ARCHITECTURES = {
     "t5_tiny": (3, 32, 64, 4, 8, False),
     "t5_tiny_gated": (3, 32, 64, 4, 8, True),
