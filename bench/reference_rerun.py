@@ -75,7 +75,7 @@ def bare_fp32(weights: Path, device: torch.device, fasta: Path | None = None) ->
     model, _ = build(target, loaded, FP32, device)
     with torch.inference_mode():
         for batch in batches:
-            hidden = target.hidden_states(loaded, model, batch.tokens.to(device), loaded.num_layers)
+            hidden = target.hidden_states(loaded, model, batch.tokens.to(device), (loaded.num_layers,))[loaded.num_layers]
             masked_mean(hidden, batch.pool_mask.to(device)).cpu()
     _sync(device)
     seconds = time.perf_counter() - start

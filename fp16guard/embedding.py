@@ -113,34 +113,33 @@ class Embedder:
 
     def run(self, batch: TokenBatch, layers: Sequence[int] | None = None, per_residue: bool = False) -> BatchOutput:
         """One batch's outputs on the host in FP32, rows in the batch's order: pooled rows for
-        each of ``layers`` (default: this embedder's layer) and, with ``per_residue``, the
-        hidden states of every pooled position."""
+        each of ``layers`` (default: this embedder's layer), all from one forward pass, and,
+        with ``per_residue``, the hidden states of every pooled position."""
         packed = self.policy.layout == "packed"
-        layers = [self.layer] if layers is None else list(layers)
+        layers = (self.layer,) if layers is None else tuple(dict.fromkeys(layers))
         for layer in layers:
             if not 0 <= layer <= self.loaded.num_layers:
                 raise InputError(f"layer must be between 0 and {self.loaded.num_layers}, got {layer}")
         out = BatchOutput({}, {}, [])
         with torch.inference_mode():
+            states = self._forward(batch, layers, packed)
             for layer in layers:
-                hidden = self._forward(batch, layer, packed)
-                rows, mask = pool(batch, hidden, packed, self.device)
+                rows, mask = pool(batch, states[layer], packed, self.device)
                 out.pooled[layer] = rows.float().cpu()
                 if per_residue:
                     # Pooled positions in row order, in both layouts.
-                    out.residues[layer] = hidden[mask].float().cpu()
-                    if not out.counts:
-                        out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
+                    out.residues[layer] = states[layer][mask].float().cpu()
+            if per_residue:
+                out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
         return out
 
-
-    def _forward(self, batch: TokenBatch, layer: int, packed: bool) -> torch.Tensor:
+    def _forward(self, batch: TokenBatch, layers: tuple[int, ...], packed: bool) -> dict[int, torch.Tensor]:
         """forward_splitting; a compiled model whose first batch fails to compile (no C
         compiler, no Triton, an unsupported operator) falls back to eager, with a note."""
         if self._proven:
-            return forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+            return forward_splitting(self.target, self.loaded, self.model, batch, self.device, layers, packed, [0])
         try:
-            hidden = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+            states = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layers, packed, [0])
         except (torch.OutOfMemoryError, Fp16GuardError, KeyboardInterrupt):
             raise
         except Exception as exc:  # torch.compile's failures come in many types
@@ -149,9 +148,9 @@ class Embedder:
             for block in self.target.blocks(self.model):
                 block._compiled_call_impl = None  # undoes nn.Module.compile()
             self.compiled = False
-            hidden = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layer, packed, [0])
+            states = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layers, packed, [0])
         self._proven = True
-        return hidden
+        return states
 
 
 def can_compile(target: Target, policy: Policy) -> bool:

@@ -75,7 +75,7 @@ def _embed64(target: Target, loaded: LoadedModel, batches, count: int, device: t
     try:
         with torch.inference_mode(), KeepFloat64():
             for batch in batches:
-                hidden = target.hidden_states(loaded, model, batch.tokens.to(device), layer).double()
+                hidden = target.hidden_states(loaded, model, batch.tokens.to(device), (layer,))[layer].double()
                 mask = batch.pool_mask.to(device)[..., None]
                 pooled = torch.where(mask, hidden, 0.0).sum(1) / mask.sum(1).clamp_min(1)
                 if out.shape[1] == 0:

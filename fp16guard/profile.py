@@ -102,8 +102,8 @@ def profile_batches(
             for batch in batches:
                 tokens = batch.tokens.to(device)
                 mask = batch.pool_mask.to(device)
-                target.hidden_states(loaded, reference, tokens, layer)
-                target.hidden_states(loaded, candidate, tokens, layer)
+                target.hidden_states(loaded, reference, tokens, (layer,))
+                target.hidden_states(loaded, candidate, tokens, (layer,))
                 stats = [LayerProfile(i + 1) for i in range(len(ref_blocks))]
                 for stat, ref, cand in zip(stats, ref_out, cand_out):
                     stat.update(ref[mask], cand[mask])

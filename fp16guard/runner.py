@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -81,16 +82,17 @@ MAX_STEADY_SECONDS = 30.0
 WARMUP_ROWS = 2
 
 
-def forward_splitting(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device, layer: int,
-                      packed: bool, splits: list[int]) -> torch.Tensor:
-    """Hidden states of a batch: [B, T, D] padded, or [N, D] for the packed layout (rows
-    concatenated in order). A batch that runs out of GPU memory is halved by rows and retried,
-    recursively, so no sequence is lost (a padded half keeps the batch's width, so every row's
-    result is unchanged). ``splits`` counts the halvings. One row that does not fit re-raises."""
+def forward_splitting(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device,
+                      layers: Sequence[int], packed: bool, splits: list[int]) -> dict[int, torch.Tensor]:
+    """Hidden states of a batch for each of ``layers``, from one forward pass: [B, T, D] padded,
+    or [N, D] for the packed layout (rows concatenated in order). A batch that runs out of GPU
+    memory is halved by rows and retried, recursively, so no sequence is lost (a padded half
+    keeps the batch's width, so every row's result is unchanged). ``splits`` counts the
+    halvings. One row that does not fit re-raises."""
     try:
         if packed:
-            return target.packed_hidden_states(loaded, model, batch.pack().to(device), layer)
-        return target.hidden_states(loaded, model, batch.tokens.to(device, non_blocking=True), layer)
+            return target.packed_hidden_states(loaded, model, batch.pack().to(device), layers)
+        return target.hidden_states(loaded, model, batch.tokens.to(device, non_blocking=True), layers)
     except torch.OutOfMemoryError:
         if len(batch.indices) < 2:
             raise
@@ -100,8 +102,9 @@ def forward_splitting(target: Target, loaded: LoadedModel, model, batch: TokenBa
         torch.cuda.empty_cache()
     splits[0] += 1
     half = len(batch.indices) // 2
-    return torch.cat([forward_splitting(target, loaded, model, batch.rows(part), device, layer, packed, splits)
-                      for part in (slice(None, half), slice(half, None))])
+    halves = [forward_splitting(target, loaded, model, batch.rows(part), device, layers, packed, splits)
+              for part in (slice(None, half), slice(half, None))]
+    return {layer: torch.cat([part[layer] for part in halves]) for layer in layers}
 
 
 def pool(batch: TokenBatch, hidden: torch.Tensor, packed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +121,8 @@ def pool(batch: TokenBatch, hidden: torch.Tensor, packed: bool, device: torch.de
 def embed_batch(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device, layer: int,
                 packed: bool, splits: list[int] | None = None) -> torch.Tensor:
     """Pooled FP32 embeddings [B, D] of one batch, in its rows' order, on ``device``."""
-    hidden = forward_splitting(target, loaded, model, batch, device, layer, packed, [0] if splits is None else splits)
-    return pool(batch, hidden, packed, device)[0]
+    hidden = forward_splitting(target, loaded, model, batch, device, (layer,), packed, [0] if splits is None else splits)
+    return pool(batch, hidden[layer], packed, device)[0]
 
 
 def _sample(batches: list[TokenBatch], first_seconds: float, careful: bool) -> list[TokenBatch]:
@@ -264,8 +267,8 @@ def run_policy(
         for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values() if measure else ():
             rows = batch.rows(slice(None, WARMUP_ROWS))
             if not attention:
-                attention = attention_kernel(lambda: forward_splitting(target, loaded, model, rows, device, layer, packed, [0]))
-            forward_splitting(target, loaded, model, rows, device, layer, packed, [0])
+                attention = attention_kernel(lambda: forward_splitting(target, loaded, model, rows, device, (layer,), packed, [0]))
+            forward_splitting(target, loaded, model, rows, device, (layer,), packed, [0])
         _sync(device)
         warmup_seconds = time.perf_counter() - start
 
@@ -276,7 +279,7 @@ def run_policy(
                     torch.cuda.reset_peak_memory_stats(gpu)
             _sync(device)
             start = time.perf_counter()
-            hidden = forward_splitting(target, loaded, model, batch, device, layer, packed, splits)
+            hidden = forward_splitting(target, loaded, model, batch, device, (layer,), packed, splits)[layer]
             rows, mask = pool(batch, hidden, packed, device)
             _sync(device)
             seconds += time.perf_counter() - start

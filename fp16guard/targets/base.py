@@ -150,15 +150,19 @@ class Target(Protocol):
         """Token ids [B, T], the mask of pooled positions [B, T], and the tokens read."""
         ...
 
-    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-        """Hidden states [B, T, D] of ``layer`` (the last layer is ``loaded.num_layers``)."""
+    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
+                      layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Hidden states [B, T, D] of each of ``layers`` (the last layer is ``loaded.num_layers``),
+        all from one forward pass."""
         ...
 
     #: Whether the target runs the packed layout (``packed_hidden_states``).
     supports_packing: bool
 
-    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch, layer: int) -> torch.Tensor:
-        """Hidden states [N, D] of ``layer`` for a packed batch (a model built under a packed policy)."""
+    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
+                             layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Hidden states [N, D] of each of ``layers`` for a packed batch, from one forward pass
+        (a model built under a packed policy)."""
         ...
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:

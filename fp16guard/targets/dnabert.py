@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -339,22 +340,29 @@ class DnabertTarget(HfTarget):
             if letter not in loaded.alphabet and tokenizer(letter, add_special_tokens=False)["input_ids"] == [unk]
         )
 
-    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
+                      layers: Sequence[int]) -> dict[int, torch.Tensor]:
         if not isinstance(module, DnaBertModel):  # the remote-code model, on request
-            return super().hidden_states(loaded, module, tokens, layer)
-        return module(tokens, (tokens != loaded.extra["pad_id"]).long())[layer]
+            return super().hidden_states(loaded, module, tokens, layers)
+        states = module(tokens, (tokens != loaded.extra["pad_id"]).long())
+        return {layer: states[layer] for layer in layers}
 
     supports_packing = True
 
-    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch, layer: int) -> torch.Tensor:
-        """Hidden states [N, D] of ``layer`` for a packed batch: every layer of the native model
-        runs on [1, N, D], its attention confined to each sequence with ALiBi restarting there."""
+    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
+                             layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Hidden states [N, D] of each of ``layers`` for a packed batch: every layer of the
+        native model, up to the deepest asked for, runs on [1, N, D], its attention confined to
+        each sequence with ALiBi restarting there."""
         if not isinstance(module, DnaBertModel):
             raise UnsupportedPolicyError("the packed layout runs fp16guard's native DNABERT only, not remote code")
         hidden = module.embeddings(packed.tokens[None])
-        for number, block in enumerate(module.encoder.layer[:layer], start=1):
+        out = {0: hidden[0]} if 0 in layers else {}
+        for number, block in enumerate(module.encoder.layer[: max(layers)], start=1):
             hidden = block(hidden, packed)
-        return hidden[0]
+            if number in layers:
+                out[number] = hidden[0]
+        return {layer: out[layer] for layer in layers}
 
     def adapts(self, module: nn.Module) -> bool:
         return isinstance(module, DnaBertModel)

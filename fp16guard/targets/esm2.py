@@ -382,17 +382,21 @@ class Esm2Target:
             mask[row, 1 : 1 + len(sequence)] = True
         return tokens, mask, sum(len(s) for s in sequences) + self.special_tokens_per_row * len(sequences)
 
-    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-        """Representation of ``layer``; the last one has ``emb_layer_norm_after`` applied."""
-        return module(tokens, repr_layers=[layer])["representations"][layer]
+    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
+                      layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Representation of each of ``layers``; the last one has ``emb_layer_norm_after`` applied."""
+        representations = module(tokens, repr_layers=list(layers))["representations"]
+        return {layer: representations[layer] for layer in layers}
 
     supports_packing = True
 
-    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch, layer: int) -> torch.Tensor:
-        """Representation of ``layer`` [N, D] for a packed batch, computed as fair-esm's
+    def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
+                             layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Representation [N, D] of each of ``layers`` for a packed batch, computed as fair-esm's
         ``ESM2.forward`` computes it for each sequence alone (token dropout scaling per
         sequence, the last layer through ``emb_layer_norm_after``); the language-model head,
-        unused for embeddings, is skipped. ``module`` must have been built under a packed policy."""
+        unused for embeddings, is skipped, and so are the blocks after the deepest layer asked
+        for. ``module`` must have been built under a packed policy."""
         state = getattr(module, "fp16guard_pack", None)
         if state is None:
             raise UnsupportedPolicyError("this model was not built under a packed policy")
@@ -406,8 +410,10 @@ class Esm2Target:
             masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device).index_add_(0, packed.segments, is_mask.to(x.dtype))
             observed = (masked / lengths)[packed.segments]
             x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None]
-        if layer == 0:
-            return x
+        out = {0: x} if 0 in layers else {}
+        deepest, last = max(layers), len(module.layers)
+        if deepest == 0:
+            return out
         x = x[:, None, :]
         if state.compiled_max_seqlen is not None:
             # One graph for packs of any size: the token and sequence counts are symbolic.
@@ -415,13 +421,15 @@ class Esm2Target:
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
         state.start(packed)
         try:
-            for number, block in enumerate(module.layers, start=1):
+            for number, block in enumerate(module.layers[:deepest], start=1):
                 x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
-                if number == layer and layer < len(module.layers):
-                    return x[:, 0]
-            return module.emb_layer_norm_after(x)[:, 0]
+                if number in layers and number < last:
+                    out[number] = x[:, 0]
+            if deepest == last:
+                out[last] = module.emb_layer_norm_after(x)[:, 0]
         finally:
             state.finish()
+        return {layer: out[layer] for layer in layers}
 
     def compile_packed(self, loaded: LoadedModel, module: nn.Module) -> None:
         """Put each block of ``module`` (built under a packed policy) under torch.compile.

@@ -296,12 +296,14 @@ class HfTarget:
             mask = attention
         return encoded["input_ids"], mask, int(attention.sum())
 
-    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-        """The last hidden state, or hidden_states[layer] for an earlier layer."""
+    def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
+                      layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """The last hidden state for the last layer, hidden_states[layer] for an earlier one
+        (asked of the model only when an earlier layer is wanted)."""
         attention = (tokens != loaded.extra["pad_id"]).long()
-        last = layer == loaded.num_layers
-        out = module(input_ids=tokens, attention_mask=attention, output_hidden_states=not last)
-        return out.last_hidden_state if last else out.hidden_states[layer]
+        last = loaded.num_layers
+        out = module(input_ids=tokens, attention_mask=attention, output_hidden_states=any(layer != last for layer in layers))
+        return {layer: out.last_hidden_state if layer == last else out.hidden_states[layer] for layer in layers}
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
         """encoder.layer (BERT, ESM, DNABERT), or the longest ModuleList of the model."""

@@ -17,10 +17,10 @@ FAULT_RANK = 1
 original = Esm2Target.hidden_states
 
 
-def faulty(self, loaded, module, tokens, layer):
+def faulty(self, loaded, module, tokens, layers):
     if int(os.environ.get("RANK", "0")) == FAULT_RANK and next(module.parameters()).dtype == torch.float16:
         raise RuntimeError("simulated device fault in an FP16 batch")
-    return original(self, loaded, module, tokens, layer)
+    return original(self, loaded, module, tokens, layers)
 
 
 Esm2Target.hidden_states = faulty

@@ -36,10 +36,10 @@ def test_hooks_do_not_change_the_numbers(checkpoints):
     model, _ = build(TARGET, loaded, get_policy("fp16+res32"), torch.device("cpu"))
     tokens = batches_for(loaded)[0].tokens
     with torch.inference_mode():
-        plain = TARGET.hidden_states(loaded, model, tokens, 3)
+        plain = TARGET.hidden_states(loaded, model, tokens, (3,))[3]
         sink = [None] * 3
         handles = _capture(TARGET.blocks(model), TARGET.block_orientation, sink)
-        hooked = TARGET.hidden_states(loaded, model, tokens, 3)
+        hooked = TARGET.hidden_states(loaded, model, tokens, (3,))[3]
         for handle in handles:
             handle.remove()
     assert torch.equal(plain, hooked)

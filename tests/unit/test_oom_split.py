@@ -23,11 +23,11 @@ class SmallMemory:
     def __getattr__(self, name):
         return getattr(TARGET, name)
 
-    def hidden_states(self, loaded, module, tokens, layer):
+    def hidden_states(self, loaded, module, tokens, layers):
         self.calls.append(tokens.shape[0])
         if tokens.shape[0] > self.rows:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return TARGET.hidden_states(loaded, module, tokens, layer)
+        return TARGET.hidden_states(loaded, module, tokens, layers)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])
