@@ -939,16 +939,21 @@ def diff(
         float,
         typer.Option("--max-slowdown", min=1.0, help="Largest slowdown of a policy (old / new tokens/s) that is not a regression; gated on the same device model only."),
     ] = 1.25,
+    agreement_tolerance: Annotated[
+        float,
+        typer.Option("--agreement-tolerance", min=0.0, help="Largest fall in mean kNN overlap, a probe's same-decision share or nearest-centroid accuracy that is not a regression (the rank correlation uses --tolerance)."),
+    ] = 1e-2,
     top: Annotated[int, typer.Option("--top", min=0, help="Sequences shown per policy: those whose cosine fell most.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON on stdout.")] = False,
 ) -> None:
-    """What changed between two validation runs: verdicts, per-sequence cosines, speed, memory, environment."""
+    """What changed between two validation runs: verdicts, per-sequence cosines, agreement metrics, speed, memory, environment."""
     from fp16guard.diff import diff_reports, load_report
 
     from . import render
 
     try:
-        result = diff_reports(load_report(old), load_report(new), tolerance=tolerance, max_slowdown=max_slowdown)
+        result = diff_reports(load_report(old), load_report(new), tolerance=tolerance, max_slowdown=max_slowdown,
+                              agreement_tolerance=agreement_tolerance)
     except Fp16GuardError as exc:
         render.error(render.stderr_console(), str(exc))
         raise typer.Exit(exc.exit_code) from None

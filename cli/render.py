@@ -240,7 +240,7 @@ def report_diff(console: Console, result, top: int = 5) -> None:
     else:
         console.print("environment: unchanged")
     table = Table(title="Per policy (old -> new)", title_justify="left")
-    for header in ("policy", "verdict", "min cos", "tokens/s", "slowdown", "peak memory"):
+    for header in ("policy", "verdict", "min cos", "kNN overlap", "rank corr", "tokens/s", "slowdown", "peak memory"):
         table.add_column(header, justify="left" if header in ("policy", "verdict") else "right", no_wrap=True)
     for change in result.policies:
         present = (change.in_old, change.in_new)
@@ -248,6 +248,8 @@ def report_diff(console: Console, result, top: int = 5) -> None:
             change.policy + ("" if change.role == "attempt" else f" ({change.role})"),
             _pair(change.old_passed, change.new_passed, _passed, present),
             _pair(change.old_min_cosine, change.new_min_cosine, format_cosine, present) if change.role != "reference" else "-",
+            _metric_cell(change.metric("knn_overlap_mean")),
+            _metric_cell(change.metric("rank_correlation")),
             _pair(change.old_tokens_per_second, change.new_tokens_per_second, fmt_rate, present),
             fmt_ratio(change.slowdown),
             _pair(change.old_peak_memory_bytes, change.new_peak_memory_bytes, fmt_bytes, present),
@@ -262,12 +264,43 @@ def report_diff(console: Console, result, top: int = 5) -> None:
             for seq in movers:
                 mark = " [red](crossed the threshold)[/]" if seq.crossed else ""
                 console.print(f"  {seq.id}: {format_cosine(seq.old)} -> {format_cosine(seq.new)}{mark}", soft_wrap=True)
+    _agreement_lines(console, result)
     if result:
-        console.print(f"[bold green]no regression[/] (tolerance {result.tolerance:g}, max slowdown {result.max_slowdown:g}x)")
+        console.print(f"[bold green]no regression[/] (tolerance {result.tolerance:g}, agreement tolerance "
+                      f"{result.agreement_tolerance:g}, max slowdown {result.max_slowdown:g}x)")
     else:
         for regression in result.regressions:
             console.print(f"[red]regression:[/] {regression}", soft_wrap=True)
         console.print(f"[bold red]REGRESSION: {len(result.regressions)} finding(s)[/]")
+
+
+def _metric_cell(metric) -> str:
+    """An agreement metric's "old -> new" cell; "-" where neither run has it."""
+    if metric is None:
+        return "-"
+    return _pair(metric.old, metric.new, _metric_value(metric.key), (metric.in_old, metric.in_new))
+
+
+def _metric_value(key: str):
+    if key == "fp64_error_ratio":
+        return lambda v: "NaN" if v is None else f"{v:,.0f}x"
+    return format_cosine
+
+
+def _agreement_lines(console: Console, result) -> None:
+    """Per policy, the agreement metrics beyond the table's two, and which ones were not compared."""
+    for change in result.policies:
+        extra = [m for m in change.agreement if m.key not in ("knn_overlap_mean", "rank_correlation")]
+        if extra:
+            console.print(f"[bold]{change.policy}[/] agreement: " + "; ".join(
+                f"{m.label} {_metric_cell(m)}" for m in extra), soft_wrap=True)
+        one_run = [m.label for m in change.agreement if not (m.in_old and m.in_new)]
+        other = [m.label for m in change.agreement if m.in_old and m.in_new and not m.compared]
+        if one_run:
+            console.print(f"{change.policy}: in one run only, not compared: " + ", ".join(one_run), soft_wrap=True)
+        if other:
+            console.print(f"{change.policy}: measured differently (another k, sample, probe or labels), not compared: "
+                          + ", ".join(other), soft_wrap=True)
 
 
 def catalog(console: Console, entries, policies) -> None:

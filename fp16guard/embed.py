@@ -45,7 +45,7 @@ from .policy import FP32, POLICIES, Policy, read_policy_record
 from .progress import Progress
 from .sequences import Record, SequenceSet, check_alphabet, stream_fasta
 from .targets import get_target
-from .targets.base import LoadedModel, Target, TokenBatch
+from .targets.base import LoadedModel, Target, TokenBatch, no_class_fp32_note
 
 T = TypeVar("T")
 DEFAULT_THRESHOLD = 0.99
@@ -312,6 +312,8 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)
     check_weights(record, loaded, config.policy, config.force, progress)
+    if same := no_class_fp32_note(loaded.module, policy):
+        policy_note += f"; {same}"
     layers = list(config.layers or (loaded.num_layers,))
     for layer in layers:
         if not 0 <= layer <= loaded.num_layers:

@@ -21,6 +21,16 @@ from ..policy import Policy
 from ..precision import AppliedPolicy
 
 
+def no_class_fp32_note(module: nn.Module, policy: Policy) -> str | None:
+    """The note for a policy that keeps the class's ``_keep_in_fp32_modules`` in FP32 on a model
+    that declares none (fair-esm, the native DNABERT, most encoders): it keeps nothing extra."""
+    if not policy.keep_in_fp32_modules or policy.is_full_precision or getattr(module, "_keep_in_fp32_modules", None):
+        return None
+    same = "fp16" if policy.name == "fp16+keep32" else "the same policy without keep_in_fp32_modules"
+    return (f"{type(module).__name__} declares no _keep_in_fp32_modules: '{policy.name}' keeps nothing extra in FP32 "
+            f"and is the same as {same} for this model")
+
+
 @dataclass
 class LoadedModel:
     """FP32 weights loaded once on the host; every attempt builds its own copy from them."""

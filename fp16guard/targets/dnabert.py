@@ -30,7 +30,7 @@ from ..precision import (
     layer_norm_islands,
     part_islands,
 )
-from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, load_failure
+from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, load_failure, no_class_fp32_note
 from .hf import HfTarget, quiet_transformers, resolve_model_dir
 from .varlen import packed_attention, require_packing
 
@@ -407,7 +407,7 @@ class DnabertTarget(HfTarget):
             note = "packed layout: ALiBi within each sequence computed in FP32 inside the flash kernel from the slopes (no bias table)"
         elif policy.fast_attention:
             note = "fused attention: the ALiBi bias is built in FP32 and cast once to the compute dtype for the kernel"
-        return AppliedPolicy(policy, tuple(islands), (note,))
+        return AppliedPolicy(policy, tuple(islands), (note, *filter(None, [no_class_fp32_note(module, policy)])))
 
 
 TARGET = DnabertTarget()

@@ -24,7 +24,7 @@ from ..precision import (
     part_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, load_failure, skipped_init
+from .base import LoadedModel, ModelSource, PackedBatch, hash_in_background, load_failure, no_class_fp32_note, skipped_init
 from .varlen import packed_attention, require_packing, rotate_half
 
 DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
@@ -494,7 +494,7 @@ class Esm2Target:
             return AppliedPolicy(policy, notes=(softmax,))
         dtype = policy.torch_dtype
         islands: list[str] = []
-        notes = [softmax]
+        notes = [softmax, *filter(None, [no_class_fp32_note(module, policy)])]
         if policy.fp32_residual:
             for i, layer in enumerate(module.layers):
                 if not isinstance(layer, Fp32ResidualLayer):

@@ -28,7 +28,7 @@ from ..precision import (
     part_islands,
     replace_module,
 )
-from .base import LoadedModel, ModelSource, hash_in_background, is_gzip, load_failure
+from .base import LoadedModel, ModelSource, hash_in_background, is_gzip, load_failure, no_class_fp32_note
 from . import t5
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -367,8 +367,10 @@ class HfTarget:
             keep += [module.get_submodule(name) for name in kept]
             islands += [f"{name} (_keep_in_fp32_modules, FP32 output)" for name in kept]
             notes.append(note)
-        elif policy.keep_in_fp32_modules:
-            notes.append(f"{type(module).__name__} declares no _keep_in_fp32_modules for {policy.dtype}: nothing extra is kept in FP32")
+        elif declared and policy.keep_in_fp32_modules:
+            notes.append(f"{type(module).__name__} keeps its _keep_in_fp32_modules in FP32 for float16 only: nothing extra is kept in FP32 for {policy.dtype}")
+        elif note := no_class_fp32_note(module, policy):
+            notes.append(note)
         if t5.is_t5(module):
             fp32_bias = False
             if policy.fp32_positional and not policy.fast_attention:

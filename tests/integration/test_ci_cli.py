@@ -134,6 +134,31 @@ def test_diff_of_a_healthy_run_and_a_planted_failure_exits_1_and_names_the_seque
     assert missing.exit_code == 2 and "cannot read" in missing.stderr
 
 
+def test_diff_flags_a_fall_in_neighbour_agreement_and_reads_a_schema_2_report(checkpoints, small_fasta, tmp_path):
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "--device", "cpu",
+                           "-o", tmp_path / "run", "--no-fallback")
+    assert result.exit_code == 0, text
+    data = read_report(tmp_path / "run")
+    fp16 = next(a for a in data["attempts"] if a["policy"]["name"] == "fp16")
+    neighbours = fp16["metrics"]["agreement"]["neighbours"]
+    neighbours["mean_overlap"] -= 0.5
+    (tmp_path / "worse.json").write_text(json.dumps(data))
+    worse = run_split("diff", tmp_path / "run", tmp_path / "worse.json", "--max-slowdown", "1000")
+    assert worse.exit_code == 1, worse.output
+    assert f"fp16: mean kNN overlap@{neighbours['k']} fell by more than 0.01" in worse.stdout
+    assert "kNN overlap" in worse.stdout and "rank corr" in worse.stdout  # the table's columns
+    as_json = json.loads(run_split("diff", tmp_path / "run", tmp_path / "worse.json", "--json").stdout)
+    knn = next(p for p in as_json["policies"] if p["policy"] == "fp16")["agreement"][0]
+    assert knn["key"] == "knn_overlap_mean" and knn["delta"] == pytest.approx(-0.5)
+    # The same run as schema 2 (no agreement metrics) against schema 3, both ways round.
+    del fp16["metrics"]["agreement"]
+    (tmp_path / "old.json").write_text(json.dumps({**data, "schema_version": 2}))
+    for old, new in [(tmp_path / "old.json", tmp_path / "run"), (tmp_path / "run", tmp_path / "old.json")]:
+        same = run_split("diff", old, new, "--max-slowdown", "1000")
+        assert same.exit_code == 0 and "no regression" in same.stdout, same.output
+        assert "fp16: in one run only, not compared: mean kNN overlap@" in same.stdout
+
+
 def test_version_prints_the_package_version():
     result = run_split("--version")
     assert result.exit_code == 0 and result.stdout == f"fp16guard {metadata.version('fp16guard')}\n"

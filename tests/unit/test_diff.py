@@ -125,3 +125,86 @@ def test_a_schema_2_report_compares_with_a_schema_3_report(tmp_path):
     (tmp_path / "new.json").write_text(json.dumps(new))
     result = diff_reports(load_report(tmp_path / "old.json"), load_report(tmp_path / "new.json"))
     assert result and result.exit_code == 0
+
+
+def with_agreement(rep, mean=0.998, spearman=0.9999997, k=10, sequences=84, gates=None, minimum=0.9, **extra):
+    """A schema-3 copy of ``rep`` whose fp16 pass carries agreement metrics."""
+    data = {**rep.to_dict(), "schema_version": 3}
+    data["thresholds"] = {**data["thresholds"], "min_knn_overlap": None, "min_rank_correlation": None, **(gates or {})}
+    data["attempts"][1]["metrics"]["agreement"] = {
+        "neighbours": {"k": k, "sequences": sequences, "of": sequences, "mean_overlap": mean, "min_overlap": minimum},
+        "ranking": {"spearman": spearman, "pairs": sequences * (sequences - 1) // 2, "sequences": sequences},
+        **extra,
+    }
+    return Report.from_dict(data)
+
+
+def test_equal_agreement_metrics_are_no_regression():
+    result = diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD)))
+    assert result and result.exit_code == 0
+    fp16 = result.policies[1]
+    assert [m.key for m in fp16.agreement] == ["knn_overlap_mean", "knn_overlap_min", "rank_correlation"]
+    assert fp16.metric("knn_overlap_mean").delta == 0.0 and fp16.metric("knn_overlap_mean").label == "mean kNN overlap@10"
+
+
+def test_a_lower_knn_overlap_is_a_regression_naming_the_metric():
+    result = diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), mean=0.78, minimum=0.5))
+    assert not result and result.exit_code == 1
+    assert result.regressions == ("fp16: mean kNN overlap@10 fell by more than 0.01: 0.998000 -> 0.780000",)
+    # Within --agreement-tolerance, and the minimum overlap (one near tie costs 0.1) is shown, not gated.
+    assert diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), mean=0.992, minimum=0.5))
+    assert not diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), mean=0.992), agreement_tolerance=1e-3)
+
+
+def test_a_lower_rank_correlation_uses_the_cosine_tolerance():
+    result = diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), spearman=0.95))
+    assert result.regressions == ("fp16: rank correlation fell by more than 0.001: 1-3.0e-07 -> 0.950000",)
+    assert diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), spearman=0.9995))
+
+
+def test_crossing_news_agreement_gate_is_a_regression_even_within_the_tolerance():
+    gates = {"min_knn_overlap": 0.9, "min_rank_correlation": 0.99}
+    old = with_agreement(report(GOOD), mean=0.903, spearman=0.9905, gates=gates)
+    new = with_agreement(report(GOOD), mean=0.898, spearman=0.9899, gates=gates)
+    assert diff_reports(old, new).regressions == (
+        "fp16: mean kNN overlap@10 fell below --min-knn-overlap 0.9: 0.903000 -> 0.898000",
+        "fp16: rank correlation fell below --min-rank-correlation 0.99: 0.990500 -> 0.989900",
+    )
+    assert diff_reports(old, with_agreement(report(GOOD), mean=0.898, spearman=0.9899))  # no gate in NEW
+
+
+def test_a_metric_that_became_nan_is_a_regression():
+    new = with_agreement(report(GOOD))
+    new.attempts[1].metrics["agreement"]["neighbours"]["mean_overlap"] = None  # NaN reads back as null
+    result = diff_reports(with_agreement(report(GOOD)), new)
+    assert result.regressions == ("fp16: mean kNN overlap@10 fell by more than 0.01: 0.998000 -> NaN",)
+    assert result.policies[1].metric("knn_overlap_mean").delta == -math.inf
+    assert json.loads(result.to_json())["policies"][1]["agreement"][0]["delta"] is None
+
+
+def test_metrics_measured_differently_or_in_one_run_only_are_shown_not_compared():
+    result = diff_reports(with_agreement(report(GOOD), k=5), with_agreement(report(GOOD), mean=0.5))
+    knn = result.policies[1].metric("knn_overlap_mean")
+    assert result and not knn.compared and knn.delta is None
+    # schema 2 (no metrics) against schema 3 with poor ones, both ways round: nothing to compare.
+    for old, new in [(report(GOOD), with_agreement(report(GOOD), mean=0.5, spearman=0.5)),
+                     (with_agreement(report(GOOD)), report(GOOD))]:
+        result = diff_reports(old, new)
+        assert result and result.exit_code == 0, result.regressions
+        assert all(not m.compared for m in result.policies[1].agreement)
+
+
+def test_probe_and_labels_falls_are_regressions_and_the_fp64_ratio_is_shown():
+    def extra(same, accuracy, ratio):
+        return {"probe": {"classes": 2, "same_decision": same}, "centroid": {"labelled": 60, "classes": 3, "accuracy": accuracy},
+                "fp64": {"sequences": 32, "ratio": ratio}}
+
+    result = diff_reports(with_agreement(report(GOOD), **extra(1.0, 0.95, 2500.0)),
+                          with_agreement(report(GOOD), **extra(0.8, 0.9, 90000.0)))
+    assert result.regressions == (
+        "fp16: probe same decision fell by more than 0.01: 1 -> 0.800000",
+        "fp16: nearest-centroid accuracy fell by more than 0.01: 0.950000 -> 0.900000",
+    )
+    data = json.loads(result.to_json())["policies"][1]["agreement"]
+    assert data[-1] == {"key": "fp64_error_ratio", "label": "error vs FP64 / FP32's", "old": 2500.0, "new": 90000.0,
+                        "in_old": True, "in_new": True, "compared": True, "gated": False, "delta": 87500.0}
