@@ -39,7 +39,8 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / keep.sum(1).clamp_min(1).to(torch.float32)
 
 
-def segment_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor, count: int) -> torch.Tensor:
+def segment_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor, count: int,
+                 longest: int | None = None) -> torch.Tensor:
     """Mean per sequence of a packed batch, over the tokens where ``mask`` is True, accumulated
     in FP32: hidden [N, D], mask and segment numbers [N] (sequences contiguous, in order) ->
     [count, D] (``masked_mean`` for the packed layout).
@@ -47,11 +48,12 @@ def segment_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tenso
     The tokens are laid out as padded rows and summed along them, as ``masked_mean`` sums: a
     scatter-add (index_add_) would accumulate with atomics on CUDA, in an order that changes from
     run to run, and the same sequence would not get the same bits twice (measured on an H200:
-    1-GPU and 2-GPU embed outputs differing by up to 7e-7)."""
+    1-GPU and 2-GPU embed outputs differing by up to 7e-7). ``longest``, the longest sequence
+    when the caller knows it (a PackedBatch does), saves reading it back from the device."""
     lengths = torch.bincount(segments, minlength=count)
     starts = torch.cumsum(lengths, 0) - lengths
     column = torch.arange(segments.shape[0], device=segments.device) - starts[segments]
-    width = int(lengths.max()) if count else 0
+    width = longest if longest is not None else (int(lengths.max()) if count else 0)
     rows = hidden.new_zeros(count, width, hidden.shape[-1], dtype=torch.float32)
     keep = torch.zeros(count, width, dtype=torch.bool, device=hidden.device)
     rows[segments, column] = hidden.float()

@@ -113,7 +113,7 @@ def pool(batch: TokenBatch, hidden: torch.Tensor, packed: bool, device: torch.de
     if packed:
         pack = batch.pack()
         mask = pack.pool_mask.to(device, non_blocking=True)
-        return segment_mean(hidden, mask, pack.segments.to(device, non_blocking=True), pack.sequences), mask
+        return segment_mean(hidden, mask, pack.segments.to(device, non_blocking=True), pack.sequences, pack.max_seqlen), mask
     mask = batch.pool_mask.to(device, non_blocking=True)
     return masked_mean(hidden, mask), mask
 
