@@ -18,7 +18,10 @@ validation record for those weights. Steps (--steps, default all but scale):
 - ``rss``: peak RSS of ``embed`` on --rss-small and --rss-large short proteins (--rss-arch);
 - ``scale`` (two GPUs): ``embed`` on one GPU, ``embed --gpus 2``, outputs compared; then a
   ``--gpus 2`` run with one rank SIGKILLed after --kill-after seconds, rerun to completion and
-  compared with the uninterrupted output.
+  compared with the uninterrupted output;
+- ``repeat`` (one GPU): ``embed`` twice, outputs compared (run-to-run identity, which the
+  two-GPU identity rests on: both split the same packs), then one run SIGKILLed after
+  --kill-after seconds, resumed and compared with the first.
 
     python bench/embed.py --out results-embed/ --arch 650M --sequences 100000
     CUDA_VISIBLE_DEVICES=1 python bench/embed.py --out results-b/ --steps bare fp32 rss
@@ -175,7 +178,7 @@ def peak_rss(command: list[str]) -> int:
     return int(done.stdout.strip().splitlines()[-1]) * 1024  # Linux reports KiB
 
 
-STEPS = ("embed", "embed-compiled", "bare", "fp32", "rss", "scale")
+STEPS = ("embed", "embed-compiled", "bare", "fp32", "rss", "scale", "repeat")
 
 
 def summary_figures(output: str) -> dict:
@@ -203,15 +206,17 @@ def compare_outputs(a: Path, b: Path) -> dict:
             "max_abs_difference": float(np.abs(x - y).max())}
 
 
-def embed_with_kill(cli: list[str], fasta: Path, out: Path, policy: Path, extra: list[str], after: float, logs: Path) -> dict:
-    """``embed --gpus 2``; after ``after`` seconds one worker (a grandchild: launcher -> worker)
-    is SIGKILLed. Returns the exit code, the shards left, and the rerun's figures."""
+def embed_with_kill(cli: list[str], fasta: Path, out: Path, policy: Path, extra: list[str], after: float, logs: Path,
+                    gpus: int = 2, device: str = "cuda") -> dict:
+    """``embed --gpus N``; after ``after`` seconds one worker (with N > 1 a child of the
+    launcher; with N = 1 the process itself) is SIGKILLed. Returns the exit code, the shards
+    left, and the rerun's figures."""
     import os
     import signal
 
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "fp16guard_cli", "embed", *cli, "-s", str(fasta), "-o", str(out), "--policy", str(policy),
-               "--device", "cuda", "--gpus", "2", *extra]
+               "--device", device, "--gpus", str(gpus), *extra]
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "killed.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -222,7 +227,7 @@ def embed_with_kill(cli: list[str], fasta: Path, out: Path, policy: Path, extra:
         code = proc.wait(timeout=300)
     parts = out.with_name(out.name + ".parts")
     shards = len(list(parts.glob("shard-*.h5"))) if parts.is_dir() else 0
-    rerun = run_embed(cli, fasta, out, policy, "cuda", ["--gpus", "2", *extra], logs, keep=True, name="resumed")
+    rerun = run_embed(cli, fasta, out, policy, device, ["--gpus", str(gpus), *extra], logs, keep=True, name="resumed")
     return {"killed_exit_code": code, "shards_left": shards, "rerun": rerun}
 
 
@@ -240,9 +245,9 @@ def main() -> None:
     parser.add_argument("--rss-arch", default="8M")
     parser.add_argument("--rss-small", type=int, default=10_000)
     parser.add_argument("--rss-large", type=int, default=1_000_000)
-    parser.add_argument("--kill-after", type=float, default=40.0, help="scale: seconds before one rank is killed")
+    parser.add_argument("--kill-after", type=float, default=40.0, help="scale, repeat: seconds before one rank is killed")
     parser.add_argument("--chunk-size", type=int, help="embed's --chunk-size (default: embed's own)")
-    parser.add_argument("--scale-compile", default="auto", choices=["auto", "on", "off"], help="scale: embed's --compile in every run")
+    parser.add_argument("--scale-compile", default="auto", choices=["auto", "on", "off"], help="scale, repeat: embed's --compile in every run")
     parser.add_argument("--combine", type=Path, nargs="+", help="merge the results.json of these directories and compute the ratios")
     parser.add_argument("--quick", action="store_true", help="tiny model, few sequences: the code paths only")
     args = parser.parse_args()
@@ -305,6 +310,16 @@ def main() -> None:
                     "two_vs_one": compare_outputs(tmp / "one.h5", tmp / "two.h5"),
                     "killed": killed, "resumed_vs_one": compare_outputs(tmp / "one.h5", tmp / "killed.h5"),
                 }
+            elif step == "repeat":
+                common = [*common, "--compile", args.scale_compile]
+                first = run_embed(cli, fasta, tmp / "first.h5", policy, args.device, common, logs, keep=True, name="first")
+                second = run_embed(cli, fasta, tmp / "second.h5", policy, args.device, common, logs, keep=True, name="second")
+                killed = embed_with_kill(cli, fasta, tmp / "killed.h5", policy, common, args.kill_after, logs, gpus=1,
+                                         device=args.device)
+                results["repeat"] = {
+                    "first": first, "second": second, "second_vs_first": compare_outputs(tmp / "first.h5", tmp / "second.h5"),
+                    "killed": killed, "resumed_vs_first": compare_outputs(tmp / "first.h5", tmp / "killed.h5"),
+                }
             write_results(args.out, results)
     log(f"wrote {args.out / 'results.json'} and results.md")
 
@@ -346,6 +361,11 @@ def write_results(out: Path, results: dict) -> None:
         lines.append(f"- two GPUs vs one: {scale['speedup']:.2f}x wall; outputs {scale['two_vs_one']}")
         lines.append(f"- killed rank: exit {scale['killed']['killed_exit_code']}, {scale['killed']['shards_left']} shard(s) left; "
                      f"resumed output vs one GPU: {scale['resumed_vs_one']}")
+    if "repeat" in results:
+        repeat = results["repeat"]
+        lines.append(f"- one GPU, run twice: outputs {repeat['second_vs_first']}")
+        lines.append(f"- killed run: exit {repeat['killed']['killed_exit_code']}, {repeat['killed']['shards_left']} shard(s) left; "
+                     f"resumed output vs the first run: {repeat['resumed_vs_first']}")
     if environment.get("device") == "cpu":
         lines += ["", "CPU run: code paths only, no speed claim."]
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", default="16384")
     parser.add_argument("--profile", action="store_true", help="pass --profile to every run")
     parser.add_argument("--search-layer", type=int, help="add a run with an MLP overflow in this block (from 1), with --search")
-    parser.add_argument("--only", nargs="+", metavar="RUN", help=f"run only these ({', '.join([*RUNS, SEARCH_RUN])})")
+    parser.add_argument("--only", nargs="+", metavar="RUN", help=f"run only these (fair-esm, hf, dnabert: {', '.join([*RUNS, COLLAPSE_RUN[0], SEARCH_RUN])}; t5: {', '.join([*T5_RUNS, SEARCH_RUN])})")
     parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert", "t5"], help="checkpoint format and target")
     parser.add_argument("--sequences", type=Path, help="a FASTA instead of the bundled set (on a CPU, default: 36 related sequences)")
     parser.add_argument("--fp64-floor", action="store_true", help="pass --fp64-floor to every run (an FP64 pass over 32 sequences)")
@@ -121,6 +121,8 @@ def main() -> int:
                 lines += [f"Note: {note}" for note in report.notes if note.startswith("FP64 floor")]
                 timings = {a.name: a.timing for a in report.attempts}
                 lines += ["```json", json.dumps(timings, indent=1), "```", ""]
+            # After every run, so that a run cut off by a time limit keeps the ones before it.
+            (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -355,6 +355,11 @@ class HfTarget:
                 )
             _set_attention(module, "sdpa")
             notes.append("attention: transformers' sdpa implementation (fused kernels accumulate the softmax in FP32)")
+            if t5.is_t5(module) and t5.contiguous_position_bias(module):
+                notes.append(
+                    "T5's relative position bias is laid out contiguously, so that the fused SDPA kernels accept it as a "
+                    "mask (as transformers builds it, its last stride is the head count and CUDA falls back to the math kernel)"
+                )
         if policy.is_full_precision:
             module.float()
             return AppliedPolicy(policy, notes=tuple(notes))

@@ -14,6 +14,12 @@ T5 differs from the BERT family in the places that matter for FP16:
   the first block only) looked up per (query, key) bucket and added to the attention scores of
   every block. It is a positional table, so ``fp32_positional`` keeps it FP32 and adds it to
   FP32 scores before an FP32 softmax.
+- ``compute_bias`` returns the table's lookup permuted to (1, heads, L, L) without copying, so
+  the last dimension has a stride of ``heads``. Added to the padding mask, that layout reaches
+  ``scaled_dot_product_attention`` as its ``attn_mask``, and every fused CUDA kernel refuses a
+  mask whose last stride is not 1: transformers 5.17 runs T5's "sdpa" attention on the math
+  backend (measured on an H200, bench/t5_attention_kernel.py). The fast-attention policies lay
+  the lookup out so that the permuted bias is contiguous (``contiguous_position_bias``).
 - In FP16, every ``T5Block`` clamps its hidden states to +-(65504 - 1000) once an Inf appears
   (transformers' workaround for FP16 training): an overflow shows up as drift, not as NaN.
 """
@@ -58,6 +64,21 @@ def uses_attention_interface(module: nn.Module) -> bool:
 
     block = module.encoder.block[0]
     return hasattr(sys.modules[type(block).__module__], "eager_attention_forward")
+
+
+def contiguous_position_bias(module: nn.Module) -> int:
+    """Make every ``relative_attention_bias`` lookup come out with (heads, query, key) as its
+    memory order, so that T5's ``permute([2, 0, 1])`` of it is contiguous and the fused SDPA
+    kernels accept the mask built from it. The values are unchanged. Returns the tables hooked."""
+
+    def heads_major(_module, _args, out: torch.Tensor) -> torch.Tensor:
+        # (q, k, h) values stored as (h, q, k): permuting to (h, q, k) then needs no copy.
+        return out.permute(2, 0, 1).contiguous().permute(1, 2, 0) if out.dim() == 3 else out
+
+    tables = [m for n, m in module.named_modules() if n.endswith("relative_attention_bias")]
+    for table in tables:
+        table.register_forward_hook(heads_major)
+    return len(tables)
 
 
 def checkpoint_keys(weight_files: Sequence) -> list[str]:

@@ -109,3 +109,35 @@ def test_mismatch_names_missing_and_unexpected_keys_by_stack():
     text = describe_mismatch("T5EncoderModel", ["encoder.block.1.layer.0.layer_norm.weight"], ["head.weight"])
     assert "1 encoder parameter(s)" in text and "1 parameter(s) in the checkpoint fit no part" in text
     assert "decoder" not in text
+
+
+def test_fast_attention_hands_sdpa_a_mask_with_unit_last_stride(monkeypatch):
+    """Fused CUDA kernels refuse an attn_mask whose last stride is not 1; T5's permuted bias
+    lookup has a last stride of the head count. Under fp16+sdpa the bias and the mask that
+    reaches SDPA are contiguous, and the embeddings are the same as the default layout's."""
+    tokens = torch.randint(0, 30, (3, 21))
+    plain = tiny_t5().float()
+    assert not plain.encoder.block[0].layer[0].SelfAttention.compute_bias(21, 21).is_contiguous()
+    model = tiny_t5()
+    applied = apply_policy(model, Policy("fp32+sdpa", "float32", fast_attention=True))
+    bias = model.encoder.block[0].layer[0].SelfAttention.compute_bias(21, 21)
+    assert bias.is_contiguous() and torch.equal(bias, plain.encoder.block[0].layer[0].SelfAttention.compute_bias(21, 21))
+    assert any("laid out contiguously" in note for note in applied.notes)
+    masks = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    mask = torch.ones_like(tokens)
+    mask[1:, 15:] = 0
+    with torch.no_grad():
+        out = model(input_ids=tokens, attention_mask=mask).last_hidden_state
+    assert masks and all(m is not None and m.stride(-1) == 1 for m in masks)
+    monkeypatch.undo()
+    apply_policy(plain, Policy("fp32+sdpa", "float32"))
+    with torch.no_grad():
+        expected = plain(input_ids=tokens, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
