@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
@@ -56,11 +57,11 @@ def stdout_console() -> Console:
 
 
 def error(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def warning(console: Console, message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 class RateColumn(ProgressColumn):
@@ -101,7 +102,7 @@ class LiveProgress(LibraryProgress):
         self.bars.stop()
 
     def stage(self, message: str) -> None:
-        self.bars.console.print(f"[dim]{message}[/]")
+        self.bars.console.print(f"[dim]{escape(message)}[/]")
 
     def warn(self, message: str) -> None:
         warning(self.bars.console, message)
@@ -147,7 +148,7 @@ def _table(report: Report, rows: list[dict[str, str]], headers: tuple[str, ...],
         )
     for row in rows:
         style = {"PASS": "green", "FAIL": "red"}.get(row["verdict"])
-        table.add_row(*(row[h] for h in headers), style=style)
+        table.add_row(*(Text(row[h]) for h in headers), style=style)  # ids and names are text, not markup
     return table
 
 
@@ -183,13 +184,13 @@ def summary(console: Console, report: Report, paths: list[Path]) -> None:
     else:
         _vertical(console, report)
     verdict(console, report)
-    console.print(f"report: {', '.join(str(p) for p in paths)}", soft_wrap=True)  # paths stay whole for copying
+    console.print(f"report: {escape(', '.join(str(p) for p in paths))}", soft_wrap=True)  # paths stay whole for copying
 
 
 def verdict(console: Console, report: Report, one_line: bool = False) -> None:
     """The verdict: PASS or FAIL, and which policy; ``one_line``: never wrapped (--quiet)."""
     colour = "green" if report.passed else "red"
-    console.print(f"[bold {colour}]{report.summary}[/]", soft_wrap=one_line)
+    console.print(f"[bold {colour}]{escape(report.summary)}[/]", soft_wrap=one_line)
 
 
 def result(report: Report, paths: list[Path], quiet: bool = False, as_json: bool = False) -> None:
@@ -263,14 +264,14 @@ def report_diff(console: Console, result, top: int = 5) -> None:
             console.print(f"[bold]{change.policy}[/]: largest falls in cosine")
             for seq in movers:
                 mark = " [red](crossed the threshold)[/]" if seq.crossed else ""
-                console.print(f"  {seq.id}: {format_cosine(seq.old)} -> {format_cosine(seq.new)}{mark}", soft_wrap=True)
+                console.print(f"  {escape(seq.id)}: {format_cosine(seq.old)} -> {format_cosine(seq.new)}{mark}", soft_wrap=True)
     _agreement_lines(console, result)
     if result:
         console.print(f"[bold green]no regression[/] (tolerance {result.tolerance:g}, agreement tolerance "
                       f"{result.agreement_tolerance:g}, max slowdown {result.max_slowdown:g}x)")
     else:
         for regression in result.regressions:
-            console.print(f"[red]regression:[/] {regression}", soft_wrap=True)
+            console.print(f"[red]regression:[/] {escape(str(regression))}", soft_wrap=True)
         console.print(f"[bold red]REGRESSION: {len(result.regressions)} finding(s)[/]")
 
 
@@ -309,7 +310,7 @@ def catalog(console: Console, entries, policies) -> None:
     for header in ("target", "name", "available", "description", "where"):
         table.add_column(header, overflow="fold")
     for entry in entries:
-        table.add_row(entry.target, entry.name, "yes" if entry.available else "no", entry.description, entry.where)
+        table.add_row(*(Text(cell) for cell in (entry.target, entry.name, "yes" if entry.available else "no", entry.description, entry.where)))
     console.print(table)
     console.print("hf: any encoder directory or hub id with `fp16guard validate hf --model PATH_OR_ID`")
     console.print("Policies: " + ", ".join(f"{name} ({p.describe()})" for name, p in policies.items()))
@@ -317,8 +318,8 @@ def catalog(console: Console, entries, policies) -> None:
 
 def embed_summary(console: Console, result) -> None:
     """What ``fp16guard embed`` wrote, under which policy, with the spot checks (give it stdout)."""
-    console.print(f"[bold green]embedded {result.sequences} sequence(s)[/] into {result.out}", soft_wrap=True)
-    console.print(f"precision: {result.policy_note}", soft_wrap=True)
+    console.print(f"[bold green]embedded {result.sequences} sequence(s)[/] into {escape(str(result.out))}", soft_wrap=True)
+    console.print(f"precision: {escape(result.policy_note)}", soft_wrap=True)
     layers = ", ".join(map(str, result.layers))
     console.print(f"layer{'s' if len(result.layers) > 1 else ''} {layers}; pooled FP32 embeddings" + (" and per-residue states" if result.per_residue else ""))
     if result.spot_checks:
@@ -328,7 +329,7 @@ def embed_summary(console: Console, result) -> None:
     elif result.policy.is_full_precision:
         console.print("spot checks: none needed (FP32)")
     if result.compile_note:
-        console.print(f"execution: {result.compile_note}", soft_wrap=True)
+        console.print(f"execution: {escape(result.compile_note)}", soft_wrap=True)
     rate = result.tokens_per_second
     console.print(f"{result.tokens} tokens embedded by this run in {result.seconds:.1f} s"
                   + (f" ({fmt_rate(rate)} tokens/s)" if rate else "")

@@ -358,3 +358,19 @@ def test_every_validate_option_reaches_the_workflow():
         options = set(inspect.signature(command.callback).parameters) - {"ctx"}  # the typer.Context, not an option
         assert options - SOURCE_OPTIONS <= shared, (command.name, options - SOURCE_OPTIONS - shared)
         assert "careful_timing" in options and "careful_timing" in shared
+
+
+def test_brackets_in_ids_paths_and_errors_are_printed_as_written(checkpoints, tmp_path):
+    """Terminal output treats what it prints as text: a sequence id like "odd[bold]x", an output
+    path with brackets, and an error naming such a path keep their brackets."""
+    fasta = tmp_path / "odd.fasta"
+    fasta.write_text(">odd[bold]x\nMKTAYIAKQRQISFVKSHFSRQLEER\n>odd[bold]y\nMKVLAAGIVG\n")
+    out = tmp_path / "out[1]"
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    flat = "".join(text.split())
+    assert "odd[bold]" in flat and "out[1]/report.json" in flat  # the worst sequence's id, in the table
+    missing = tmp_path / "no[such]file.fasta"
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", missing, "-o", tmp_path / "o2", "--device", "cpu")
+    assert result.exit_code == 2, text
+    assert "no[such]file.fasta" in "".join(text.split())
