@@ -353,6 +353,41 @@ def _residue_tokenizer(directory: Path, spaced: bool):
     return tokenizer
 
 
+#: ProtT5's residue pieces, in the order of its vocabulary (ids 3 to 27), each with
+#: SentencePiece's word-start mark: residues are read only when separated by spaces.
+PROT_T5_PIECES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
+
+
+def _sentencepiece_tokenizer(directory: Path):
+    """A tokenizer laid out as ProtT5's: a SentencePiece model (``spiece.model``, no
+    tokenizer.json) of <pad> 0, </s> 1, <unk> 2 and one piece per residue ("▁A", ...), 100 extra
+    ids, ``T5Tokenizer`` in tokenizer_config.json; 128 tokens in all. Needs the sentencepiece and
+    protobuf packages (the ``t5`` extra), as the real files do."""
+    from sentencepiece import sentencepiece_model_pb2 as proto
+    from transformers import AutoTokenizer
+
+    model = proto.ModelProto()
+    model.trainer_spec.model_type = proto.TrainerSpec.UNIGRAM
+    model.trainer_spec.vocab_size = 3 + len(PROT_T5_PIECES)
+    model.trainer_spec.pad_id, model.trainer_spec.eos_id, model.trainer_spec.unk_id, model.trainer_spec.bos_id = 0, 1, 2, -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = True
+    model.normalizer_spec.escape_whitespaces = True
+    kinds = proto.ModelProto.SentencePiece
+    for piece, kind in (("<pad>", kinds.CONTROL), ("</s>", kinds.CONTROL), ("<unk>", kinds.UNKNOWN)):
+        entry = model.pieces.add()
+        entry.piece, entry.score, entry.type = piece, 0.0, kind
+    for rank, residue in enumerate(PROT_T5_PIECES):
+        entry = model.pieces.add()
+        entry.piece, entry.score, entry.type = "\u2581" + residue, -float(rank + 1), kinds.NORMAL
+    (directory / "spiece.model").write_bytes(model.SerializeToString())
+    settings = {"tokenizer_class": "T5Tokenizer", "do_lower_case": False, "extra_ids": 100, "model_max_length": 1000000000,
+                "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return AutoTokenizer.from_pretrained(directory)
+
+
 def plant_wo_overflow(model, block: int = 1, channel: int = 3, unit: int = 5, seed: int = 0) -> None:
     """One feed-forward unit of ``block`` that fires on every token and a ``wo`` column that turns
     it into an output beyond FP16's 65504 in one channel (about 3x) and a large but finite value
@@ -394,13 +429,14 @@ def plant_wo_overflow(model, block: int = 1, channel: int = 3, unit: int = 5, se
 
 def write_hf_t5(
     directory: Path, plant: str | None = None, layout: str = "encoder", arch: str = "t5_tiny", spaced: bool = True,
-    plant_block: int = 1, seed: int = 0,
+    plant_block: int = 1, seed: int = 0, tokenizer: str = "word",
 ) -> Path:
     """A T5 encoder directory written by transformers: ``layout="encoder"`` saves
     ``T5EncoderModel`` (as ProtT5's encoder-only half-precision release is laid out),
     ``layout="full"`` a ``T5ForConditionalGeneration`` whose encoder is the same (as ProtT5-XL-U50
     and Ankh ship). ``arch`` is a key of ``T5_ARCHITECTURES``; ``spaced`` picks ProtT5's
-    space-separated residues or a character-level tokenizer.
+    space-separated residues or a character-level tokenizer. ``tokenizer="sentencepiece"``
+    writes ProtT5's own layout instead (``spiece.model`` only; see _sentencepiece_tokenizer).
 
     ``plant="wo"``: a feed-forward output beyond FP16 in block ``plant_block`` (from 0), see
     ``plant_wo_overflow``; fixed by FP32 ``wo`` (``fp16+keep32``) or an FP32 MLP island."""
@@ -408,7 +444,12 @@ def write_hf_t5(
 
     layers, d_model, d_ff, heads, d_kv, gated = T5_ARCHITECTURES[arch]
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _residue_tokenizer(directory, spaced)
+    if tokenizer == "sentencepiece":
+        tokenizer = _sentencepiece_tokenizer(directory)
+    elif tokenizer == "word":
+        tokenizer = _residue_tokenizer(directory, spaced)
+    else:
+        raise ValueError(tokenizer)
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_decoder_layers=layers,
         num_heads=heads, feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,

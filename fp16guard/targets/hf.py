@@ -154,6 +154,7 @@ class HfTarget:
             if not source.model:
                 raise InputError("--model is required: a local directory or a Hugging Face model id")
             model_dir = resolve_model_dir(source.model, source.offline)
+            check_tokenizer_packages(model_dir)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(
                     model_dir, local_files_only=True, trust_remote_code=source.trust_remote_code
@@ -225,6 +226,8 @@ class HfTarget:
         alphabet = "".join(sorted(set(alphabet) | set(read_as)))
         separator = self._separator(tokenizer, alphabet.translate(str.maketrans(read_as)))
         specials = len(tokenizer("A")["input_ids"]) - len(tokenizer("A", add_special_tokens=False)["input_ids"])
+        rows = module.get_input_embeddings().num_embeddings
+        check_token_ids(tokenizer(separator.join(alphabet))["input_ids"], rows, tokenizer, model_dir)
         positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
         # T5 has no position table (relative buckets), and a tokenizer without a limit reports 1e30.
         max_length = int(positions) - specials if positions and positions < 10**7 else None
@@ -240,7 +243,7 @@ class HfTarget:
             max_length=max_length,
             extra={
                 "tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id,
-                "read_as": read_as, "keep_in_fp32_modules": keep32, "notes": notes,
+                "read_as": read_as, "keep_in_fp32_modules": keep32, "notes": notes, "embedding_rows": rows,
             },
         )
 
@@ -288,6 +291,8 @@ class HfTarget:
         encoded = loaded.extra["tokenizer"](
             self._texts(loaded, sequences), padding=True, return_tensors="pt", add_special_tokens=True
         )
+        if "embedding_rows" in loaded.extra:  # byte-pair merges can reach ids the alphabet did not
+            check_token_ids(encoded["input_ids"], loaded.extra["embedding_rows"], loaded.extra["tokenizer"], loaded.source)
         attention = encoded["attention_mask"].bool()
         if loaded.extra["pooling"] == "cls":
             mask = torch.zeros_like(attention)
@@ -418,6 +423,51 @@ class HfTarget:
         keep += [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts
         cast_except(module, dtype, keep)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
+
+
+#: SentencePiece model files that transformers converts into a tokenizer when a directory has no
+#: tokenizer.json (ProtT5 and Ankh ship spiece.model only); the conversion needs both packages.
+SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+SENTENCEPIECE_PACKAGES = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
+
+
+def check_tokenizer_packages(model_dir: Path) -> None:
+    """Raise ModelLoadError, with the pip command, when ``model_dir``'s tokenizer is a bare
+    SentencePiece model and the packages that read it are missing (transformers would otherwise
+    fall back to other readers and fail with an unrelated message)."""
+    import importlib.util
+
+    if (model_dir / "tokenizer.json").is_file():
+        return
+    found = next((name for name in SENTENCEPIECE_FILES if (model_dir / name).is_file()), None)
+    if found is None:
+        return
+    missing = []
+    for module, package in SENTENCEPIECE_PACKAGES.items():
+        try:
+            present = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # google itself is absent
+            present = False
+        if not present:
+            missing.append(package)
+    if missing:
+        raise ModelLoadError(
+            f"{model_dir}: its tokenizer is a SentencePiece model ({found}, as ProtT5 and Ankh ship it), which transformers "
+            f"reads with the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
+            "pip install 'fp16guard[t5]' (or pip install sentencepiece protobuf)"
+        )
+
+
+def check_token_ids(ids, rows: int, tokenizer, where) -> None:
+    """Raise ModelLoadError when the tokenizer gives an id beyond the model's embedding table:
+    the tokenizer files belong to another model (the forward pass would fail on an index)."""
+    largest = int(torch.as_tensor(ids).max()) if len(ids) else -1
+    if largest >= rows:
+        token = tokenizer.convert_ids_to_tokens(largest)
+        raise ModelLoadError(
+            f"{where}: the tokenizer gives token id {largest} ({token!r}) but the model's embedding table has {rows} rows: "
+            "the tokenizer files do not belong to these weights"
+        )
 
 
 def _class_fp32_modules(module: nn.Module, declared: list[str], keep: bool) -> tuple[list[str], str]:

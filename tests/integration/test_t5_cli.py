@@ -178,3 +178,69 @@ def test_list_recognises_prot_t5_and_ankh_in_the_hf_cache(tmp_path):
     rows = {line.split("│")[2].strip(): line for line in text.splitlines() if line.count("│") > 4}
     assert "ProtT5" in rows["Rostlab/prot_t5_xl_uniref50"] and "T5 encoder" in rows["Rostlab/prot_t5_xl_uniref50"]
     assert "Ankh" in rows["ElnaggarLab/ankh-base"]
+
+
+@pytest.fixture(scope="module")
+def prot_t5_layout(tmp_path_factory):
+    """ProtT5's own tokenizer files: spiece.model and tokenizer_config.json, no tokenizer.json."""
+    pytest.importorskip("sentencepiece", reason="the t5 extra (sentencepiece, protobuf) writes and reads spiece.model")
+    pytest.importorskip("google.protobuf", reason="the t5 extra (sentencepiece, protobuf) writes and reads spiece.model")
+    return write_hf_t5(tmp_path_factory.mktemp("prot_t5") / "prot_t5", plant="wo", tokenizer="sentencepiece")
+
+
+def test_sentencepiece_tokenizer_as_prot_t5_ships_it(prot_t5_layout, small_fasta, tmp_path):
+    """A directory with spiece.model as its only tokenizer file: residues are read spaced, one
+    "▁A"-style piece each, U, Z, O and B as themselves (this vocabulary has them, J it lacks); the planted
+    wo overflow fails fp16 and the ladder keeps wo in FP32."""
+    from fp16guard.config import ModelSource
+    from fp16guard.targets import get_target
+
+    assert not (prot_t5_layout / "tokenizer.json").exists() and (prot_t5_layout / "spiece.model").is_file()
+    target = get_target("hf")
+    loaded = target.load(ModelSource(model=str(prot_t5_layout)))
+    assert loaded.extra["separator"] == " " and loaded.extra["read_as"] == {"J": "X"}  # the one it lacks
+    tokenizer = loaded.extra["tokenizer"]
+    assert len(tokenizer) == 128 and type(tokenizer).__name__ == "T5Tokenizer"
+    tokens, _, used = target.tokenize(loaded, ["MKUZOB"])
+    assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["▁M", "▁K", "▁U", "▁Z", "▁O", "▁B", "</s>"]
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "hf", "--model", prot_t5_layout, "-s", small_fasta, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    assert report["passing_policy"] == "fp16+keep32"
+    residues = sum(len(r.sequence) for r in read_fasta(small_fasta, "ABCDEFGHIJKLMNOPQRSTUVWXYZ").records)
+    assert report["attempts"][0]["timing"]["tokens"] == residues + 5  # nothing merged, nothing unknown
+
+
+def test_sentencepiece_tokenizer_without_its_packages_says_what_to_install(prot_t5_layout, small_fasta, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real(name, *a))
+    result, text = run_cli("validate", "hf", "--model", prot_t5_layout, "-s", small_fasta, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "spiece.model" in flat and "sentencepiece package" in flat and "pip install 'fp16guard[t5]'" in flat
+    assert "tiktoken" not in flat
+
+
+def test_tokenizer_of_another_model_is_refused_by_name(t5_models, small_fasta, tmp_path):
+    """Tokenizer files whose ids run past the model's embedding table: exit 3 with the id and
+    the table's size, not an internal IndexError from the forward pass."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    small = tmp_path / "small-vocab"
+    shutil.copytree(t5_models["encoder"], small)
+    state = load_file(small / "model.safetensors")
+    state = {k: (v[:10].clone() if k in ("shared.weight", "encoder.embed_tokens.weight") else v) for k, v in state.items()}
+    save_file(state, small / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((small / "config.json").read_text())
+    config["vocab_size"] = 10
+    (small / "config.json").write_text(json.dumps(config))
+    result, text = run_cli("validate", "hf", "--model", small, "-s", small_fasta, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 3, text
+    flat = " ".join(text.split())
+    assert "embedding table has 10 rows" in flat and "do not belong to these weights" in flat
+    assert "internal error" not in flat
