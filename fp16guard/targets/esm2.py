@@ -36,9 +36,17 @@ DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 def _read_checkpoint(path: Path) -> dict:
     # weights_only=True refuses any pickled code; fair-esm's cfg holds an argparse.Namespace,
     # which is plain data and allowed explicitly.
+    # mmap: the tensors stay in the page cache until the model copies them, instead of a second
+    # full copy in this process's memory (2.6 GB for 650M); a file in torch's legacy (non-zip)
+    # format cannot be mapped and is read whole.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such checkpoint file") from None
     except Exception as exc:  # gzip, corrupt zip, truncated download, not a torch file, pickled code
