@@ -374,3 +374,24 @@ def test_brackets_in_ids_paths_and_errors_are_printed_as_written(checkpoints, tm
     result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", missing, "-o", tmp_path / "o2", "--device", "cpu")
     assert result.exit_code == 2, text
     assert "no[such]file.fasta" in "".join(text.split())
+
+
+def test_checkpoint_in_torchs_legacy_format_loads_like_the_zip_one(checkpoints, tmp_path):
+    """Checkpoints are memory-mapped; one saved in torch's legacy (non-zip) format cannot be, and
+    is read whole instead: the same weights either way."""
+    import argparse
+
+    import torch
+
+    from fp16guard.targets.base import ModelSource
+    from fp16guard.targets.esm2 import TARGET
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(checkpoints["healthy"], map_location="cpu", weights_only=True)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(data, legacy, _use_new_zipfile_serialization=False)
+    mapped = TARGET.load(ModelSource(weights=str(checkpoints["healthy"]))).module.state_dict()
+    read = TARGET.load(ModelSource(weights=str(legacy))).module.state_dict()
+    assert mapped.keys() == read.keys()
+    # contact_head.regression is not in these checkpoints and is drawn at random on each load
+    assert all(torch.equal(mapped[k], read[k]) for k in mapped if not k.startswith("contact_head."))
