@@ -217,6 +217,13 @@ class HfTarget:
                     f"{model_dir.name}: the checkpoint holds a full encoder-decoder ({saved_as}); its {len(decoder)} "
                     f"decoder tensors are ignored and only the encoder ({encoder_only}) is validated"
                 )
+        stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").removeprefix("torch.")
+        if stored in ("float16", "bfloat16"):  # ProtT5's half-precision encoder release, for one
+            notes.append(
+                f"{model_dir.name}: the checkpoint stores its weights in {stored}; the FP32 reference computes in FP32 from "
+                "those weights, so the comparison measures reduced-precision compute, not the rounding of the weights, "
+                "which both sides share"
+            )
         if tokenizer.pad_token_id is None:
             raise ModelLoadError(f"{model_dir}: the tokenizer has no padding token")
         vocab = tokenizer.get_vocab()

@@ -244,3 +244,23 @@ def test_tokenizer_of_another_model_is_refused_by_name(t5_models, small_fasta, t
     flat = " ".join(text.split())
     assert "embedding table has 10 rows" in flat and "do not belong to these weights" in flat
     assert "internal error" not in flat
+
+
+def test_half_precision_checkpoint_is_said_to_share_its_weight_rounding(t5_models, small_fasta, tmp_path):
+    """A checkpoint stored in FP16 (ProtT5's half-precision encoder release): the FP32 reference
+    runs those weights in FP32, and the report says the comparison is of compute only."""
+    import shutil
+
+    from transformers import T5EncoderModel
+
+    half = tmp_path / "half"
+    T5EncoderModel.from_pretrained(t5_models["encoder"]).half().save_pretrained(half)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(t5_models["encoder"] / name, half / name)
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "hf", "--model", half, "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    assert result.exit_code == 0, text
+    assert any("stores its weights in float16" in n for n in read_report(out)["notes"])
+    out = tmp_path / "out-fp32"
+    result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    assert not any("stores its weights" in n for n in read_report(out)["notes"])
