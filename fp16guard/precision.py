@@ -105,6 +105,24 @@ def block_islands(
     return [f"{names[id(m)]} (whole block)" for m in chosen], chosen
 
 
+def located_parts(model: nn.Module, blocks: list[nn.Module], parts: tuple[tuple[str, int], ...], block_parts):
+    """Each (kind, block number) of ``Policy.fp32_parts`` as (kind, block, block's dotted name,
+    the part): ``block_parts(block)[kind]``, or None for ``layer_norm`` (a block's norms are
+    found by the caller). Raises UnsupportedPolicyError for a block the model lacks or a part
+    that ``block_parts`` does not know."""
+    if parts and max(block for _, block in parts) > len(blocks):
+        raise UnsupportedPolicyError(
+            f"the policy keeps parts of block {max(block for _, block in parts)} in FP32, but the model has {len(blocks)} blocks"
+        )
+    names = {id(m): name for name, m in model.named_modules()}
+    for kind, number in parts:
+        block = blocks[number - 1]
+        located = None if kind == "layer_norm" else block_parts(block).get(kind)
+        if kind != "layer_norm" and located is None:
+            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that fp16guard can keep in FP32")
+        yield kind, block, names[id(block)], located
+
+
 def part_islands(
     model: nn.Module,
     blocks: list[nn.Module],
@@ -120,26 +138,17 @@ def part_islands(
     activation between the two linears is FP32 too: an FP16 cast there would overflow exactly
     where a large pre-activation made the MLP fail.
     """
-    if parts and max(block for _, block in parts) > len(blocks):
-        raise UnsupportedPolicyError(
-            f"the policy keeps parts of block {max(block for _, block in parts)} in FP32, but the model has {len(blocks)} blocks"
-        )
     names = {id(m): name for name, m in model.named_modules()}
     labels: list[str] = []
     kept: list[nn.Module] = []
-    for kind, number in parts:
-        block = blocks[number - 1]
+    for kind, block, block_name, located in located_parts(model, blocks, parts, block_parts):
         if kind == "layer_norm":
             norms = [name for name, m in block.named_modules() if name and is_layer_norm(m)]
             for name in norms:
                 replace_module(block, name, Fp32LayerNorm(block.get_submodule(name), output_dtype))
                 kept.append(block.get_submodule(name))
-                labels.append(f"{names[id(block)]}.{name}")
-            continue
-        located = block_parts(block).get(kind)
-        if located is None:
-            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that fp16guard can keep in FP32")
-        if kind == "mlp":
+                labels.append(f"{block_name}.{name}")
+        elif kind == "mlp":
             first, last = located
             kept += [make_fp32_island(first, torch.float32), make_fp32_island(last, output_dtype)]
             labels.append(f"{names[id(first)]} .. {names[id(last)]} (MLP)")

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import UnsupportedPolicyError
 from ..policy import Policy
-from ..precision import make_fp32_island
+from ..precision import located_parts, make_fp32_island
 
 #: config.model_type -> the transformers class that builds its encoder alone
 ENCODER_CLASSES = {"t5": "T5EncoderModel"}
@@ -203,21 +203,14 @@ def apply_islands(
         # add in FP32 by promotion, as they do after transformers' FP32 wo.
         keep.append(_island(blocks[number - 1], torch.float32, bias_dtype))
         islands.append(f"{names[id(blocks[number - 1])]} (whole block, FP32 output)")
-    if policy.fp32_parts and max(b for _, b in policy.fp32_parts) > len(blocks):
-        raise UnsupportedPolicyError(
-            f"the policy keeps parts of block {max(b for _, b in policy.fp32_parts)} in FP32, but the model has {len(blocks)} blocks"
-        )
-    for kind, number in policy.fp32_parts:
-        block = blocks[number - 1]
+    # The shapes of precision.part_islands, with T5's islands: RMS norms as hook islands, the
+    # attention handing on a bias in ``bias_dtype``, and the feed-forward as one FP32 module.
+    for kind, block, block_name, part in located_parts(module, blocks, policy.fp32_parts, block_parts):
         if kind == "layer_norm":
             for name, norm in _norms(block):
                 keep.append(make_fp32_island(norm, dtype))
-                islands.append(f"{names[id(block)]}.{name}")
-            continue
-        part = block_parts(block).get(kind)
-        if part is None:
-            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that fp16guard can keep in FP32")
-        if kind == "attention":
+                islands.append(f"{block_name}.{name}")
+        elif kind == "attention":
             keep.append(_island(part, dtype, bias_dtype))
             islands.append(f"{names[id(part)]} (attention)")
         else:

@@ -141,3 +141,19 @@ def test_fast_attention_hands_sdpa_a_mask_with_unit_last_stride(monkeypatch):
     with torch.no_grad():
         expected = plain(input_ids=tokens, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("parts", [(("mlp", 3),), (("layer_norm", 1), ("attention", 5))])
+def test_parts_of_a_block_the_model_lacks_are_refused(parts):
+    from fp16guard.errors import UnsupportedPolicyError
+
+    with pytest.raises(UnsupportedPolicyError, match=r"keeps parts of block \d in FP32, but the model has 2 blocks"):
+        apply_policy(tiny_t5(), Policy("fp16+parts", fp32_parts=parts))
+
+
+def test_parts_islands_name_each_part_of_the_block():
+    applied = apply_policy(tiny_t5(), Policy("fp16+parts", fp32_parts=(("layer_norm", 1), ("attention", 2), ("mlp", 2))))
+    assert applied.fp32_modules == (
+        "encoder.block.0.layer.0.layer_norm", "encoder.block.0.layer.1.layer_norm",
+        "encoder.block.1.layer.0.SelfAttention (attention)", "encoder.block.1.layer.1.DenseReluDense (MLP: wi .. wo, FP32 output)",
+    )
