@@ -33,3 +33,19 @@ def test_embed_bench_quick_on_cpu(tmp_path):
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((combined / "results.json").read_text())["ratios"] == results["ratios"]
+
+
+@pytest.mark.slow
+def test_embed_bench_repeat_step_on_cpu(tmp_path):
+    """The one-GPU `repeat` step, on the CPU: two runs and a killed-then-resumed one, compared.
+    The kill may land after the run finished on so small an input; the comparison still runs."""
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(tmp_path), "--steps", "repeat",
+               "--kill-after", "3", "--scale-compile", "off"]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    repeat = json.loads((tmp_path / "results.json").read_text())["repeat"]
+    assert repeat["first"]["tokens"] > 0 and repeat["second"]["tokens"] == repeat["first"]["tokens"]
+    for comparison in (repeat["second_vs_first"], repeat["resumed_vs_first"]):
+        assert comparison == {"same_ids": True, "identical_embeddings": True, "max_abs_difference": 0.0}
+    assert isinstance(repeat["killed"]["killed_exit_code"], int)
+    assert "one GPU, run twice" in (tmp_path / "results.md").read_text()
