@@ -3,7 +3,9 @@ subprocess with every output line time-stamped."""
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -25,6 +27,8 @@ DNABERT_INTERMEDIATE_PER_DIM = 4
 DNABERT_VOCAB = 4096
 DNABERT_CORPUS = 20000
 
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+
 
 def write_weights(fmt: str, arch: str, path: Path, plant: str | None = None, plant_layer: int = 1) -> list[str]:
     """Write random weights of ``arch`` (a key of fp16guard.testing.ARCHITECTURES, or of
@@ -45,6 +49,16 @@ def write_weights(fmt: str, arch: str, path: Path, plant: str | None = None, pla
         weights = write_checkpoint(path, plant, plant_layer=plant_layer, layers=layers, dim=dim, heads=heads)
         return ["esm2", "--weights", str(weights)]
     raise ValueError(fmt)
+
+
+def write_proteins(path: Path, count: int, seed: int = 0, median: int = 330, fixed: int | None = None) -> Path:
+    """``count`` proteins of log-normal lengths (or all ``fixed`` long), written streaming."""
+    rng = random.Random(seed)
+    with open(path, "w") as handle:
+        for i in range(count):
+            length = fixed or min(1022, max(30, round(rng.lognormvariate(math.log(median), 0.55))))
+            handle.write(f">p{i}\n{''.join(rng.choices(RESIDUES, k=length))}\n")
+    return path
 
 
 @dataclass

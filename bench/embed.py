@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
-import random
 import re
 import subprocess
 import sys
@@ -47,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import run_cli, write_weights
+from _common import run_cli, write_proteins, write_weights
 
 from fp16guard.policy import get_policy
 from fp16guard.report import POLICY_FILE_VERSION
@@ -55,21 +53,8 @@ from fp16guard.sequences import make_batches
 from fp16guard.targets.base import ModelSource
 from fp16guard.targets.esm2 import TARGET
 
-RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
-
-
 def log(message: str) -> None:
     print(f"[embed bench] {message}", file=sys.stderr, flush=True)
-
-
-def write_fasta(path: Path, count: int, seed: int = 0, median: int = 330, fixed: int | None = None) -> Path:
-    """``count`` proteins of log-normal lengths (or all ``fixed`` long), written streaming."""
-    rng = random.Random(seed)
-    with open(path, "w") as handle:
-        for i in range(count):
-            length = fixed or min(1022, max(30, round(rng.lognormvariate(math.log(median), 0.55))))
-            handle.write(f">p{i}\n{''.join(rng.choices(RESIDUES, k=length))}\n")
-    return path
 
 
 def write_policy(path: Path, weights: Path, policy: str) -> Path:
@@ -272,7 +257,7 @@ def main() -> None:
         log(f"writing {args.arch} weights and {args.sequences} proteins")
         cli = write_weights("fair-esm", args.arch, tmp / "model.pt")
         weights = Path(cli[-1])
-        fasta = write_fasta(tmp / "set.fasta", args.sequences)
+        fasta = write_proteins(tmp / "set.fasta", args.sequences)
         policy = write_policy(tmp / "policy.json", weights, args.policy)
         common = ["--max-tokens", str(args.max_tokens), *(["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])]
         logs = args.out / "logs"
@@ -295,7 +280,7 @@ def main() -> None:
                 rss = {"arch": args.rss_arch}
                 for count in (args.rss_small, args.rss_large):
                     log(f"peak RSS on {count} short proteins")
-                    small = write_fasta(tmp / f"rss{count}.fasta", count, seed=1, fixed=50)
+                    small = write_proteins(tmp / f"rss{count}.fasta", count, seed=1, fixed=50)
                     command = [sys.executable, "-m", "fp16guard_cli", "embed", *rss_cli, "-s", str(small), "-o",
                                str(tmp / f"rss{count}.h5"), "--policy", str(rss_policy), "--device", args.device, *common]
                     rss[str(count)] = peak_rss(command)

@@ -22,6 +22,9 @@ With ``--format t5`` the planted run is a feed-forward (``wo``) output beyond FP
 residual overflow: full FP16 (``.half()``) must fail and ``fp16+keep32`` (transformers' FP32
 ``wo``) pass; ``--search-layer N`` adds the same plant in block N under ``--search``.
 
+``--embed-sequences N`` then runs ``fp16guard embed`` on N proteins under the policy that the
+healthy run saved (``--save-policy``: the recommended one), end to end.
+
 writes each run's report directory and log under --out, and summary.md with both tables.
 """
 
@@ -34,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import run_cli, write_weights
+from _common import run_cli, write_proteins, write_weights
 
 from fp16guard.report import agreement_lines, read_report
 from fp16guard.testing import ARCHITECTURES, T5_ARCHITECTURES, related_sequences, write_fasta
@@ -59,6 +62,8 @@ def main() -> int:
     parser.add_argument("--format", default="fair-esm", choices=["fair-esm", "hf", "dnabert", "t5"], help="checkpoint format and target")
     parser.add_argument("--sequences", type=Path, help="a FASTA instead of the bundled set (on a CPU, default: 36 related sequences)")
     parser.add_argument("--fp64-floor", action="store_true", help="pass --fp64-floor to every run (an FP64 pass over 32 sequences)")
+    parser.add_argument("--embed-sequences", type=int, default=0, metavar="N",
+                        help="after the healthy run, `fp16guard embed` N proteins of realistic lengths under the policy it saved")
     args = parser.parse_args()
     if (args.format == "t5") != (args.arch in T5_ARCHITECTURES):
         parser.error(f"--format t5 takes the T5 architectures ({', '.join(T5_ARCHITECTURES)}), the other formats {', '.join(ARCHITECTURES)}")
@@ -90,6 +95,9 @@ def main() -> int:
             cpu = args.device == "cpu"
             timing = [] if cpu else ["--careful-timing"]
             extra = [e for e in extra if not (cpu and e == "--full-ladder")]
+            saved_policy = args.out / run / "policy.json"
+            if args.embed_sequences and run == "healthy":
+                extra = [*extra, "--save-policy", str(saved_policy)]
             cli = run_cli(
                 ["validate", *target, "--device", args.device, "--max-tokens", args.max_tokens, "--out", str(args.out / run), *timing,
                  *(["--sequences", str(args.sequences)] if args.sequences else []), *extra, *(["--profile"] if args.profile else []), *(["--fp64-floor"] if args.fp64_floor else [])],
@@ -121,11 +129,27 @@ def main() -> int:
                 lines += [f"Note: {note}" for note in report.notes if note.startswith("FP64 floor")]
                 timings = {a.name: a.timing for a in report.attempts}
                 lines += ["```json", json.dumps(timings, indent=1), "```", ""]
+            if args.embed_sequences and run == "healthy" and saved_policy.is_file():
+                lines += embed_under(target, saved_policy, args, Path(tmp))
             # After every run, so that a run cut off by a time limit keeps the ones before it.
             (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def embed_under(target: list[str], policy: Path, args, tmp: Path) -> list[str]:
+    """``fp16guard embed`` of --embed-sequences proteins (log-normal lengths, median 330) under
+    the policy the healthy run saved: the summary lines, end to end from process start."""
+    fasta = write_proteins(tmp / "embed.fasta", args.embed_sequences)
+    out = tmp / "embed.h5"
+    cli = run_cli(["embed", *target, "-s", str(fasta), "-o", str(out), "--policy", str(policy), "--device", args.device],
+                  log=args.out / "embed.log")
+    print(cli.output[-3000:], file=sys.stderr)
+    chosen = json.loads(policy.read_text())["policy"]["name"]
+    summary = [line for _, line in cli.lines if not line.startswith("embedding ")][-8:]
+    return [f"## embed under the saved policy ({chosen}): exit code {cli.returncode}, {args.embed_sequences} proteins, "
+            f"{cli.seconds:.1f} s end to end", "", "```", *summary, "```", ""]
 
 
 if __name__ == "__main__":
