@@ -323,8 +323,10 @@ T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCX"
 #: is T5 v1 style (ReLU feed-forward, ``feed_forward_proj="relu"``); Ankh is T5 v1.1 style
 #: (gated GELU). ProtT5-XL's sizes as its config.json gives them. Ankh's layers, widths and heads
 #: as the model card of a public re-implementation lists them (Synthyra/ANKH_base on the Hugging
-#: Face hub: base 48 x 768, 12 heads; large 48 x 1536, 16 heads, gelu_new); the feed-forward
-#: widths are recalled from the Ankh paper, not checked against its config files.
+#: Face hub: base 48 x 768, 12 heads; large 48 x 1536, 16 heads, gelu_new). The feed-forward
+#: widths are not read from Ankh's config files, but the encoders they give have the parameter
+#: counts that model card lists (453.2M for base against its 453.3M, 1151.7M for large against
+#: 1.15B, with a 144-token vocabulary), so the widths fit.
 T5_ARCHITECTURES = {
     "t5_tiny": (3, 32, 64, 4, 8, False),
     "t5_tiny_gated": (3, 32, 64, 4, 8, True),
