@@ -326,7 +326,8 @@ T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCX"
 #: Face hub: base 48 x 768, 12 heads; large 48 x 1536, 16 heads, gelu_new). The feed-forward
 #: widths are not read from Ankh's config files, but the encoders they give have the parameter
 #: counts that model card lists (453.2M for base against its 453.3M, 1151.7M for large against
-#: 1.15B, with a 144-token vocabulary), so the widths fit.
+#: 1.15B; the vocabulary adds only about 0.1M), so the widths fit: another width by 64 would move
+#: the count by 7M (base) to 14M (large).
 T5_ARCHITECTURES = {
     "t5_tiny": (3, 32, 64, 4, 8, False),
     "t5_tiny_gated": (3, 32, 64, 4, 8, True),
