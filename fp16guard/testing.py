@@ -361,17 +361,19 @@ def _residue_tokenizer(directory: Path, spaced: bool):
 PROT_T5_PIECES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 
 
-def _sentencepiece_tokenizer(directory: Path):
+def _sentencepiece_tokenizer(directory: Path, bare: bool = False):
     """A tokenizer laid out as ProtT5's: a SentencePiece model (``spiece.model``, no
     tokenizer.json) of <pad> 0, </s> 1, <unk> 2 and one piece per residue ("▁A", ...), 100 extra
-    ids, ``T5Tokenizer`` in tokenizer_config.json; 128 tokens in all. Needs the sentencepiece and
-    protobuf packages (the ``t5`` extra), as the real files do."""
+    ids, ``T5Tokenizer`` in tokenizer_config.json; 128 tokens in all. ``bare``: bare residue
+    pieces ("A", ...) as well, after the word-start ones, so that unspaced text also tokenises
+    without unknowns. Needs the sentencepiece and protobuf packages (the ``t5`` extra), as the
+    real files do."""
     from sentencepiece import sentencepiece_model_pb2 as proto
     from transformers import AutoTokenizer
 
     model = proto.ModelProto()
     model.trainer_spec.model_type = proto.TrainerSpec.UNIGRAM
-    model.trainer_spec.vocab_size = 3 + len(PROT_T5_PIECES)
+    model.trainer_spec.vocab_size = 3 + len(PROT_T5_PIECES) * (2 if bare else 1)
     model.trainer_spec.pad_id, model.trainer_spec.eos_id, model.trainer_spec.unk_id, model.trainer_spec.bos_id = 0, 1, 2, -1
     model.normalizer_spec.name = "identity"
     model.normalizer_spec.add_dummy_prefix = True
@@ -384,6 +386,9 @@ def _sentencepiece_tokenizer(directory: Path):
     for rank, residue in enumerate(PROT_T5_PIECES):
         entry = model.pieces.add()
         entry.piece, entry.score, entry.type = "\u2581" + residue, -float(rank + 1), kinds.NORMAL
+    for rank, residue in enumerate(PROT_T5_PIECES if bare else ""):
+        entry = model.pieces.add()
+        entry.piece, entry.score, entry.type = residue, -float(len(PROT_T5_PIECES) + rank + 1), kinds.NORMAL
     (directory / "spiece.model").write_bytes(model.SerializeToString())
     settings = {"tokenizer_class": "T5Tokenizer", "do_lower_case": False, "extra_ids": 100, "model_max_length": 1000000000,
                 "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
@@ -439,7 +444,8 @@ def write_hf_t5(
     ``layout="full"`` a ``T5ForConditionalGeneration`` whose encoder is the same (as ProtT5-XL-U50
     and Ankh ship). ``arch`` is a key of ``T5_ARCHITECTURES``; ``spaced`` picks ProtT5's
     space-separated residues or a character-level tokenizer. ``tokenizer="sentencepiece"``
-    writes ProtT5's own layout instead (``spiece.model`` only; see _sentencepiece_tokenizer).
+    writes ProtT5's own layout instead (``spiece.model`` only; see _sentencepiece_tokenizer),
+    ``"sentencepiece+bare"`` the same with bare residue pieces too.
 
     ``plant="wo"``: a feed-forward output beyond FP16 in block ``plant_block`` (from 0), see
     ``plant_wo_overflow``; fixed by FP32 ``wo`` (``fp16+keep32``) or an FP32 MLP island."""
@@ -447,8 +453,8 @@ def write_hf_t5(
 
     layers, d_model, d_ff, heads, d_kv, gated = T5_ARCHITECTURES[arch]
     directory.mkdir(parents=True, exist_ok=True)
-    if tokenizer == "sentencepiece":
-        tokenizer = _sentencepiece_tokenizer(directory)
+    if tokenizer in ("sentencepiece", "sentencepiece+bare"):
+        tokenizer = _sentencepiece_tokenizer(directory, bare=tokenizer.endswith("+bare"))
     elif tokenizer == "word":
         tokenizer = _residue_tokenizer(directory, spaced)
     else:

@@ -36,6 +36,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 RARE_RESIDUES = "UOBZJ"
 FP32_SOFTMAX = "fp16guard_fp32_softmax"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **_):
@@ -266,9 +267,14 @@ class HfTarget:
     @staticmethod
     def _separator(tokenizer, alphabet: str) -> str:
         """'' if the tokenizer reads residues as written, ' ' if it wants them space-separated
-        (BERT word-piece vocabularies of single letters, such as AntiBERTy and ProtBERT).
-        A tokenizer that turns residues into unknown tokens either way is refused."""
-        for separator in ("", " "):
+        (BERT word-piece vocabularies of single letters, such as AntiBERTy and ProtBERT;
+        SentencePiece vocabularies with a word-start piece for every standard residue, "▁A" to
+        "▁Y", such as ProtT5's: those were trained on residues fed as words, as ProtT5 and Ankh
+        feed them, even where bare letters would also tokenise). A tokenizer that turns
+        residues into unknown tokens either way is refused."""
+        vocab = tokenizer.get_vocab()
+        word_start = all("\u2581" + letter in vocab for letter in STANDARD_RESIDUES)
+        for separator in (" ", "") if word_start else ("", " "):
             ids = tokenizer(separator.join(alphabet), add_special_tokens=False)["input_ids"]
             if tokenizer.unk_token_id not in ids:
                 return separator

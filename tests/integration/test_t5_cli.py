@@ -264,3 +264,23 @@ def test_half_precision_checkpoint_is_said_to_share_its_weight_rounding(t5_model
     out = tmp_path / "out-fp32"
     result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
     assert not any("stores its weights" in n for n in read_report(out)["notes"])
+
+
+def test_sentencepiece_vocabulary_with_word_start_residues_reads_them_spaced(tmp_path):
+    """A SentencePiece vocabulary with "▁A" .. "▁Y" and bare letters too: unspaced text would
+    tokenise without unknowns (first residue "▁M", then bare "K", "T"), but the word-start pieces
+    say residues were fed as words (ProtT5's " ".join, Ankh's is_split_into_words), so they are
+    read spaced: every residue a "▁" piece."""
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from fp16guard.config import ModelSource
+    from fp16guard.targets import get_target
+
+    directory = write_hf_t5(tmp_path / "both", tokenizer="sentencepiece+bare")
+    target = get_target("hf")
+    loaded = target.load(ModelSource(model=str(directory)))
+    tokenizer = loaded.extra["tokenizer"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("MKT", add_special_tokens=False)["input_ids"]) == ["▁M", "K", "T"]
+    assert loaded.extra["separator"] == " "
+    tokens, _, _ = target.tokenize(loaded, ["MKT"])
+    assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["▁M", "▁K", "▁T", "</s>"]
