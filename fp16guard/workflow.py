@@ -201,11 +201,17 @@ def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None,
         return None
     base = next(a for a in attempts if a.role != "reference" and a.name == passing.name)
     attempts.append(attempt)
+    return attempt if _recommendable(attempt, base, device) else None
+
+
+def _recommendable(attempt: Attempt, base: Attempt, device: torch.device) -> bool:
+    """Whether ``attempt`` may be recommended over ``base``: it passed and is resolvably faster
+    in steady state on a GPU. Says why in the attempt's notes, either way."""
     fast, slow = attempt.timing.get("tokens_per_second"), base.timing.get("tokens_per_second")
     ratio = fast / slow if fast and slow else None
     noise = (attempt.timing.get("spread") or 0.0) + (base.timing.get("spread") or 0.0)
     needed = max(FAST_MARGIN, 1.0 + noise)
-    speed = "speed not measured" if ratio is None else f"{ratio:.2f}x the speed of '{passing.name}'"
+    speed = "speed not measured" if ratio is None else f"{ratio:.2f}x the speed of '{base.name}'"
     if not attempt.passed:
         why = "it failed the threshold"
     elif device.type != "cuda" and not RECOMMEND_ON_CPU:
@@ -214,9 +220,26 @@ def _try_fast(attempts: list[Attempt], notes: list[str], passing: Policy | None,
         why = f"{speed}, not resolvably faster (needs {needed:.2f}x: margin {FAST_MARGIN:.2f}x or the timings' spread)"
     else:
         attempt.notes.append(f"{speed} (steady state)")
-        return attempt
+        return True
     attempt.notes.append(f"not recommended: {why}")
-    return None
+    return False
+
+
+def _recommend_searched(attempts: list[Attempt], notes: list[str], passing: Policy, searched: Attempt,
+                        recommended: Attempt | None, judge: Callable[..., Attempt], target: Target,
+                        device: torch.device) -> Attempt | None:
+    """When the ladder passed and --search found a policy with fewer FP32 islands that passes
+    too: that policy, or its fast variant, is recommended instead of ``recommended`` (the
+    ladder's own fast variant, or None) when it is resolvably faster than the ladder's passing
+    policy and than ``recommended``."""
+    found = Policy.from_dict(searched.policy)
+    candidate = _try_fast(attempts, notes, found, judge, target, device) or searched
+    base = next(a for a in attempts if a.role == "attempt" and a.name == passing.name)
+    # Against the ladder's fast variant first, so that the last note (the summary's) is the
+    # speed against the ladder's passing policy.
+    if recommended is not None and not _recommendable(candidate, recommended, device):
+        return recommended
+    return candidate if _recommendable(candidate, base, device) else recommended
 
 
 def token_budget(
@@ -471,6 +494,7 @@ def validate(
         if passing and config.stop_at_first_pass and not paired:
             break
 
+    searched = None
     if config.search:
         searched = _search(attempts, notes, passes, judge, len(target.blocks(loaded.module)))
         if searched is not None:
@@ -480,6 +504,9 @@ def validate(
 
     # Only after the ladder or the search: --policy/--no-fallback test just what was named.
     recommended = _try_fast(attempts, notes, passing, judge, target, device) if config.policies is None else None
+    if config.policies is None and searched is not None and searched.passed and passing is not None \
+            and searched.name != passing.name:
+        recommended = _recommend_searched(attempts, notes, passing, searched, recommended, judge, target, device)
 
     # Packed attempts, and the policy that will be recommended, must give every sequence the
     # embedding it gets alone: a layout defect fails the attempt, whatever its cosines.

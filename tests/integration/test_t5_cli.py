@@ -284,3 +284,41 @@ def test_sentencepiece_vocabulary_with_word_start_residues_reads_them_spaced(tmp
     assert loaded.extra["separator"] == " "
     tokens, _, _ = target.tokenize(loaded, ["MKT"])
     assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["▁M", "▁K", "▁T", "</s>"]
+
+
+@pytest.mark.parametrize("islands_pay", [True, False])
+def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, small_fasta, tmp_path, monkeypatch, islands_pay):
+    """The ladder passes at fp16+keep32 (every wo in FP32) and --search finds one FP32 MLP: the
+    searched policy's fast variant is recommended and saved when it beats both the ladder's
+    policy and the ladder's fast variant. Timings are a GPU's business: here fused attention is
+    made faster than eager, and then (``islands_pay``) fewer FP32 modules faster than more;
+    without that, the ladder's fast variant stays recommended."""
+    from fp16guard import workflow
+
+    def speed(attempt):
+        return attempt.policy["fast_attention"], -len(attempt.fp32_modules) if islands_pay else 0
+
+    def by_rule(attempt, base, device):
+        faster = attempt.passed and speed(attempt) > speed(base)
+        attempt.notes.append("faster than " + base.name if faster else "not recommended")
+        return faster
+
+    monkeypatch.setattr(workflow, "_recommendable", by_rule)
+    out, saved = tmp_path / "out", tmp_path / "policy.json"
+    result, text = run_cli("validate", "hf", "--model", t5_models["wo"], "-s", small_fasta, "-o", out, "--device", "cpu",
+                           "--search", "--save-policy", saved)
+    assert result.exit_code == 0, text
+    report = read_report(out)
+    names = [a["policy"]["name"] for a in report["attempts"]]
+    assert names == ["fp32", "fp16", "fp16+keep32", "fp16+islands32", "fp16+keep32+sdpa", "fp16+islands32+sdpa"]
+    assert report["passing_policy"] == "fp16+keep32"
+    if not islands_pay:
+        assert report["recommended_policy"] == json.loads(saved.read_text())["policy"]["name"] == "fp16+keep32+sdpa"
+        return
+    assert report["recommended_policy"] == "fp16+islands32+sdpa"
+    assert "Recommended: 'fp16+islands32+sdpa'" in report["summary"] and "faster than fp16+keep32" in report["summary"]
+    document = json.loads(saved.read_text())
+    assert document["policy"]["name"] == "fp16+islands32+sdpa" and document["policy"]["fp32_parts"] == {"mlp": [2]}
+    assert document["policy"]["fast_attention"]
+    recommended = report["attempts"][-1]
+    assert recommended["passed"] and recommended["composition"]["passed"]
