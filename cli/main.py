@@ -85,6 +85,7 @@ class Device(str, Enum):
 
 class Pooling(str, Enum):
     mean = "mean"
+    residues = "residues"
     cls = "cls"
 
 
@@ -183,7 +184,7 @@ OfflineOption = Annotated[
     bool, typer.Option("--offline", envvar="FP16GUARD_OFFLINE", help="Never download weights; use local files only.")
 ]
 PoolingOption = Annotated[
-    Pooling, typer.Option(help="mean: attention-mask-weighted mean of the hidden states; cls: the first token.")
+    Pooling, typer.Option(help="mean: mean of the hidden states over every token, special tokens included; residues: over the residues' tokens only; cls: the first token.")
 ]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only the verdict line (and errors): no progress, no table.")

@@ -307,7 +307,7 @@ def embed(target_name: str, source: ModelSource, config: EmbedConfig, progress: 
     target = get_target(target_name)
     policy, record, policy_note = resolve_policy(config.policy, config.force, progress)
     if config.per_residue and source.pooling == "cls":
-        raise InputError("--per-residue keeps the pooled positions, and --pooling cls pools one: use --pooling mean")
+        raise InputError("--per-residue keeps the pooled positions, and --pooling cls pools one: use --pooling mean or residues")
     device = distributed.local_device(resolve_device(config.device))
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)

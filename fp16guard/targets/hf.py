@@ -37,6 +37,10 @@ RARE_RESIDUES = "UOBZJ"
 FP32_SOFTMAX = "fp16guard_fp32_softmax"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+#: --pooling: mean over every token the attention mask holds (special tokens included), mean over
+#: the residues' tokens alone (special tokens excluded, as esm2 pools and as ProtT5's per-protein
+#: embeddings are made), or the first token.
+POOLINGS = ("mean", "residues", "cls")
 
 
 def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **_):
@@ -181,8 +185,8 @@ class HfTarget:
         import transformers
         from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-        if source.pooling not in ("mean", "cls"):
-            raise InputError(f"--pooling must be mean or cls, not {source.pooling!r}")
+        if source.pooling not in POOLINGS:
+            raise InputError(f"--pooling must be one of {', '.join(POOLINGS)}, not {source.pooling!r}")
         name, model_dir, tokenizer = self._locate(source)
         weight_files = sorted(p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern))
         if not weight_files:
@@ -301,8 +305,10 @@ class HfTarget:
 
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids with the tokenizer's special tokens; pooled positions follow --pooling."""
+        residues = loaded.extra["pooling"] == "residues"
         encoded = loaded.extra["tokenizer"](
-            self._texts(loaded, sequences), padding=True, return_tensors="pt", add_special_tokens=True
+            self._texts(loaded, sequences), padding=True, return_tensors="pt", add_special_tokens=True,
+            return_special_tokens_mask=residues,
         )
         if "embedding_rows" in loaded.extra:  # byte-pair merges can reach ids the alphabet did not
             check_token_ids(encoded["input_ids"], loaded.extra["embedding_rows"], loaded.extra["tokenizer"], loaded.source)
@@ -310,6 +316,8 @@ class HfTarget:
         if loaded.extra["pooling"] == "cls":
             mask = torch.zeros_like(attention)
             mask[:, 0] = True
+        elif residues:
+            mask = attention & ~encoded["special_tokens_mask"].bool()
         else:
             mask = attention
         return encoded["input_ids"], mask, int(attention.sum())

@@ -174,3 +174,46 @@ def test_antiberty_real_trained_model_on_the_bundled_antibody_set(tmp_path):
         assert attempt["metrics"]["nan_count"] == 0
     # Real weights: FP16 is close to FP32 but not identical.
     assert report["attempts"][1]["metrics"]["max_abs_error"] > 0
+
+
+@pytest.mark.parametrize("kind", ["esm", "bert"])
+def test_residues_pooling_is_the_mean_over_residue_tokens_only(hf_models, tmp_path, kind):
+    """--pooling residues averages the residues' hidden states, leaving out the tokenizer's
+    special tokens (CLS/EOS, [CLS]/[SEP]); --pooling mean keeps them. Checked against the
+    transformers model run directly, and through embed's file."""
+    import h5py
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from fp16guard import Embedder
+
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MKVLAAGIVG"]
+    tokenizer = AutoTokenizer.from_pretrained(hf_models[kind])
+    model = AutoModel.from_pretrained(hf_models[kind]).eval()
+    separator = " " if kind == "bert" else ""
+    expected = {"residues": [], "mean": []}
+    with torch.no_grad():
+        for sequence in sequences:
+            ids = tokenizer(separator.join(sequence), return_tensors="pt")["input_ids"]
+            hidden = model(input_ids=ids).last_hidden_state[0]
+            assert hidden.shape[0] == len(sequence) + 2
+            expected["residues"].append(hidden[1:-1].mean(0))
+            expected["mean"].append(hidden.mean(0))
+    for pooling in ("residues", "mean"):
+        embedder = Embedder.load("hf", model=str(hf_models[kind]), policy="fp32", device="cpu", pooling=pooling)
+        torch.testing.assert_close(embedder.embed(sequences), torch.stack(expected[pooling]), rtol=1e-5, atol=1e-5)
+    fasta = tmp_path / "two.fasta"
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(sequences)))
+    out = tmp_path / "e.h5"
+    result, text = run_cli("embed", "hf", "--model", hf_models[kind], "-s", fasta, "-o", out, "--device", "cpu",
+                           "--policy", "fp32", "--pooling", "residues", "--per-residue")
+    assert result.exit_code == 0, text
+    with h5py.File(out, "r") as handle:
+        assert handle.attrs["pooling"] == "residues"
+        pooled = torch.from_numpy(handle["embeddings"][:])
+        offsets = handle["residue_offsets"][:].tolist()
+        states = torch.from_numpy(handle["residues"][:])
+    torch.testing.assert_close(pooled, torch.stack(expected["residues"]), rtol=1e-5, atol=1e-5)
+    # --per-residue keeps the pooled positions: one state per residue, no special tokens.
+    assert offsets == [0, len(sequences[0]), len(sequences[0]) + len(sequences[1])]
+    torch.testing.assert_close(states[: offsets[1]].mean(0), expected["residues"][0], rtol=1e-5, atol=1e-5)

@@ -322,3 +322,23 @@ def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, sm
     assert document["policy"]["fast_attention"]
     recommended = report["attempts"][-1]
     assert recommended["passed"] and recommended["composition"]["passed"]
+
+
+def test_residues_pooling_leaves_out_the_end_token(t5_models):
+    """ProtT5's per-protein embedding is the mean over residues, </s> left out: --pooling residues."""
+    import torch
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from fp16guard import Embedder
+
+    sequences = ["MKTAYIAKQR", "MKVLAAG"]
+    tokenizer = AutoTokenizer.from_pretrained(t5_models["encoder"])
+    model = T5EncoderModel.from_pretrained(t5_models["encoder"]).eval()
+    with torch.no_grad():
+        expected = []
+        for sequence in sequences:
+            ids = tokenizer(" ".join(sequence), return_tensors="pt")["input_ids"]
+            assert ids[0, -1] == tokenizer.eos_token_id and ids.shape[1] == len(sequence) + 1
+            expected.append(model(input_ids=ids).last_hidden_state[0, :-1].mean(0))
+    embedder = Embedder.load("hf", model=str(t5_models["encoder"]), policy="fp32", device="cpu", pooling="residues")
+    torch.testing.assert_close(embedder.embed(sequences), torch.stack(expected), rtol=1e-5, atol=1e-5)
