@@ -447,7 +447,7 @@ class HfTarget:
 
 
 #: SentencePiece model files that transformers converts into a tokenizer when a directory has no
-#: tokenizer.json (ProtT5 and Ankh ship spiece.model only); the conversion needs both packages.
+#: tokenizer.json (ProtT5 ships spiece.model only); the conversion needs both packages.
 SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 SENTENCEPIECE_PACKAGES = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
 
@@ -473,7 +473,7 @@ def check_tokenizer_packages(model_dir: Path) -> None:
             missing.append(package)
     if missing:
         raise ModelLoadError(
-            f"{model_dir}: its tokenizer is a SentencePiece model ({found}, as ProtT5 and Ankh ship it), which transformers "
+            f"{model_dir}: its tokenizer is a SentencePiece model ({found}, as ProtT5 ships it), which transformers "
             f"reads with the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
             "pip install 'fp16guard[t5]' (or pip install sentencepiece protobuf)"
         )
