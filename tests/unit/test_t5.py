@@ -157,3 +157,17 @@ def test_parts_islands_name_each_part_of_the_block():
         "encoder.block.0.layer.0.layer_norm", "encoder.block.0.layer.1.layer_norm",
         "encoder.block.1.layer.0.SelfAttention (attention)", "encoder.block.1.layer.1.DenseReluDense (MLP: wi .. wo, FP32 output)",
     )
+
+
+@pytest.mark.parametrize("parts", [(("attention", 1),), (("mlp", 2),), (("layer_norm", 2), ("attention", 2))])
+def test_part_islands_under_fused_attention_stay_close_to_fp32(parts):
+    """Search results with fused attention (the recommended fp16+islands32+sdpa): the contiguous
+    bias layout and the islands' casts work together."""
+    tokens = torch.randint(0, 30, (2, 33))
+    reference = embed(tiny_t5(), tokens)
+    model = tiny_t5()
+    applied = apply_policy(model, Policy("fp16+islands32+sdpa", fp32_positional=True, fast_attention=True, fp32_parts=parts))
+    assert any("laid out contiguously" in note for note in applied.notes)
+    out = embed(model, tokens)
+    assert torch.isfinite(out).all()
+    assert torch.nn.functional.cosine_similarity(out, reference).min() > 0.999
