@@ -187,8 +187,15 @@ def apply_islands(
             islands.append(name)
     if policy.fp32_positional:
         tables = [(n, m) for n, m in module.named_modules() if n.endswith("relative_attention_bias")]
+        # The table sits in the first block's attention. When that attention computes in FP32
+        # (a whole-block or attention island), the bias it builds must be FP32 too: fused SDPA
+        # refuses a mask of another dtype than the query's, and an FP32 island should not see
+        # an FP16-rounded bias.
+        owner_fp32 = bool(blocks) and (1 in policy.fp32_blocks or ("attention", 1) in policy.fp32_parts)
+        first_block = {id(m) for m in blocks[0].modules()} if blocks else set()
         for name, table in tables:
-            keep.append(make_fp32_island(table, bias_dtype))
+            inside_fp32 = owner_fp32 and id(table) in first_block
+            keep.append(make_fp32_island(table, torch.float32 if inside_fp32 else bias_dtype))
             islands.append(f"{name} (relative position bias{', FP32 into FP32 scores' if fp32_bias else ''})")
         if tables and not fp32_bias:
             notes.append(

@@ -159,14 +159,19 @@ def test_parts_islands_name_each_part_of_the_block():
     )
 
 
-@pytest.mark.parametrize("parts", [(("attention", 1),), (("mlp", 2),), (("layer_norm", 2), ("attention", 2))])
-def test_part_islands_under_fused_attention_stay_close_to_fp32(parts):
+@pytest.mark.parametrize("blocks, parts", [
+    ((), (("attention", 1),)), ((), (("mlp", 2),)), ((), (("layer_norm", 2), ("attention", 2))), ((1,), ()), ((2,), ()),
+])
+def test_islands_under_fused_attention_stay_close_to_fp32(blocks, parts):
     """Search results with fused attention (the recommended fp16+islands32+sdpa): the contiguous
-    bias layout and the islands' casts work together."""
+    bias layout and the islands' casts work together. An FP32 first block (whole, or its
+    attention) builds the position bias in FP32 for its FP32 queries: fused SDPA takes a mask of
+    the query's dtype only."""
     tokens = torch.randint(0, 30, (2, 33))
     reference = embed(tiny_t5(), tokens)
     model = tiny_t5()
-    applied = apply_policy(model, Policy("fp16+islands32+sdpa", fp32_positional=True, fast_attention=True, fp32_parts=parts))
+    policy = Policy("fp16+islands32+sdpa", fp32_positional=True, fast_attention=True, fp32_blocks=blocks, fp32_parts=parts)
+    applied = apply_policy(model, policy)
     assert any("laid out contiguously" in note for note in applied.notes)
     out = embed(model, tokens)
     assert torch.isfinite(out).all()
