@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -437,7 +438,7 @@ def plant_wo_overflow(model, block: int = 1, channel: int = 3, unit: int = 5, se
 
 def write_hf_t5(
     directory: Path, plant: str | None = None, layout: str = "encoder", arch: str = "t5_tiny", spaced: bool = True,
-    plant_block: int = 1, seed: int = 0, tokenizer: str = "word",
+    plant_block: int = 1, seed: int = 0, tokenizer: str = "word", added_tokens: Sequence[str] = (),
 ) -> Path:
     """A T5 encoder directory written by transformers: ``layout="encoder"`` saves
     ``T5EncoderModel`` (as ProtT5's encoder-only half-precision release is laid out),
@@ -445,7 +446,8 @@ def write_hf_t5(
     and Ankh ship). ``arch`` is a key of ``T5_ARCHITECTURES``; ``spaced`` picks ProtT5's
     space-separated residues or a character-level tokenizer. ``tokenizer="sentencepiece"``
     writes ProtT5's own layout instead (``spiece.model`` only; see _sentencepiece_tokenizer),
-    ``"sentencepiece+bare"`` the same with bare residue pieces too.
+    ``"sentencepiece+bare"`` the same with bare residue pieces too. ``added_tokens`` become
+    special tokens of the tokenizer (ProstT5: ``("<AA2fold>", "<fold2AA>")``).
 
     ``plant="wo"``: a feed-forward output beyond FP16 in block ``plant_block`` (from 0), see
     ``plant_wo_overflow``; fixed by FP32 ``wo`` (``fp16+keep32``) or an FP32 MLP island."""
@@ -459,6 +461,9 @@ def write_hf_t5(
         tokenizer = _residue_tokenizer(directory, spaced)
     else:
         raise ValueError(tokenizer)
+    if added_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added_tokens)})
+        tokenizer.save_pretrained(directory)
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_decoder_layers=layers,
         num_heads=heads, feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,

@@ -41,6 +41,9 @@ STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 #: the residues' tokens alone (special tokens excluded, as esm2 pools and as ProtT5's per-protein
 #: embeddings are made), or the first token.
 POOLINGS = ("mean", "residues", "cls")
+#: Tokens that a model's tokenizer carries to mark amino-acid input, put before every sequence
+#: when the vocabulary has them (ProstT5: "<AA2fold>" for amino acids, "<fold2AA>" for 3Di).
+INPUT_MARKERS = ("<AA2fold>",)
 
 
 def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **_):
@@ -237,6 +240,12 @@ class HfTarget:
         read_as = self._rare_to_x(alphabet)
         alphabet = "".join(sorted(set(alphabet) | set(read_as)))
         separator = self._separator(tokenizer, alphabet.translate(str.maketrans(read_as)))
+        marker = next((token for token in INPUT_MARKERS if token in vocab), "")
+        if marker:
+            notes.append(
+                f"{model_dir.name}: its tokenizer has {marker}, the token that marks amino-acid input (ProstT5's convention): "
+                f"it is put before every sequence, and --pooling residues leaves it out of the mean"
+            )
         specials = len(tokenizer("A")["input_ids"]) - len(tokenizer("A", add_special_tokens=False)["input_ids"])
         rows = module.get_input_embeddings().num_embeddings
         check_token_ids(tokenizer(separator.join(alphabet))["input_ids"], rows, tokenizer, model_dir)
@@ -256,6 +265,7 @@ class HfTarget:
             extra={
                 "tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id,
                 "read_as": read_as, "keep_in_fp32_modules": keep32, "notes": notes, "embedding_rows": rows,
+                "marker": marker,
             },
         )
 
@@ -306,9 +316,11 @@ class HfTarget:
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids with the tokenizer's special tokens; pooled positions follow --pooling."""
         residues = loaded.extra["pooling"] == "residues"
+        texts = self._texts(loaded, sequences)
+        if marker := loaded.extra.get("marker"):  # an added token: it splits off as written
+            texts = [marker + loaded.extra["separator"] + text for text in texts]
         encoded = loaded.extra["tokenizer"](
-            self._texts(loaded, sequences), padding=True, return_tensors="pt", add_special_tokens=True,
-            return_special_tokens_mask=residues,
+            texts, padding=True, return_tensors="pt", add_special_tokens=True, return_special_tokens_mask=residues,
         )
         if "embedding_rows" in loaded.extra:  # byte-pair merges can reach ids the alphabet did not
             check_token_ids(encoded["input_ids"], loaded.extra["embedding_rows"], loaded.extra["tokenizer"], loaded.source)
@@ -318,6 +330,8 @@ class HfTarget:
             mask[:, 0] = True
         elif residues:
             mask = attention & ~encoded["special_tokens_mask"].bool()
+            if marker:
+                mask &= encoded["input_ids"] != loaded.extra["tokenizer"].convert_tokens_to_ids(marker)
         else:
             mask = attention
         return encoded["input_ids"], mask, int(attention.sum())

@@ -342,3 +342,32 @@ def test_residues_pooling_leaves_out_the_end_token(t5_models):
             expected.append(model(input_ids=ids).last_hidden_state[0, :-1].mean(0))
     embedder = Embedder.load("hf", model=str(t5_models["encoder"]), policy="fp32", device="cpu", pooling="residues")
     torch.testing.assert_close(embedder.embed(sequences), torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_amino_acid_marker_goes_before_every_sequence(tmp_path, small_fasta):
+    """A tokenizer with ProstT5's <AA2fold> token: it is put before every sequence as its own
+    token, --pooling residues leaves it (and </s>) out of the mean, and the report says so."""
+    import torch
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from fp16guard import Embedder
+    from fp16guard.config import ModelSource
+    from fp16guard.targets import get_target
+
+    directory = write_hf_t5(tmp_path / "prost", added_tokens=("<AA2fold>", "<fold2AA>"))
+    target = get_target("hf")
+    loaded = target.load(ModelSource(model=str(directory), pooling="residues"))
+    tokenizer = loaded.extra["tokenizer"]
+    tokens, mask, _ = target.tokenize(loaded, ["MKT", "MK"])
+    assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["<AA2fold>", "M", "K", "T", "</s>"]
+    assert mask.tolist() == [[False, True, True, True, False], [False, True, True, False, False]]
+    model = T5EncoderModel.from_pretrained(directory).eval()
+    with torch.no_grad():
+        ids = tokenizer("<AA2fold> M K T", return_tensors="pt")["input_ids"]
+        expected = model(input_ids=ids).last_hidden_state[0, 1:-1].mean(0)
+    embedder = Embedder.load("hf", model=str(directory), policy="fp32", device="cpu", pooling="residues")
+    torch.testing.assert_close(embedder.embed(["MKT"])[0], expected, rtol=1e-5, atol=1e-5)
+    out = tmp_path / "out"
+    result, text = run_cli("validate", "hf", "--model", directory, "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    assert result.exit_code == 0, text
+    assert any("<AA2fold>" in note and "put before every sequence" in note for note in read_report(out)["notes"])
