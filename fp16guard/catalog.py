@@ -35,7 +35,7 @@ DNABERT_DEFAULT = next(iter(DNABERT_MODELS))
 #: description of a cached snapshot in ``fp16guard list``. No preset: no PyPI package ships them.
 HF_FAMILIES: dict[str, str] = {
     "Rostlab/prot_t5": "ProtT5: T5 encoder (T5EncoderModel), space-separated residues",
-    "Rostlab/ProstT5": "ProstT5: T5 encoder (T5EncoderModel), space-separated residues",
+    "Rostlab/ProstT5": "ProstT5: T5 encoder (T5EncoderModel), space-separated residues after <AA2fold>",
     "ElnaggarLab/ankh": "Ankh: T5 encoder (T5EncoderModel)",
 }
 
