@@ -1,4 +1,4 @@
-"""What the agreement metrics cost (fp16guard.agreement.measure), on the CPU where they run.
+"""What the agreement metrics cost (fp16guard.numerics.agreement.measure), on the CPU where they run.
 
 The embeddings of each bundled set at its model's width, and larger sets up to and past the
 2,000-sequence cap of the pairwise metrics; an FP16-rounded copy stands in for the attempt. Each
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from fp16guard.agreement import AgreementInputs, Probe, measure
+from fp16guard.numerics.agreement import AgreementInputs, Probe, measure
 
 SHAPES = (
     ("bundled antibody set, AntiBERTy", 84, 512),

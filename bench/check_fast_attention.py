@@ -136,7 +136,7 @@ def check_esm(arch: str, device, peak: float, report: dict, lines: list[str]) ->
 
 
 def check_dnabert(device, report: dict, lines: list[str]) -> None:
-    from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel
+    from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
 
     torch.manual_seed(0)
     base = DnaBertModel(DnaBertConfig()).eval()  # DNABERT-S shape: 12 layers, 768 dims, 12 heads

@@ -47,11 +47,11 @@ from pathlib import Path
 import torch
 from _common import run_cli, write_proteins, write_weights
 
-from fp16guard.policy import get_policy
-from fp16guard.report import POLICY_FILE_VERSION
-from fp16guard.sequences import make_batches
-from fp16guard.targets.base import ModelSource
-from fp16guard.targets.esm2 import TARGET
+from fp16guard.numerics.policy import get_policy
+from fp16guard.report.writer import POLICY_FILE_VERSION
+from fp16guard.execution.batching import make_batches
+from fp16guard.core.config import ModelSource
+from fp16guard.models.esm2 import TARGET
 
 def log(message: str) -> None:
     print(f"[embed bench] {message}", file=sys.stderr, flush=True)

@@ -39,7 +39,8 @@ from pathlib import Path
 
 from _common import run_cli, write_proteins, write_weights
 
-from fp16guard.report import agreement_lines, read_report
+from fp16guard.report.text import agreement_lines, summary_rows
+from fp16guard.report.document import read_report
 from fp16guard.testing import ARCHITECTURES, T5_ARCHITECTURES, related_sequences, write_fasta
 
 RUNS = {"healthy": (None, ["--full-ladder"]), "planted-residual-overflow": ("residual", [])}
@@ -107,7 +108,7 @@ def main() -> int:
             lines += [f"## {run}: exit code {cli.returncode}, {cli.seconds:.1f} s end to end (checkpoint written in {written:.1f} s)", ""]
             if (args.out / run / "report.json").is_file():
                 report = read_report(args.out / run / "report.json")
-                rows = report.summary_rows()
+                rows = summary_rows(report)
                 headers = list(rows[0])
                 lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
                 lines += ["| " + " | ".join(r[h] for h in headers) + " |" for r in rows]

@@ -12,7 +12,7 @@ In one process on one GPU, random weights at the real sizes (speed and memory on
    - ``sdpa-flash-eff``: the same restricted to the flash and memory-efficient kernels;
    - ``packed``: fp16guard's ``fp16+packed`` (variable-length flash attention, no padding);
    - ``packed-compiled`` (with --compile): the same, each block under torch.compile(dynamic=True);
-   - ``runner``: ``fp16guard.runner.run_policy`` under ``fp16+packed``, the figures validate reports;
+   - ``runner``: ``fp16guard.execution.runner.run_policy`` under ``fp16+packed``, the figures validate reports;
    agreement with the FP32 loop (on every --fp32-every-th batch) and between packed and padded;
 3. fixed shapes (650M: 16 x 1024 and 64 x 256): stock vs packed vs sdpa;
 4. with --cli: ``fp16guard validate esm2`` on the bundled set: twice by default (the
@@ -43,13 +43,14 @@ import torch
 from _common import run_cli
 from speed import describe_environment, free, log, matmul_rate, sync
 
-from fp16guard.metrics import cosine_rows, masked_mean
-from fp16guard.policy import FP16_PACKED, FP16_SDPA, get_policy
-from fp16guard.runner import attention_kernel, embed_batch, run_policy
-from fp16guard.targets.base import ModelSource, build
-from fp16guard.targets.esm2 import TARGET  # replaced per architecture in bench_arch
+from fp16guard.numerics.metrics import cosine_rows, masked_mean
+from fp16guard.numerics.policy import FP16_PACKED, FP16_SDPA, get_policy
+from fp16guard.execution.runner import attention_kernel, embed_batch, run_policy
+from fp16guard.core.config import ModelSource
+from fp16guard.execution.build import build
+from fp16guard.models.esm2 import TARGET# replaced per architecture in bench_arch
 from fp16guard.testing import ARCHITECTURES, write_checkpoint
-from fp16guard.workflow import prepare_batches
+from fp16guard.execution.batching import prepare_batches
 
 PROTEIN = "ACDEFGHIKLMNPQRSTVWY"
 FIXED = {"650M": ((16, 1024), (64, 256)), "3B": ((8, 1024),), "tiny": ((2, 32), (4, 16))}
@@ -123,7 +124,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
     global TARGET
     if name == "dnabert":
         # DNABERT-S's sizes; a small byte-pair vocabulary (speed does not depend on it).
-        from fp16guard.targets.dnabert import TARGET as DNABERT
+        from fp16guard.models.dnabert import TARGET as DNABERT
         from fp16guard.testing import write_dnabert
 
         TARGET, (layers, dim, heads) = DNABERT, (12, 768, 12) if not args.quick else (2, 32, 4)
@@ -134,7 +135,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         loaded = TARGET.load(ModelSource(model=str(path)))
         texts = dna_set(args.proteins, args.seed)
     else:
-        from fp16guard.targets.esm2 import TARGET as ESM2
+        from fp16guard.models.esm2 import TARGET as ESM2
 
         TARGET, (layers, dim, heads) = ESM2, ARCHITECTURES[name]
         path = args.tmp / f"esm2-{name}.pt"

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from fp16guard.metrics import segment_mean
+from fp16guard.numerics.metrics import segment_mean
 
 
 def scatter_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor, count: int) -> torch.Tensor:

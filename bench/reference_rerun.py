@@ -27,16 +27,18 @@ from pathlib import Path
 
 import torch
 
-from fp16guard.config import ValidationConfig
-from fp16guard.metrics import masked_mean
-from fp16guard.policy import FP32
-from fp16guard.progress import Progress
-from fp16guard.report import write_report
-from fp16guard.sequences import bundled_path, read_fasta
-from fp16guard.targets import get_target
-from fp16guard.targets.base import ModelSource, build
+from fp16guard.core.config import ValidationConfig
+from fp16guard.numerics.metrics import masked_mean
+from fp16guard.numerics.policy import FP32
+from fp16guard.core.progress import Progress
+from fp16guard.report.writer import write_report
+from fp16guard.io.sequences import bundled_path, read_fasta
+from fp16guard.models import get_target
+from fp16guard.core.config import ModelSource
+from fp16guard.execution.build import build
 from fp16guard.testing import ARCHITECTURES, write_checkpoint
-from fp16guard.workflow import prepare_batches, token_budget, validate
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.workflows.validate import token_budget, validate
 
 
 class Clock(Progress):

@@ -7,7 +7,7 @@ In one process on one GPU, with random weights at the real sizes:
    (a) the bare loop users write: the model, ``.eval()`` on the device in FP32, or ``.half()``,
        under ``torch.inference_mode``, the last layer's representation, then a mean over
        residues;
-   (b) fp16guard's runner (``fp16guard.runner.run_policy``) on the weights as fp16guard loads
+   (b) fp16guard's runner (``fp16guard.execution.runner.run_policy``) on the weights as fp16guard loads
        them from a checkpoint file, under every policy (``fp16+sdpa`` where this build has it);
 3. per architecture: the whole ``fp16guard validate --no-fallback`` (the CLI in a subprocess,
    weight loading timed from its own progress lines) against the bare FP32 pass over the same
@@ -47,23 +47,18 @@ from _common import (
     run_cli,
 )
 
-from fp16guard import runner
+from fp16guard.execution import runner
 from fp16guard.errors import Fp16GuardError
-from fp16guard.policy import (
-    FP16,
-    FP16_LN32,
-    FP16_POS32,
-    FP16_RES32,
-    FP32,
-    Policy,
-    get_policy,
-)
-from fp16guard.report import fmt_bytes
-from fp16guard.sequences import bundled_path, read_fasta, replace_letters
-from fp16guard.targets import get_target
-from fp16guard.targets.base import LoadedModel, ModelSource, TokenBatch
+from fp16guard.numerics.policy import FP16, FP16_LN32, FP16_POS32, FP16_RES32, FP32, Policy, get_policy
+from fp16guard.report.text import fmt_bytes
+from fp16guard.io.sequences import bundled_path, read_fasta, replace_letters
+from fp16guard.models import get_target
+from fp16guard.models.base import LoadedModel
+from fp16guard.core.config import ModelSource
+from fp16guard.models.batch import TokenBatch
 from fp16guard.testing import ARCHITECTURES, build_model, save_checkpoint, write_dnabert
-from fp16guard.workflow import environment, prepare_batches
+from fp16guard.execution.devices import environment
+from fp16guard.execution.batching import prepare_batches
 
 SDPA = "fp16+sdpa"  # the fast-attention policy, where this build has it
 PROTEIN = "ACDEFGHIKLMNPQRSTVWY"

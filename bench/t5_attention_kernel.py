@@ -5,7 +5,7 @@ transformers' T5 passes its relative position bias (plus the padding mask) to
 records the arguments of that call in a ProtT5-XL-shaped encoder (2 layers, d_model 1024,
 32 heads of 128, random weights) and asks each fused backend alone to run them, keeping
 PyTorch's own reason for each refusal, once with transformers' layout of the bias and once
-with fp16guard's (``fp16guard.targets.t5.contiguous_position_bias``, applied by the
+with fp16guard's (``fp16guard.models.t5.contiguous_position_bias``, applied by the
 fast-attention policies). ``--time`` then times a whole ProtT5-XL-shaped encoder (24 layers,
 random weights, FP16) on padded batches of realistic lengths with both layouts, interleaved in
 one process, warmed first, and compares the two outputs.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import T5Config, T5EncoderModel
 
-from fp16guard.targets.t5 import contiguous_position_bias
+from fp16guard.models.t5 import contiguous_position_bias
 
 
 def main() -> None:

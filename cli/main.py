@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from fp16guard.config import ModelSource
+from fp16guard.core.config import ModelSource
 from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError
 
 
@@ -256,7 +256,7 @@ def validate_esm2(
     offline: OfflineOption = False,
 ) -> None:
     """Validate an ESM-2 model (fair-esm) in FP16 against FP32."""
-    from fp16guard.config import ModelSource
+    from fp16guard.core.config import ModelSource
 
     source = ModelSource(model=model, weights=weights, offline=offline)
     run_validation("esm2", source, recorded=_recorded_settings(ctx), **_settings(locals()))
@@ -298,7 +298,7 @@ def validate_hf(
     offline: OfflineOption = False,
 ) -> None:
     """Validate any Hugging Face encoder (transformers AutoModel) in FP16 against FP32."""
-    from fp16guard.config import ModelSource
+    from fp16guard.core.config import ModelSource
 
     source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code, pooling=pooling.value)
     run_validation("hf", source, recorded=_recorded_settings(ctx), **_settings(locals()))
@@ -341,7 +341,7 @@ def validate_dnabert(
     offline: OfflineOption = False,
 ) -> None:
     """Validate DNABERT-S or DNABERT-2 (native implementation, no remote code) in FP16 against FP32."""
-    from fp16guard.config import ModelSource
+    from fp16guard.core.config import ModelSource
 
     source = ModelSource(model=model, offline=offline, trust_remote_code=trust_remote_code)
     run_validation("dnabert", source, recorded=_recorded_settings(ctx), **_settings(locals()))
@@ -380,7 +380,7 @@ def validate_antiberty(
     debug: DebugOption = False,
 ) -> None:
     """Validate AntiBERTy, the trained antibody model shipped by pip package antiberty (works offline)."""
-    from fp16guard.config import ModelSource
+    from fp16guard.core.config import ModelSource
 
     source = ModelSource(offline=True, pooling=pooling.value)
     run_validation("antiberty", source, recorded=_recorded_settings(ctx), **_settings(locals()))
@@ -388,7 +388,7 @@ def validate_antiberty(
 
 #: ctx.meta keys (shared by every context of a run): the config file applied, and whether the
 #: target came from it.
-CONFIG_META, TARGET_FROM_CONFIG_META = "fp16guard.config", "fp16guard.target_from_config"
+CONFIG_META, TARGET_FROM_CONFIG_META = "fp16guard.core.config", "fp16guard.target_from_config"
 
 
 @validate_app.callback()
@@ -396,7 +396,7 @@ def validate_main(ctx: typer.Context) -> None:
     """Read the config file (fp16guard.toml, or [tool.fp16guard] in pyproject.toml) of the current
     directory and make its values the defaults of the validate command; run the command it names
     as ``target`` when none was given."""
-    from fp16guard.settings import discover
+    from fp16guard.io.config_file import discover
 
     from . import render
 
@@ -430,7 +430,7 @@ def _input_error(message: str) -> Fp16GuardError:
 def _config_defaults(ctx, command, config, target: str) -> dict:
     """The config file's values keyed by ``command``'s parameter names, each checked by its
     option's own type (a choice, a range) as if typed on the command line."""
-    from fp16guard.settings import option_name
+    from fp16guard.io.config_file import option_name
 
     params = {param.name: param for param in command.params}
     defaults = {}
@@ -500,7 +500,7 @@ def _shared_option_names() -> frozenset[str]:
     import inspect
     from dataclasses import fields
 
-    from fp16guard.config import ValidationConfig
+    from fp16guard.core.config import ValidationConfig
 
     keywords = {p.name for p in inspect.signature(run_validation).parameters.values() if p.kind is p.KEYWORD_ONLY}
     return frozenset(keywords | {f.name for f in fields(ValidationConfig)})
@@ -542,8 +542,8 @@ def internal_error(console, exc: BaseException, out: Path | None, debug: bool) -
     OUT/fp16guard-error.log, clear this run's reports, and exit 4."""
     import traceback
 
-    from fp16guard.launch import from_env
-    from fp16guard.outputs import ERROR_LOG, write_error_log
+    from fp16guard.execution.launch import from_env
+    from fp16guard.io.outputs import ERROR_LOG, write_error_log
 
     from . import render
 
@@ -570,7 +570,7 @@ def internal_error(console, exc: BaseException, out: Path | None, debug: bool) -
 def _clear_quietly(out: Path) -> None:
     """Remove this or an earlier run's reports from ``out`` after a run that ended without a
     verdict; a failure to do so is not the error being reported."""
-    from fp16guard.outputs import clear_reports
+    from fp16guard.io.outputs import clear_reports
 
     try:
         clear_reports(out)
@@ -584,8 +584,8 @@ def _run_validation(
     device, max_tokens, save_reference, reference, reference_device, gpus, quiet, as_json, recorded, **settings,
 ) -> None:
     """run_validation's work; exits through typer.Exit with the run's code."""
-    from fp16guard.launch import from_env, launch
-    from fp16guard.outputs import check_outputs, clear_reports
+    from fp16guard.execution.launch import from_env, launch
+    from fp16guard.io.outputs import check_outputs, clear_reports
 
     from . import render
 
@@ -615,7 +615,7 @@ def _run_validation(
             render.error(console, str(exc))
             code = exc.exit_code
         raise typer.Exit(code)
-    from fp16guard import distributed
+    from fp16guard.execution import distributed
 
     world = None
     error: Fp16GuardError | None = None
@@ -623,10 +623,10 @@ def _run_validation(
     try:
         # Joined first: after this, every failure is one the ranks can agree on.
         world = distributed.init(device.value)
-        from fp16guard.config import FP64_FLOOR_SEQUENCES, Thresholds, ValidationConfig
-        from fp16guard.progress import Progress
-        from fp16guard.report import write_policy, write_report
-        from fp16guard.workflow import validate
+        from fp16guard.core.config import FP64_FLOOR_SEQUENCES, Thresholds, ValidationConfig
+        from fp16guard.core.progress import Progress
+        from fp16guard.report.writer import write_policy, write_report
+        from fp16guard.workflows.validate import validate
 
         config = ValidationConfig(
             thresholds=Thresholds(min_cosine=min_cosine, min_knn_overlap=min_knn_overlap, min_rank_correlation=min_rank_correlation),
@@ -690,7 +690,7 @@ def _publish_to_ci(console, report, stdout: bool = True) -> None:
 def _agree(console, world, launched, error: Fp16GuardError | None) -> Fp16GuardError | None:
     """The error every rank ends with (None: every rank succeeded); exits at once when this
     rank failed before joining the others."""
-    from fp16guard import distributed
+    from fp16guard.execution import distributed
 
     from . import render
 
@@ -714,7 +714,7 @@ def _exit(code: int) -> None:
     to the launcher, a non-zero exit means a rank that crashed or failed on its own."""
     import os
 
-    from fp16guard import distributed
+    from fp16guard.execution import distributed
 
     world = distributed.from_env()
     distributed.shutdown()
@@ -879,7 +879,7 @@ def run_embed(target: str, source, *, sequences, out, policy, force, device, gpu
     """Run the embed workflow with live progress and print the summary; the exit code follows
     the documented codes (1: a spot check failed or NaN/Inf). Under --gpus or torchrun every
     rank runs this; rank 0 alone prints."""
-    from fp16guard.launch import from_env, launch
+    from fp16guard.execution.launch import from_env, launch
 
     from . import render
 
@@ -895,9 +895,9 @@ def run_embed(target: str, source, *, sequences, out, policy, force, device, gpu
     world = result = None
     error: Fp16GuardError | None = None
     try:
-        from fp16guard import distributed
-        from fp16guard.embed import EmbedConfig, embed
-        from fp16guard.progress import Progress
+        from fp16guard.execution import distributed
+        from fp16guard.workflows.embed import EmbedConfig, embed
+        from fp16guard.core.progress import Progress
 
         config = EmbedConfig(
             sequences=sequences, out=out, policy=policy, force=force, device=device.value, max_tokens=max_tokens,
@@ -948,7 +948,7 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON on stdout.")] = False,
 ) -> None:
     """What changed between two validation runs: verdicts, per-sequence cosines, agreement metrics, speed, memory, environment."""
-    from fp16guard.diff import diff_reports, load_report
+    from fp16guard.report.diff import diff_reports, load_report
 
     from . import render
 
@@ -968,8 +968,8 @@ def diff(
 @app.command("list", cls=Command)
 def list_models() -> None:
     """Targets, presets and known checkpoints, and whether each is on this machine (nothing is downloaded)."""
-    from fp16guard.catalog import catalog
-    from fp16guard.policy import POLICIES
+    from fp16guard.models.catalog import catalog
+    from fp16guard.numerics.policy import POLICIES
 
     from . import render
 

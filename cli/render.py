@@ -26,9 +26,10 @@ from rich.progress import (
 from rich.text import Text
 from rich.table import Table
 
-from fp16guard.progress import Progress as LibraryProgress
-from fp16guard.formatting import format_cosine
-from fp16guard.report import Report, fmt_bytes, fmt_rate, fmt_ratio
+from fp16guard.core.progress import Progress as LibraryProgress
+from fp16guard.core.formatting import format_cosine
+from fp16guard.report.document import Report
+from fp16guard.report.text import fmt_bytes, fmt_rate, fmt_ratio, summary_rows
 
 #: Least width for output that goes to a file or a pipe (a CI log), not a terminal: rich would
 #: otherwise take 80 columns (or a COLUMNS inherited from some terminal) and squeeze the table.
@@ -156,7 +157,7 @@ def summary_table(console: Console, report: Report) -> Table | None:
     """The widest per-attempt table that fits the console at its natural width, so that no
     number is folded or cut (less important columns left out, see DROP_ORDER); None when not
     even policy, min cos and verdict fit."""
-    rows = report.summary_rows()
+    rows = summary_rows(report)
     headers = TERMINAL_COLUMNS
     unbounded = console.options.update_width(1_000_000)  # a table's measure is clamped to the width it is given
     for drop in (None, *DROP_ORDER):
@@ -170,7 +171,7 @@ def summary_table(console: Console, report: Report) -> Table | None:
 
 def _vertical(console: Console, report: Report) -> None:
     """One line per figure, for a console too narrow for any table."""
-    for row in report.summary_rows():
+    for row in summary_rows(report):
         console.print(f"[bold]{row['policy']}[/]: {row['verdict']}", no_wrap=True, overflow="ignore", crop=False)
         for header in TERMINAL_COLUMNS[1:-1]:
             console.print(f"  {header}: {row[header]}", no_wrap=True, overflow="ignore", crop=False)
@@ -197,7 +198,7 @@ def result(report: Report, paths: list[Path], quiet: bool = False, as_json: bool
     """A finished validation's output: the summary on stdout; ``quiet``: only the verdict line;
     ``as_json``: report.json on stdout and the rest (unless quiet) on stderr."""
     if as_json:
-        from fp16guard.report import JsonFormat
+        from fp16guard.report.json_format import JsonFormat
 
         write_stdout(JsonFormat().render(report))
     console = stderr_console() if as_json else stdout_console()

@@ -7,25 +7,25 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .errors import Fp16GuardError, InputError, ModelLoadError, NonFiniteReferenceError
+from fp16guard.errors import Fp16GuardError, InputError, ModelLoadError, NonFiniteReferenceError
 
 _LAZY = {
-    "apply_policy": "fp16guard.targets",
-    "Embedder": "fp16guard.embedding",
-    "embed_sequences": "fp16guard.embedding",
-    "read_embeddings": "fp16guard.embedfile",
-    "Embeddings": "fp16guard.embedfile",
-    "get_policy": "fp16guard.policy",
-    "Policy": "fp16guard.policy",
-    "LADDER": "fp16guard.policy",
-    "validate": "fp16guard.workflow",
-    "compare": "fp16guard.compare",
-    "Comparison": "fp16guard.compare",
-    "Report": "fp16guard.report",
-    "write_report": "fp16guard.report",
-    "read_report": "fp16guard.report",
-    "Thresholds": "fp16guard.config",
-    "ValidationConfig": "fp16guard.config",
+    "apply_policy": "fp16guard.models",
+    "Embedder": "fp16guard.execution.embedder",
+    "embed_sequences": "fp16guard.execution.embedder",
+    "read_embeddings": "fp16guard.io.embedfile",
+    "Embeddings": "fp16guard.io.embedfile",
+    "get_policy": "fp16guard.numerics.policy",
+    "Policy": "fp16guard.numerics.policy",
+    "LADDER": "fp16guard.numerics.policy",
+    "validate": "fp16guard.workflows.validate",
+    "compare": "fp16guard.numerics.compare",
+    "Comparison": "fp16guard.numerics.compare",
+    "Report": "fp16guard.report.document",
+    "write_report": "fp16guard.report.writer",
+    "read_report": "fp16guard.report.document",
+    "Thresholds": "fp16guard.core.config",
+    "ValidationConfig": "fp16guard.core.config",
 }
 
 __all__ = ["Fp16GuardError", "InputError", "ModelLoadError", "NonFiniteReferenceError", *_LAZY]

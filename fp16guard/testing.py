@@ -244,7 +244,7 @@ def write_dnabert(
     from tokenizers import Tokenizer, models, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel
+    from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
 
     directory.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from fp16guard.targets.esm2 import Esm2Target
+from fp16guard.models.esm2 import Esm2Target
 
 FAULT_RANK = 1
 original = Esm2Target.hidden_states

@@ -13,7 +13,7 @@ import torch
 from cli_runner import run_cli
 
 from fp16guard import Embedder, read_embeddings
-from fp16guard.catalog import PRESETS
+from fp16guard.models.catalog import PRESETS
 from fp16guard.testing import synthetic_dna, write_dnabert, write_hf_bert
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -205,10 +205,10 @@ class _Stop(Exception):
 def _stopped_run(checkpoint, proteins, out, shards, **options):
     """A run of the library's embed stopped after ``shards`` shards' worth of batches (the
     shards already handed to the writer are written, as after a kill)."""
-    from fp16guard.config import ModelSource
-    from fp16guard.embed import EmbedConfig
-    from fp16guard.embed import embed as run
-    from fp16guard.progress import Progress
+    from fp16guard.core.config import ModelSource
+    from fp16guard.workflows.embed import EmbedConfig
+    from fp16guard.workflows.embed import embed as run
+    from fp16guard.core.progress import Progress
 
     class StopAfter(Progress):
         calls = 0
@@ -248,7 +248,7 @@ def test_a_corrupt_shard_before_the_last_is_refused(checkpoints, proteins, tmp_p
 
 
 def test_a_failing_writer_thread_ends_the_run_with_its_error(checkpoints, proteins, tmp_path, monkeypatch):
-    from fp16guard import embed as workflow
+    from fp16guard.workflows import embed as workflow
     from fp16guard.errors import OutputError
 
     def broken(path, part, layers, per_residue):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fp16guard.launch import free_port
+from fp16guard.execution.launch import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard.formatting import format_cosine
+from fp16guard.core.formatting import format_cosine
 
 
 def validate(*args, env=None):
@@ -332,12 +332,12 @@ def test_the_gpus_launcher_starts_its_workers_without_importing_torch(tmp_path):
     weights.write_bytes(b"")
     code = (
         "import sys, runpy\n"
-        "import fp16guard.launch\n"
+        "import fp16guard.execution.launch\n"
         "def launch(args, processes):\n"
         "    assert 'torch' not in sys.modules, 'torch was imported before the launch'\n"
         "    assert processes == 2 and '--gpus' in args\n"
         "    return 0\n"
-        "fp16guard.launch.launch = launch\n"
+        "fp16guard.execution.launch.launch = launch\n"
         f"sys.argv = ['fp16guard', 'validate', 'esm2', '--weights', {str(weights)!r}, '--gpus', '2']\n"
         "try:\n    runpy.run_module('fp16guard_cli', run_name='__main__')\n"
         "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
@@ -383,8 +383,8 @@ def test_checkpoint_in_torchs_legacy_format_loads_like_the_zip_one(checkpoints, 
 
     import torch
 
-    from fp16guard.targets.base import ModelSource
-    from fp16guard.targets.esm2 import TARGET
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models.esm2 import TARGET
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         data = torch.load(checkpoints["healthy"], map_location="cpu", weights_only=True)

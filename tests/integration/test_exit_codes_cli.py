@@ -68,16 +68,16 @@ def test_a_read_only_out_exits_2_before_loading(checkpoints, small_fasta, tmp_pa
 
 
 def test_a_write_that_fails_after_the_check_exits_3_in_one_line(checkpoints, small_fasta, tmp_path, monkeypatch):
-    import fp16guard.outputs
+    import fp16guard.io.outputs
 
-    real = fp16guard.outputs.os.replace
+    real = fp16guard.io.outputs.os.replace
 
     def full(src, dst):
         if str(dst).endswith("junit.xml"):
             raise OSError(28, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(fp16guard.outputs.os, "replace", full)
+    monkeypatch.setattr(fp16guard.io.outputs.os, "replace", full)
     out = tmp_path / "out"
     result, text = validate(checkpoints["healthy"], small_fasta, out)
     assert result.exit_code == 3, text
@@ -121,9 +121,9 @@ def _crash(*args, **kwargs):
 
 
 def test_an_internal_error_exits_4_in_one_line_with_a_log(checkpoints, small_fasta, tmp_path, monkeypatch):
-    import fp16guard.workflow
+    import fp16guard.workflows.validate
 
-    monkeypatch.setattr(fp16guard.workflow, "validate", _crash)
+    monkeypatch.setattr(fp16guard.workflows.validate, "validate", _crash)
     out = tmp_path / "out"
     result, text = validate(checkpoints["healthy"], small_fasta, out)
     assert result.exit_code == 4, text
@@ -177,12 +177,12 @@ def test_no_run_without_a_verdict_leaves_an_earlier_pass(checkpoints, small_fast
 
     # exit 130: interrupted
     validate(checkpoints["healthy"], small_fasta, out)
-    import fp16guard.workflow
+    import fp16guard.workflows.validate
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fp16guard.workflow, "validate", interrupt)
+    monkeypatch.setattr(fp16guard.workflows.validate, "validate", interrupt)
     result, _ = validate(checkpoints["healthy"], small_fasta, out)
     assert result.exit_code == 130
     assert not (out / "report.json").exists() and not (out / "junit.xml").exists()

@@ -9,14 +9,15 @@ import pytest
 import torch
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard import Embedder, apply_policy, workflow
-from fp16guard.metrics import masked_mean
-from fp16guard.policy import get_policy
-from fp16guard.runner import run_policy
-from fp16guard.targets.base import ModelSource
-from fp16guard.targets.esm2 import TARGET
+from fp16guard import Embedder, apply_policy
+from fp16guard.workflows import validate as workflow
+from fp16guard.numerics.metrics import masked_mean
+from fp16guard.numerics.policy import get_policy
+from fp16guard.execution.runner import run_policy
+from fp16guard.core.config import ModelSource
+from fp16guard.models.esm2 import TARGET
 from fp16guard.testing import write_dnabert
-from fp16guard.workflow import prepare_batches
+from fp16guard.execution.batching import prepare_batches
 
 
 def test_fast_variant_is_reported_and_the_recommendation_follows_the_rule(checkpoints, small_fasta, tmp_path):
@@ -100,7 +101,7 @@ def test_dnabert_fast_policy_passes(dnabert_dir, tmp_path):
 
 def test_when_packing_is_refused_the_fused_attention_variant_is_tried_instead(checkpoints, small_fasta, tmp_path, monkeypatch):
     from fp16guard.errors import UnsupportedPolicyError
-    from fp16guard.targets import esm2
+    from fp16guard.models import esm2
 
     def refuse():
         raise UnsupportedPolicyError("no packing here (simulated)")

@@ -5,8 +5,8 @@ save_pretrained directories with their tokenizers, and the trained AntiBERTy pac
 import pytest
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard.catalog import PRESETS
-from fp16guard.sequences import read_fasta
+from fp16guard.models.catalog import PRESETS
+from fp16guard.io.sequences import read_fasta
 from fp16guard.testing import write_hf_bert, write_hf_esm
 
 

@@ -15,7 +15,8 @@ import pytest
 from browser import Chromium, file_url, find_chromium
 from cli_runner import run_cli
 
-from fp16guard.report import read_report
+from fp16guard.report.document import read_report
+from fp16guard.report.text import summary_rows
 
 CHROMIUM = find_chromium()
 #: Set by .ci/run, where Chromium was installed: there a missing browser is a failure, not a skip.
@@ -78,7 +79,7 @@ def test_report_html_renders_without_errors_and_shows_verdict_and_table(runs, br
     status = "PASS" if report.passed else "FAIL"
     assert dom["status"] == status and dom["title"].startswith(f"fp16guard {status}")
     assert dom["summary"] == report.summary
-    rows = report.summary_rows()
+    rows = summary_rows(report)
     assert dom["headers"] == list(rows[0])
     assert dom["rows"] == [list(row.values()) for row in rows]
     measured = [a for a in report.attempts if a.metrics]

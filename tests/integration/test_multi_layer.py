@@ -10,10 +10,10 @@ import torch
 from cli_runner import run_cli
 
 from fp16guard import Embedder
-from fp16guard.config import ModelSource
-from fp16guard.policy import fast_variant, get_policy
-from fp16guard.runner import forward_splitting
-from fp16guard.targets import get_target
+from fp16guard.core.config import ModelSource
+from fp16guard.numerics.policy import fast_variant, get_policy
+from fp16guard.execution.runner import forward_splitting
+from fp16guard.models import get_target
 from fp16guard.testing import synthetic_dna, write_dnabert, write_hf_bert, write_hf_t5
 
 CPU = torch.device("cpu")

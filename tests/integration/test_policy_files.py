@@ -8,12 +8,12 @@ import torch
 from cli_runner import ladder, read_report, run_cli
 
 from fp16guard import apply_policy
-from fp16guard.metrics import masked_mean
-from fp16guard.policy import get_policy
-from fp16guard.runner import run_policy
-from fp16guard.targets.base import ModelSource
-from fp16guard.targets.esm2 import TARGET
-from fp16guard.workflow import prepare_batches
+from fp16guard.numerics.metrics import masked_mean
+from fp16guard.numerics.policy import get_policy
+from fp16guard.execution.runner import run_policy
+from fp16guard.core.config import ModelSource
+from fp16guard.models.esm2 import TARGET
+from fp16guard.execution.batching import prepare_batches
 
 
 def test_saved_policy_reapplied_to_a_fresh_model_is_bit_identical(checkpoints, small_fasta, tmp_path):

@@ -4,12 +4,13 @@ import pytest
 import torch
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard.policy import get_policy
-from fp16guard.profile import _capture, first_divergent_layer, profile_policy
-from fp16guard.targets.base import ModelSource, build
-from fp16guard.targets.esm2 import TARGET
+from fp16guard.numerics.policy import get_policy
+from fp16guard.execution.profile import _capture, first_divergent_layer, profile_policy
+from fp16guard.core.config import ModelSource
+from fp16guard.execution.build import build
+from fp16guard.models.esm2 import TARGET
 from fp16guard.testing import build_model, plant_mlp_overflow, save_checkpoint
-from fp16guard.workflow import prepare_batches
+from fp16guard.execution.batching import prepare_batches
 
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY"]
 

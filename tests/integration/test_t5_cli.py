@@ -7,7 +7,7 @@ import json
 import pytest
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard.sequences import read_fasta
+from fp16guard.io.sequences import read_fasta
 from fp16guard.testing import write_hf_t5
 
 
@@ -100,8 +100,8 @@ def test_full_ladder_on_t5_runs_every_rung(t5_models, small_fasta, tmp_path):
 def test_rare_residues_and_lower_case_follow_the_tokenizer(t5_models, tmp_path):
     """U, Z, O, B go to X because this vocabulary has X and lacks them; lower case is read as
     upper case; the ids are the tokenizer's own for the spaced residues."""
-    from fp16guard.config import ModelSource
-    from fp16guard.targets import get_target
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models import get_target
 
     target = get_target("hf")
     loaded = target.load(ModelSource(model=str(t5_models["encoder"])))
@@ -121,8 +121,8 @@ def test_rare_residues_and_lower_case_follow_the_tokenizer(t5_models, tmp_path):
 
 
 def test_character_tokenizer_reads_residues_unspaced(t5_models):
-    from fp16guard.config import ModelSource
-    from fp16guard.targets import get_target
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models import get_target
 
     loaded = get_target("hf").load(ModelSource(model=str(t5_models["wo-full-gated"])))
     assert loaded.extra["separator"] == ""
@@ -192,8 +192,8 @@ def test_sentencepiece_tokenizer_as_prot_t5_ships_it(prot_t5_layout, small_fasta
     """A directory with spiece.model as its only tokenizer file: residues are read spaced, one
     "▁A"-style piece each, U, Z, O and B as themselves (this vocabulary has them, J it lacks); the planted
     wo overflow fails fp16 and the ladder keeps wo in FP32."""
-    from fp16guard.config import ModelSource
-    from fp16guard.targets import get_target
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models import get_target
 
     assert not (prot_t5_layout / "tokenizer.json").exists() and (prot_t5_layout / "spiece.model").is_file()
     target = get_target("hf")
@@ -273,8 +273,8 @@ def test_sentencepiece_vocabulary_with_word_start_residues_reads_them_spaced(tmp
     read spaced: every residue a "▁" piece."""
     pytest.importorskip("sentencepiece")
     pytest.importorskip("google.protobuf")
-    from fp16guard.config import ModelSource
-    from fp16guard.targets import get_target
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models import get_target
 
     directory = write_hf_t5(tmp_path / "both", tokenizer="sentencepiece+bare")
     target = get_target("hf")
@@ -293,7 +293,7 @@ def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, sm
     policy and the ladder's fast variant. Timings are a GPU's business: here fused attention is
     made faster than eager, and then (``islands_pay``) fewer FP32 modules faster than more;
     without that, the ladder's fast variant stays recommended."""
-    from fp16guard import workflow
+    from fp16guard.workflows import validate as workflow
 
     def speed(attempt):
         return attempt.policy["fast_attention"], -len(attempt.fp32_modules) if islands_pay else 0
@@ -351,8 +351,8 @@ def test_amino_acid_marker_goes_before_every_sequence(tmp_path, small_fasta):
     from transformers import AutoTokenizer, T5EncoderModel
 
     from fp16guard import Embedder
-    from fp16guard.config import ModelSource
-    from fp16guard.targets import get_target
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models import get_target
 
     directory = write_hf_t5(tmp_path / "prost", added_tokens=("<AA2fold>", "<fold2AA>"))
     target = get_target("hf")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fp16guard.agreement import (
+from fp16guard.numerics.agreement import (
     AgreementInputs,
     Fp64Floor,
     average_ranks,
@@ -20,11 +20,11 @@ from fp16guard.agreement import (
     spearman,
     cosine_matrix,
 )
-from fp16guard.compare import compare
-from fp16guard.config import Thresholds
+from fp16guard.numerics.compare import compare
+from fp16guard.core.config import Thresholds
 from fp16guard.errors import InputError
-from fp16guard.floor import KeepFloat64, sample_rows
-from fp16guard.metrics import TokenStats, gap_histogram, histogram_percentile
+from fp16guard.execution.floor import KeepFloat64, sample_rows
+from fp16guard.numerics.metrics import TokenStats, gap_histogram, histogram_percentile
 
 
 def clustered(n_per=8, clusters=4, dim=16, spread=0.05, seed=0):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fp16guard.budget import (
+from fp16guard.execution.budget import (
     CPU_MAX_TOKENS,
     MAX_TOKENS,
     MIN_TOKENS,
@@ -58,7 +58,7 @@ def test_the_attention_term_is_quadratic_in_length():
 def test_model_dims_of_each_family():
     from transformers import BertConfig, BertModel
 
-    from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel
+    from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
     from fp16guard.testing import build_model
 
     assert model_dims(build_model(layers=2, dim=32, heads=4)) == ModelDims(32, 4, 128)

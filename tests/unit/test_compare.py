@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from fp16guard.compare import WORST_SHOWN, Comparison, compare
-from fp16guard.config import Thresholds
+from fp16guard.numerics.compare import WORST_SHOWN, Comparison, compare
+from fp16guard.core.config import Thresholds
 from fp16guard.errors import Fp16GuardError, InputError, NonFiniteReferenceError
-from fp16guard.metrics import TokenStats
+from fp16guard.numerics.metrics import TokenStats
 
 NAN, INF = math.nan, math.inf
 

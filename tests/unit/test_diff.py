@@ -1,4 +1,4 @@
-"""fp16guard.diff on hand-made reports: what counts as a regression, NaN/null cosines, speed
+"""fp16guard.report.diff on hand-made reports: what counts as a regression, NaN/null cosines, speed
 gated on the same device only, and unreadable input."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from fp16guard.diff import diff_reports, load_report
+from fp16guard.report.diff import diff_reports, load_report
 from fp16guard.errors import InputError
-from fp16guard.report import Report
+from fp16guard.report.document import Report
 
 
 def attempt(name, cosines, passed=True, role="attempt", tps=1000.0, memory=2**30):

@@ -7,12 +7,7 @@ import pytest
 import torch
 
 from fp16guard.errors import ModelLoadError
-from fp16guard.targets.dnabert import (
-    DnaBertConfig,
-    DnaBertModel,
-    alibi_slopes,
-    read_state_dict,
-)
+from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel, alibi_slopes, read_state_dict
 
 
 @pytest.mark.parametrize("heads", [8, 12, 16])
@@ -104,8 +99,8 @@ def test_checkpoint_keys_with_or_without_prefix_and_heads_ignored(tmp_path):
 
 @pytest.mark.parametrize("with_n, unknown", [(True, ""), (False, "N")])
 def test_n_is_read_as_unknown_only_when_the_vocabulary_lacks_it(tmp_path, with_n, unknown):
-    from fp16guard.targets.base import ModelSource
-    from fp16guard.targets.dnabert import TARGET
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models.dnabert import TARGET
     from fp16guard.testing import write_dnabert
 
     loaded = TARGET.load(ModelSource(model=str(write_dnabert(tmp_path / "m", with_n=with_n))))
@@ -121,8 +116,8 @@ def test_unreadable_weights_never_suggest_weights_only_false(tmp_path, damage):
     import argparse
     import gzip
 
-    from fp16guard.targets.base import ModelSource
-    from fp16guard.targets.dnabert import TARGET
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models.dnabert import TARGET
     from fp16guard.testing import write_dnabert
 
     directory = write_dnabert(tmp_path / "m")
@@ -139,8 +134,8 @@ def test_unreadable_weights_never_suggest_weights_only_false(tmp_path, damage):
 
 
 def test_missing_or_unexpected_encoder_keys_are_named(tmp_path):
-    from fp16guard.targets.base import ModelSource
-    from fp16guard.targets.dnabert import TARGET
+    from fp16guard.core.config import ModelSource
+    from fp16guard.models.dnabert import TARGET
     from fp16guard.testing import write_dnabert
 
     directory = write_dnabert(tmp_path / "m")

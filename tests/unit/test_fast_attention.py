@@ -8,16 +8,9 @@ from test_dnabert import plain_dnabert
 
 from fp16guard import apply_policy
 from fp16guard.errors import UnsupportedPolicyError
-from fp16guard.policy import (
-    FP16,
-    FP16_RES32,
-    FP16_SDPA,
-    Policy,
-    fast_variant,
-    get_policy,
-)
-from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel
-from fp16guard.targets.esm2 import Fp32Rotary, SdpaAttention
+from fp16guard.numerics.policy import FP16, FP16_RES32, FP16_SDPA, Policy, fast_variant, get_policy
+from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
+from fp16guard.models.esm2 import Fp32Rotary, SdpaAttention
 from fp16guard.testing import build_model, plant_residual_overflow
 
 FP32_FAST = Policy("fp32+sdpa", "float32", fast_attention=True)
@@ -157,7 +150,7 @@ def test_hf_fast_attention_is_transformers_sdpa(tmp_path):
     class NoSdpa(torch.nn.Module):
         _supports_sdpa = False
 
-    from fp16guard.targets.hf import HF
+    from fp16guard.models.hf import HF
 
     with pytest.raises(UnsupportedPolicyError, match="scaled_dot_product_attention"):
         HF.apply_policy(NoSdpa(), FP16_SDPA)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fp16guard.errors import InputError
-from fp16guard.sequences import read_fasta, stream_fasta
+from fp16guard.io.sequences import read_fasta, stream_fasta
 
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fp16guard.formatting import format_cosine
+from fp16guard.core.formatting import format_cosine
 
 NAN = math.nan
 

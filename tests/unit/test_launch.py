@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from fp16guard.launch import EXIT_CODE_FILE_ENV, launch, worker_environments
+from fp16guard.execution.launch import EXIT_CODE_FILE_ENV, launch, worker_environments
 
 # A worker is any command; these ones are plain Python, no torch, and behave by rank.
 WORKER = [sys.executable, "-c"]
@@ -58,7 +58,7 @@ def test_ranks_that_end_without_an_agreed_code_are_an_error():
 
 
 def test_a_worker_that_ignores_sigterm_is_killed(monkeypatch):
-    import fp16guard.launch as launch_module
+    import fp16guard.execution.launch as launch_module
 
     monkeypatch.setattr(launch_module, "STOP_GRACE_SECONDS", 1.0)
     body = (
@@ -79,7 +79,7 @@ def test_a_sigterm_to_the_launcher_stops_its_workers(tmp_path):
 
     body = f"pathlib.Path(r'{tmp_path}', str(rank)).write_text(str(os.getpid()))\ntime.sleep(60)"
     script = (
-        "import sys\nfrom fp16guard.launch import launch\n"
+        "import sys\nfrom fp16guard.execution.launch import launch\n"
         f"sys.exit(launch(['validate'], 2, worker={_worker(body)!r}))\n"
     )
     launcher = subprocess.Popen([sys.executable, "-c", script])

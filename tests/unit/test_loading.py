@@ -6,8 +6,9 @@ import hashlib
 import torch
 from torch import nn
 
-from fp16guard.targets import get_target
-from fp16guard.targets.base import ModelSource, skipped_init
+from fp16guard.models import get_target
+from fp16guard.core.config import ModelSource
+from fp16guard.models.loading import skipped_init
 from fp16guard.testing import build_model, save_checkpoint
 
 
@@ -39,7 +40,7 @@ def test_skipped_init_restores_torch_init_functions():
 def test_esm2_tokens_equal_fair_esms_batch_converter(tmp_path):
     import random
 
-    from fp16guard.targets.esm2 import ALPHABET
+    from fp16guard.models.esm2 import ALPHABET
 
     loaded = get_target("esm2").load(ModelSource(weights=save_checkpoint(build_model(layers=1), tmp_path / "m.pt")))
     rng = random.Random(1)
@@ -55,7 +56,7 @@ def test_load_failure_never_passes_on_advice_to_load_unsafely(tmp_path):
     import argparse
     import gzip
 
-    from fp16guard.targets.base import load_failure
+    from fp16guard.models.loading import load_failure
 
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.zeros(2)}, plain)

@@ -7,13 +7,7 @@ import math
 import pytest
 import torch
 
-from fp16guard.metrics import (
-    TokenStats,
-    cosine_rows,
-    count_nonfinite,
-    masked_mean,
-    percentile,
-)
+from fp16guard.numerics.metrics import TokenStats, cosine_rows, count_nonfinite, masked_mean, percentile
 
 NAN, INF = math.nan, math.inf
 
@@ -302,7 +296,7 @@ def test_segment_mean_sums_as_masked_mean_does_bit_for_bit():
     atomics make CUDA results vary run to run): the same bits as padded pooling."""
     import torch
 
-    from fp16guard.metrics import masked_mean, segment_mean
+    from fp16guard.numerics.metrics import masked_mean, segment_mean
 
     generator = torch.Generator().manual_seed(3)
     lengths = [7, 1, 300, 42, 5]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from fp16guard.policy import get_policy
-from fp16guard.runner import run_policy
-from fp16guard.targets.base import ModelSource
-from fp16guard.targets.esm2 import TARGET
-from fp16guard.workflow import prepare_batches
+from fp16guard.numerics.policy import get_policy
+from fp16guard.execution.runner import run_policy
+from fp16guard.core.config import ModelSource
+from fp16guard.models.esm2 import TARGET
+from fp16guard.execution.batching import prepare_batches
 
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY", "MSTNPKPQRKTKRNTNRRPQD", "GGSGGSGGS"]
 
@@ -54,8 +54,8 @@ def test_a_single_sequence_that_does_not_fit_is_an_error(checkpoints):
 
 
 def test_the_report_counts_every_input_sequence_after_splits(checkpoints, tmp_path, monkeypatch):
-    from fp16guard import workflow
-    from fp16guard.config import ValidationConfig
+    from fp16guard.workflows import validate as workflow
+    from fp16guard.core.config import ValidationConfig
 
     fasta = tmp_path / "five.fasta"
     fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(SEQUENCES)))

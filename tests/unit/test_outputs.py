@@ -9,11 +9,11 @@ import stat
 import pytest
 import torch
 
-import fp16guard.outputs as outputs
+import fp16guard.io.outputs as outputs
 from fp16guard.errors import InputError, OutputError
-from fp16guard.outputs import ERROR_LOG, REPORT_FILES, check_outputs, clear_reports, create_temp, write_error_log
-from fp16guard.reference import save_reference
-from fp16guard.report import FORMATS, write_atomic, write_policy, write_report
+from fp16guard.io.outputs import ERROR_LOG, REPORT_FILES, check_outputs, clear_reports, create_temp, write_error_log
+from fp16guard.io.reference import save_reference
+from fp16guard.report.writer import FORMATS, write_atomic, write_policy, write_report
 from test_report import make_report  # the unit tests' report builder
 
 

@@ -7,15 +7,18 @@ import json
 import pytest
 import torch
 
-from fp16guard import Embedder, composition
+from fp16guard import Embedder
+from fp16guard.execution import composition
 from fp16guard.errors import InputError, UnsupportedPolicyError
-from fp16guard.metrics import cosine_rows, masked_mean, segment_mean
-from fp16guard.policy import FP16_PACKED, Policy, fast_variant, get_policy
-from fp16guard.runner import run_policy
-from fp16guard.targets import varlen
-from fp16guard.targets.base import ModelSource, TokenBatch, build
-from fp16guard.targets.esm2 import MAX_RESIDUES, TARGET
-from fp16guard.workflow import prepare_batches
+from fp16guard.numerics.metrics import cosine_rows, masked_mean, segment_mean
+from fp16guard.numerics.policy import FP16_PACKED, Policy, fast_variant, get_policy
+from fp16guard.execution.runner import run_policy
+from fp16guard.models import varlen
+from fp16guard.core.config import ModelSource
+from fp16guard.models.batch import TokenBatch
+from fp16guard.execution.build import build
+from fp16guard.models.esm2 import MAX_RESIDUES, TARGET
+from fp16guard.execution.batching import prepare_batches
 
 CPU = torch.device("cpu")
 #: FP32 with the packed layout: on the CPU both layouts run the same mathematics, so they must
@@ -155,7 +158,7 @@ def test_the_varlen_kernel_runs_on_cuda_and_agrees_with_padded(loaded):
 
 @pytest.fixture(scope="module")
 def dnabert(tmp_path_factory):
-    from fp16guard.targets.dnabert import TARGET as DNABERT
+    from fp16guard.models.dnabert import TARGET as DNABERT
     from fp16guard.testing import write_dnabert
 
     return DNABERT, DNABERT.load(ModelSource(model=str(write_dnabert(tmp_path_factory.mktemp("dnabert") / "m"))))
@@ -183,7 +186,7 @@ def test_dnabert_packed_agrees_with_padded_alibi_and_passes_the_composition_chec
 
 
 def test_hf_encoders_refuse_the_packed_layout_with_a_clear_error(tmp_path):
-    from fp16guard.targets.hf import HF
+    from fp16guard.models.hf import HF
     from fp16guard.testing import write_hf_bert
 
     loaded = HF.load(ModelSource(model=str(write_hf_bert(tmp_path / "bert"))))

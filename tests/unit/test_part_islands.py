@@ -8,8 +8,8 @@ import torch
 
 from fp16guard import apply_policy, get_policy
 from fp16guard.errors import InputError, UnsupportedPolicyError
-from fp16guard.policy import Policy
-from fp16guard.targets.dnabert import DnaBertConfig, DnaBertModel
+from fp16guard.numerics.policy import Policy
+from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
 from fp16guard.testing import build_model, plant_mlp_overflow
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fp16guard.errors import InputError
-from fp16guard.policy import DTYPES, PART_KINDS, POLICIES, Policy, get_policy
+from fp16guard.numerics.policy import DTYPES, PART_KINDS, POLICIES, Policy, get_policy
 
 BAD = [
     ([], "JSON object"),

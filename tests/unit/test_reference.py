@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fp16guard.errors import InputError, OutputError
-from fp16guard.reference import library_versions, load_reference, save_reference
+from fp16guard.io.reference import library_versions, load_reference, save_reference
+from fp16guard.workflows.validate import saved_reference_result
 
 META = {
     "target": "esm2", "weights_sha256": "a" * 64, "dataset_sha256": "b" * 64, "layer": 3, "pooling": "mean",
@@ -24,7 +25,7 @@ def test_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path):
     assert torch.equal(saved.embeddings, embeddings) and saved.embeddings.dtype == torch.float32
     assert saved.ids == ("w", "x", "y", "z")
     assert saved.meta["layer"] == 3 and saved.meta["sequences"] == 4
-    result = saved.run_result(batches=2)
+    result = saved_reference_result(saved, batches=2)
     assert result.timing.seconds == 1.5 and result.peak_memory_bytes == 123 and result.token_states == [None, None]
     saved.check(**{k: META[k] for k in ("target", "weights_sha256", "layer", "versions")}, ids=["w", "x", "y", "z"])
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from test_report import make_report
 
 from fp16guard_cli import render
+from fp16guard.report.text import summary_rows
 
 
 def _rendered(report, width: int) -> str:
@@ -36,7 +37,7 @@ def test_every_number_is_whole_on_one_line(width):
     lines = text.splitlines()
     assert "…" not in text and "FAIL" in text
     header = next((line for line in lines if line.lstrip("┃ ").startswith("policy ")), None)
-    for row in report.summary_rows():
+    for row in summary_rows(report):
         numbers = {h: row[h] for h in render.TERMINAL_COLUMNS if h not in ("policy", render.TEXT_COLUMN, "verdict")}
         if header is not None:  # a table: each figure of a column shown is whole on its row's line
             line = next(line for line in lines if re.match(rf"[│ ]*{re.escape(row['policy'])} ", line))

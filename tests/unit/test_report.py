@@ -11,20 +11,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-import fp16guard.outputs as outputs_module
-from fp16guard.compare import Comparison, compare
-from fp16guard.config import Thresholds
-from fp16guard.metrics import TokenStats
-from fp16guard.policy import FP16, FP16_LN32, FP32, Policy
-from fp16guard.report import (
-    SCHEMA_VERSION,
-    Attempt,
-    Report,
-    finite_or_none,
-    read_report,
-    write_atomic,
-    write_report,
-)
+import fp16guard.io.outputs as outputs_module
+from fp16guard.numerics.compare import Comparison, compare
+from fp16guard.core.config import Thresholds
+from fp16guard.numerics.metrics import TokenStats
+from fp16guard.numerics.policy import FP16, FP16_LN32, FP32, Policy
+from fp16guard.report.document import SCHEMA_VERSION, Attempt, Report, finite_or_none, read_report
+from fp16guard.report.writer import write_atomic, write_report
 
 IDS = ["P1", "P2", "P3", "P4"]
 OUTPUT_FILES = {"report.json", "report.md", "junit.xml", "report.html"}
@@ -40,7 +33,7 @@ def _timing(seconds: float, tokens: int = 1000) -> dict:
 
 
 def _metrics(comparison: Comparison) -> dict:
-    """The metrics dict the way fp16guard.workflow._attempt shapes it."""
+    """The metrics dict the way fp16guard.workflows.validate._attempt shapes it."""
     return finite_or_none(comparison.to_dict())
 
 

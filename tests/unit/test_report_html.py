@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 
 from test_report import make_report
 
-from fp16guard.report_html import CSP, HtmlFormat, cosine_chart
+from fp16guard.report.html import CSP, HtmlFormat, cosine_chart
+from fp16guard.report.text import summary_rows
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -79,7 +80,7 @@ def test_verdict_table_and_a_failing_cosine_never_rounded_up():
     attempt.metrics["worst"] = [["P9", 0.98999999999], *attempt.metrics["worst"][1:]]
     html = HtmlFormat().render(report)
     assert '<section id=verdict class="banner fail">' in html and "<p class=status>FAIL</p>" in html
-    for header in report.summary_rows()[0]:
+    for header in summary_rows(report)[0]:
         assert f">{header}</th>" in html
     assert "0.989999" in html and "<td>0.990000</td>" not in html
     assert "<tr class=bad><td class=\"text\">P9</td><td>0.989999</td></tr>" in html

@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 
 from fp16guard.errors import InputError
-from fp16guard.sequences import (
-    Batch,
-    Record,
-    SequenceSet,
-    bundled_path,
-    make_batches,
-    parse_fasta,
-    read_fasta,
-)
+from fp16guard.execution.batching import Batch, make_batches
+from fp16guard.io.sequences import Record, SequenceSet, bundled_path, parse_fasta, read_fasta
 
 ESM2_ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 REPO_ROOT = Path(__file__).resolve().parents[2]

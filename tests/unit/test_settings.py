@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fp16guard.errors import InputError
-from fp16guard.settings import KEYS, discover, find_config, load_config, option_name
+from fp16guard.io.config_file import KEYS, discover, find_config, load_config, option_name
 
 
 def write(path, text):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fp16guard import apply_policy
-from fp16guard.policy import FP16, FP16_KEEP32, FP16_LN32, LADDER, Policy, get_policy, with_class_fp32
-from fp16guard.targets.t5 import describe_mismatch
+from fp16guard.numerics.policy import FP16, FP16_KEEP32, FP16_LN32, LADDER, Policy, get_policy, with_class_fp32
+from fp16guard.models.t5 import describe_mismatch
 
 
 def tiny_t5(gated=False, seed=0):
@@ -70,7 +70,7 @@ def test_pos32_adds_the_fp32_bias_to_fp32_scores():
 def test_fp32_softmax_attention_matches_eager_with_position_bias():
     from transformers.models.t5.modeling_t5 import eager_attention_forward
 
-    from fp16guard.targets.hf import fp32_softmax_attention
+    from fp16guard.models.hf import fp32_softmax_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))

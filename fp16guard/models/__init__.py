@@ -1,0 +1,58 @@
+"""The registry of model families. Each target module is imported only when it is used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fp16guard.errors import InputError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fp16guard.numerics.policy import Policy
+    from fp16guard.numerics.precision import AppliedPolicy
+    from fp16guard.models.base import Target
+
+#: target name -> "module:attribute" of its Target instance
+REGISTRY: dict[str, str] = {
+    "esm2": "fp16guard.models.esm2:TARGET",
+    "hf": "fp16guard.models.hf:HF",
+    "antiberty": "fp16guard.models.hf:ANTIBERTY",
+    "dnabert": "fp16guard.models.dnabert:TARGET",
+}
+
+
+def get_target(name: str) -> Target:
+    """The target registered as ``name``."""
+    try:
+        module_name, attribute = REGISTRY[name].split(":")
+    except KeyError:
+        raise InputError(f"unknown target {name!r}; known: {', '.join(REGISTRY)}") from None
+    return getattr(import_module(module_name), attribute)
+
+
+def adapter_for(model: nn.Module) -> Callable[[nn.Module, Policy], AppliedPolicy]:
+    """The policy converter for ``model``: its target's, or the generic one."""
+    from fp16guard.numerics.precision import apply_generic
+
+    for name in ("esm2", "dnabert", "hf"):
+        target = get_target(name)
+        if target.adapts(model):
+            return target.apply_policy
+    return apply_generic
+
+
+def apply_policy(model: nn.Module, policy: str | Path | Policy | dict) -> AppliedPolicy:
+    """Convert ``model`` in place to ``policy`` (a name, a JSON file, a dict or a Policy).
+
+    Use it on an FP32 model, on the device it will run on, and do not cast the model
+    afterwards (``.half()`` would round the FP32 islands). Returns the modules kept in FP32.
+    A model converted under a packed policy still runs padded batches through its own
+    ``forward``; ``fp16guard.Embedder`` runs it packed.
+    """
+    from fp16guard.numerics.policy import get_policy
+
+    return adapter_for(model)(model, get_policy(policy))
