@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from fp16guard.core.formatting import format_cosine
-from fp16guard.report.markdown import MarkdownFormat
 from fp16guard.report.document import Report
+from fp16guard.report.markdown import MarkdownFormat
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 #: GitHub shows at most 1 MiB of step summary per step; a longer report.md is cut before its

@@ -623,7 +623,11 @@ def _run_validation(
     try:
         # Joined first: after this, every failure is one the ranks can agree on.
         world = distributed.init(device.value)
-        from fp16guard.core.config import FP64_FLOOR_SEQUENCES, Thresholds, ValidationConfig
+        from fp16guard.core.config import (
+            FP64_FLOOR_SEQUENCES,
+            Thresholds,
+            ValidationConfig,
+        )
         from fp16guard.core.progress import Progress
         from fp16guard.report.writer import write_policy, write_report
         from fp16guard.workflows.validate import validate
@@ -895,9 +899,9 @@ def run_embed(target: str, source, *, sequences, out, policy, force, device, gpu
     world = result = None
     error: Fp16GuardError | None = None
     try:
+        from fp16guard.core.progress import Progress
         from fp16guard.execution import distributed
         from fp16guard.workflows.embed import EmbedConfig, embed
-        from fp16guard.core.progress import Progress
 
         config = EmbedConfig(
             sequences=sequences, out=out, policy=policy, force=force, device=device.value, max_tokens=max_tokens,

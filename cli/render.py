@@ -18,16 +18,16 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TextColumn,
     ProgressColumn,
+    TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
-from fp16guard.core.progress import Progress as LibraryProgress
 from fp16guard.core.formatting import format_cosine
+from fp16guard.core.progress import Progress as LibraryProgress
 from fp16guard.report.document import Report
 from fp16guard.report.text import fmt_bytes, fmt_rate, fmt_ratio, summary_rows
 

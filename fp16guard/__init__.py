@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from fp16guard.errors import Fp16GuardError, InputError, ModelLoadError, NonFiniteReferenceError
+from fp16guard.errors import (
+    Fp16GuardError,
+    InputError,
+    ModelLoadError,
+    NonFiniteReferenceError,
+)
 
 _LAZY = {
     "apply_policy": "fp16guard.models",
@@ -33,12 +38,9 @@ __all__ = ["Fp16GuardError", "InputError", "ModelLoadError", "NonFiniteReference
 
 def __getattr__(name: str):
     if name == "__version__":  # the installed distribution's version
-        from importlib import metadata
+        from fp16guard.core.versions import fp16guard_version
 
-        try:
-            return metadata.version("fp16guard")
-        except metadata.PackageNotFoundError:
-            return "unknown"
+        return fp16guard_version()
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fp16guard' has no attribute {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 #: Sequences in the FP64 pass of ``--fp64-floor``: enough for a stable error figure, few enough
 #: that FP64 on a CPU (several times slower than FP32) stays a small share of a run.
 FP64_FLOOR_SEQUENCES = 32

@@ -13,12 +13,12 @@ from dataclasses import replace
 
 import torch
 
-from fp16guard.numerics.metrics import cosine_rows
-from fp16guard.numerics.policy import Policy
+from fp16guard.execution.batching import token_batch
+from fp16guard.execution.build import build
 from fp16guard.execution.runner import embed_batch
 from fp16guard.models.base import LoadedModel, Target
-from fp16guard.execution.build import build
-from fp16guard.execution.batching import token_batch
+from fp16guard.numerics.metrics import cosine_rows
+from fp16guard.numerics.policy import Policy
 
 SAMPLE_SIZE = 8
 #: Disagreement (1 - cosine) tolerated between layouts whatever the sequence: FP16 rounding in

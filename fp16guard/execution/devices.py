@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import platform
-from importlib import metadata
 
 import torch
 
+from fp16guard.core.versions import package_version
 from fp16guard.errors import Fp16GuardError, InputError
 from fp16guard.execution import distributed
 
@@ -50,8 +50,5 @@ def environment(device: torch.device) -> dict:
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" and torch.backends.cudnn.is_available() else None,
     }
     for package in ("fair-esm", "transformers"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            info[package] = None
+        info[package] = package_version(package)
     return info

@@ -25,9 +25,9 @@ import torch
 
 from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError, InputError
 from fp16guard.execution.launch import EXIT_CODE_FILE_ENV, World, from_env
-from fp16guard.numerics.metrics import TokenStats
 from fp16guard.execution.runner import RunResult, Timing
 from fp16guard.execution.runner import run_policy as _run_policy
+from fp16guard.numerics.metrics import TokenStats
 
 T = TypeVar("T")
 

@@ -11,14 +11,13 @@ import torch
 
 from fp16guard.core.config import ModelSource
 from fp16guard.errors import Fp16GuardError, InputError
-from fp16guard.numerics.policy import FP32, Policy, get_policy
+from fp16guard.execution.batching import make_batches, token_batch
+from fp16guard.execution.build import build
 from fp16guard.execution.runner import forward_splitting, pool
-from fp16guard.execution.batching import make_batches
 from fp16guard.models import get_target
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.models.batch import TokenBatch
-from fp16guard.execution.build import build
-from fp16guard.execution.batching import token_batch
+from fp16guard.numerics.policy import FP32, Policy, get_policy
 
 DEFAULT_MAX_TOKENS = 16_384
 
@@ -159,7 +158,7 @@ class Embedder:
 def can_compile(target: Target, policy: Policy) -> bool:
     """Whether ``Embedder(..., compile=True)`` is possible: a packed policy on a target whose
     blocks compile (ESM-2)."""
-    return policy.layout == "packed" and hasattr(target, "compile_packed")
+    return policy.layout == "packed" and target.supports_compile
 
 
 @dataclass

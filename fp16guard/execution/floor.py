@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fp16guard.numerics.agreement import Fp64Floor
-from fp16guard.execution.batching import make_batches
+from fp16guard.execution.batching import make_batches, token_batch
 from fp16guard.models.base import LoadedModel, Target
-from fp16guard.execution.batching import token_batch
+from fp16guard.numerics.agreement import Fp64Floor
+
 
 class KeepFloat64(TorchFunctionMode):
     """Inside it, model code that casts to FP32 (``.float()``, ``.to(torch.float32)``,

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fp16guard.numerics.metrics import cosine_rows
-from fp16guard.numerics.policy import FP32, Policy
+from fp16guard.execution.build import build
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.models.batch import TokenBatch
-from fp16guard.execution.build import build
+from fp16guard.numerics.metrics import cosine_rows
+from fp16guard.numerics.policy import FP32, Policy
 
 FP16_MAX = 65504.0
 

@@ -10,14 +10,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fp16guard.numerics.metrics import TokenStats, count_nonfinite, masked_mean, segment_mean
-from fp16guard.execution.placement import describe as placement_of
-from fp16guard.numerics.policy import Policy
-from fp16guard.numerics.precision import AppliedPolicy
 from fp16guard.core.progress import Progress
+from fp16guard.execution.build import build
+from fp16guard.execution.placement import describe as placement_of
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.models.batch import TokenBatch
-from fp16guard.execution.build import build
+from fp16guard.numerics.metrics import (
+    TokenStats,
+    count_nonfinite,
+    masked_mean,
+    segment_mean,
+)
+from fp16guard.numerics.policy import Policy
+from fp16guard.numerics.precision import AppliedPolicy
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fp16guard.core.versions import package_version
 from fp16guard.errors import InputError, OutputError
 from fp16guard.io.outputs import create_temp
 
@@ -43,13 +43,7 @@ CHECKED = {
 def library_versions(target: str) -> dict[str, str | None]:
     """fp16guard, torch and the library that defines the model's forward pass."""
     names = ["fp16guard", "torch", "fair-esm" if target == "esm2" else "transformers"]
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = torch.__version__ if name == "torch" else metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: torch.__version__ if name == "torch" else package_version(name) for name in names}
 
 
 @dataclass(frozen=True)

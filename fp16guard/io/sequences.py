@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from fp16guard.errors import Fp16GuardError, InputError
+from fp16guard.io.files import GZIP_MAGIC
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,6 @@ class SequenceSet:
             "max": max(lengths),
             "total": sum(lengths),
         }
-
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _open(path: Path):

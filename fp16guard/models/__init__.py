@@ -12,9 +12,9 @@ from fp16guard.errors import InputError
 if TYPE_CHECKING:
     from torch import nn
 
+    from fp16guard.models.base import Target
     from fp16guard.numerics.policy import Policy
     from fp16guard.numerics.precision import AppliedPolicy
-    from fp16guard.models.base import Target
 
 #: target name -> "module:attribute" of its Target instance
 REGISTRY: dict[str, str] = {

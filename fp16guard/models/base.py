@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from fp16guard.core.config import ModelSource
+from fp16guard.errors import UnsupportedPolicyError
 from fp16guard.models.batch import PackedBatch
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import AppliedPolicy
@@ -38,6 +40,12 @@ class LoadedModel:
     alphabet: str  # upper-case letters the tokenizer knows as residues
     max_length: int | None  # longest input in tokens, special tokens excluded; None: no limit
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Warnings about the checkpoint for the user and the report (such as an ignored decoder).
+    notes: tuple[str, ...] = ()
+    #: The model class's ``_keep_in_fp32_modules`` (transformers), which fp16+keep32 keeps in FP32.
+    keep_in_fp32_modules: tuple[str, ...] = ()
+    #: Residues the vocabulary lacks, read as another it has (ProtT5's U -> X): letter -> letter.
+    read_as: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_parameters(self) -> int:
@@ -50,59 +58,79 @@ class LoadedModel:
         return total
 
 
-class Target(Protocol):
-    """One model family: loading, tokenising, running, and its policy converter."""
+class Target(ABC):
+    """One model family: loading, tokenising, running, and its policy converter.
+
+    A family implements the abstract methods; the capabilities below default to "not
+    supported", so the workflows ask a target what it can do instead of probing for methods.
+    """
 
     name: str
     description: str
     input_alphabet: str  # letters accepted when reading FASTA, before the tokenizer is known
     default_sequences: str  # bundled reference set
     special_tokens_per_row: int  # for batch planning
+    #: Letters read as N before tokenising (IUPAC ambiguity codes in DNA); "" for none.
+    ambiguity_codes: str = ""
+    #: Whether the target runs the packed layout (``packed_hidden_states``).
+    supports_packing: bool = False
+    #: Whether a model built under a packed policy can be compiled (``compile_packed``).
+    supports_compile: bool = False
 
-    def load(self, source: ModelSource) -> LoadedModel: ...
+    @abstractmethod
+    def load(self, source: ModelSource) -> LoadedModel:
+        """FP32 weights on the host, from ``source``; ModelLoadError when they cannot be read."""
 
+    @abstractmethod
     def measure(self, loaded: LoadedModel, sequences: Sequence[str]) -> list[int]:
         """Tokens per sequence, special tokens excluded."""
-        ...
 
+    @abstractmethod
     def truncate(self, loaded: LoadedModel, sequence: str, limit: int) -> str:
         """The longest prefix of ``sequence`` that fits in ``limit`` tokens."""
-        ...
 
+    @abstractmethod
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids [B, T], the mask of pooled positions [B, T], and the tokens read."""
-        ...
 
+    @abstractmethod
     def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
                       layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Hidden states [B, T, D] of each of ``layers`` (the last layer is ``loaded.num_layers``),
         all from one forward pass."""
-        ...
-
-    #: Whether the target runs the packed layout (``packed_hidden_states``).
-    supports_packing: bool
 
     def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
                              layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Hidden states [N, D] of each of ``layers`` for a packed batch, from one forward pass
         (a model built under a packed policy)."""
-        ...
+        raise UnsupportedPolicyError(f"{self.name} has no packed layout")
 
+    def compile_packed(self, loaded: LoadedModel, module: nn.Module) -> None:
+        """Put ``module`` (built under a packed policy) under torch.compile."""
+        raise UnsupportedPolicyError(f"{self.name} cannot compile its packed layout")
+
+    def read_as_unknown(self, loaded: LoadedModel) -> str:
+        """Letters of the input alphabet that ``loaded``'s vocabulary reads as its unknown token
+        (accepted with a warning instead of refused); "" for none."""
+        return ""
+
+    @abstractmethod
     def blocks(self, module: nn.Module) -> list[nn.Module]:
         """The transformer blocks in order, for per-layer profiling."""
-        ...
 
     def block_orientation(self, hidden: torch.Tensor) -> torch.Tensor:
-        """A block's output as [B, T, D]."""
-        ...
+        """A block's output as [B, T, D] (most families already lay it out so)."""
+        return hidden
 
+    @abstractmethod
     def block_parts(self, block: nn.Module) -> dict:
         """Parts of one block that can be FP32 islands: ``{"attention": module, "mlp":
         (first_linear, last_linear)}``; layer norms are found without help."""
-        ...
 
-    def adapts(self, module: nn.Module) -> bool: ...
+    @abstractmethod
+    def adapts(self, module: nn.Module) -> bool:
+        """Whether ``module`` is of this family (for ``apply_policy`` on a user's model)."""
 
-    def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy: ...
-
-
+    @abstractmethod
+    def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
+        """Convert ``module`` in place to ``policy``; the modules kept in FP32."""

@@ -19,8 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fp16guard.models.catalog import DNABERT_DEFAULT
+from fp16guard.core.config import ModelSource
 from fp16guard.errors import ModelLoadError, UnsupportedPolicyError
+from fp16guard.models.base import LoadedModel, no_class_fp32_note
+from fp16guard.models.batch import PackedBatch
+from fp16guard.models.catalog import DNABERT_DEFAULT
+from fp16guard.models.hf import HfTarget, quiet_transformers, resolve_model_dir
+from fp16guard.models.loading import hash_in_background, load_failure
+from fp16guard.models.varlen import packed_attention, require_packing
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import (
     AppliedPolicy,
@@ -30,12 +36,6 @@ from fp16guard.numerics.precision import (
     layer_norm_islands,
     part_islands,
 )
-from fp16guard.models.base import LoadedModel, no_class_fp32_note
-from fp16guard.core.config import ModelSource
-from fp16guard.models.batch import PackedBatch
-from fp16guard.models.loading import hash_in_background, load_failure
-from fp16guard.models.hf import HfTarget, quiet_transformers, resolve_model_dir
-from fp16guard.models.varlen import packed_attention, require_packing
 
 DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
 IUPAC_AMBIGUITY = "RYSWKMBDHV"

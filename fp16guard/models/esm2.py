@@ -11,9 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fp16guard.core.config import ModelSource
+from fp16guard.errors import InputError, ModelLoadError, UnsupportedPolicyError
+from fp16guard.models.base import LoadedModel, Target, no_class_fp32_note
+from fp16guard.models.batch import PackedBatch
 from fp16guard.models.catalog import ESM2_CHECKPOINTS as CHECKPOINTS
 from fp16guard.models.catalog import esm2_checkpoint_path
-from fp16guard.errors import InputError, ModelLoadError, UnsupportedPolicyError
+from fp16guard.models.loading import hash_in_background, load_failure, skipped_init
+from fp16guard.models.varlen import packed_attention, require_packing, rotate_half
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import (
     AppliedPolicy,
@@ -24,11 +29,6 @@ from fp16guard.numerics.precision import (
     part_islands,
     replace_module,
 )
-from fp16guard.models.base import LoadedModel, no_class_fp32_note
-from fp16guard.core.config import ModelSource
-from fp16guard.models.batch import PackedBatch
-from fp16guard.models.loading import hash_in_background, load_failure, skipped_init
-from fp16guard.models.varlen import packed_attention, require_packing, rotate_half
 
 DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
@@ -295,7 +295,7 @@ class Fp32ResidualLayer(_LayerForward):
         return residual + h.float(), attn
 
 
-class Esm2Target:
+class Esm2Target(Target):
     """ESM-2 models as fair-esm builds them."""
 
     name = "esm2"
@@ -400,6 +400,7 @@ class Esm2Target:
         return {layer: representations[layer] for layer in layers}
 
     supports_packing = True
+    supports_compile = True
 
     def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
                              layers: Sequence[int]) -> dict[int, torch.Tensor]:

@@ -15,8 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fp16guard.models.catalog import PRESETS, Preset
+from fp16guard.core.config import ModelSource
 from fp16guard.errors import InputError, ModelLoadError, UnsupportedPolicyError
+from fp16guard.io.files import is_gzip
+from fp16guard.models import t5
+from fp16guard.models.base import LoadedModel, Target, no_class_fp32_note
+from fp16guard.models.catalog import PRESETS, Preset
+from fp16guard.models.loading import hash_in_background, load_failure
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import (
     AppliedPolicy,
@@ -28,10 +33,6 @@ from fp16guard.numerics.precision import (
     part_islands,
     replace_module,
 )
-from fp16guard.models.base import LoadedModel, no_class_fp32_note
-from fp16guard.core.config import ModelSource
-from fp16guard.models.loading import hash_in_background, is_gzip, load_failure
-from fp16guard.models import t5
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: Selenocysteine, pyrrolysine and the ambiguity codes Asx, Glx, Xle
@@ -144,7 +145,7 @@ def resolve_model_dir(model: str, offline: bool) -> Path:
         raise ModelLoadError(f"model {model!r} {where} {reason}; {how}") from None
 
 
-class HfTarget:
+class HfTarget(Target):
     """Encoders that transformers' AutoModel loads; ``preset`` pins a packaged model."""
 
     special_tokens_per_row = 2
@@ -266,9 +267,11 @@ class HfTarget:
             max_length=max_length,
             extra={
                 "tokenizer": tokenizer, "separator": separator, "pooling": source.pooling, "pad_id": tokenizer.pad_token_id,
-                "read_as": read_as, "keep_in_fp32_modules": keep32, "notes": notes, "embedding_rows": rows,
-                "marker": marker,
+                "embedding_rows": rows, "marker": marker,
             },
+            notes=tuple(notes),
+            keep_in_fp32_modules=tuple(keep32),
+            read_as=read_as,
         )
 
     @staticmethod
@@ -299,7 +302,7 @@ class HfTarget:
     @staticmethod
     def _texts(loaded: LoadedModel, sequences: Sequence[str]) -> list[str]:
         separator = loaded.extra["separator"]
-        table = str.maketrans(loaded.extra.get("read_as") or {})
+        table = str.maketrans(loaded.read_as)
         sequences = [s.translate(table) for s in sequences]
         return [separator.join(s) if separator else s for s in sequences]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from torch import nn
 
+from fp16guard.io.files import is_gzip
+
 
 @contextmanager
 def skipped_init():
@@ -50,21 +52,9 @@ def files_sha256(paths: Sequence[Path], chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-GZIP_MAGIC = b"\x1f\x8b"
-
-
 #: Sentences of torch's errors that advise turning off weights-only loading (or allowlisting
 #: globals): fp16guard never runs pickled code, so it never passes that advice on.
 _UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|allowlist|arbitrary code|still be loaded|trust", re.IGNORECASE)
-
-
-def is_gzip(path: Path) -> bool:
-    """Whether ``path`` starts with the gzip magic bytes (a compressed checkpoint)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(2) == GZIP_MAGIC
-    except OSError:
-        return False
 
 
 def load_failure(path: Path, exc: BaseException, failed: str = "cannot read as a PyTorch checkpoint", limit: int = 200) -> str:

@@ -8,11 +8,16 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from fp16guard.numerics.agreement import AgreementInputs, decisions, measure
 from fp16guard.core.config import Thresholds
-from fp16guard.errors import NonFiniteReferenceError
 from fp16guard.core.formatting import format_cosine
-from fp16guard.numerics.metrics import TokenStats, cosine_rows, count_nonfinite, percentile
+from fp16guard.errors import NonFiniteReferenceError
+from fp16guard.numerics.agreement import AgreementInputs, decisions, measure
+from fp16guard.numerics.metrics import (
+    TokenStats,
+    cosine_rows,
+    count_nonfinite,
+    percentile,
+)
 
 WORST_SHOWN = 5
 

@@ -8,8 +8,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fp16guard.errors import InputError
 from fp16guard.core.formatting import format_cosine
+from fp16guard.errors import InputError
 from fp16guard.report.document import Report
 
 #: A sequence whose cosine falls by more than this is a regression (``--tolerance``).

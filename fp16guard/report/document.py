@@ -7,7 +7,6 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-
 #: 2: metrics gain ``nonfinite_sequences``; their min/mean/p1 cosine and errors are null when
 #: anything is non-finite; ``cosines`` is a list of {"id", "cosine"}; attempts gain
 #: ``composition`` (the batch-composition check) and their timing first-pass and steady figures.

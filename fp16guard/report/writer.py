@@ -14,7 +14,6 @@ from fp16guard.report.junit import JUnitFormat
 from fp16guard.report.markdown import MarkdownFormat
 from fp16guard.report.plot import plot_profile
 
-
 FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat(), HtmlFormat())
 
 

@@ -25,28 +25,37 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from fp16guard.core.config import ModelSource
+from fp16guard.core.progress import Progress
+from fp16guard.core.versions import fp16guard_version
+from fp16guard.errors import AccuracyError, InputError, OutputError
 from fp16guard.execution import distributed
 from fp16guard.execution.budget import CPU_MAX_TOKENS, MAX_TOKENS
-from fp16guard.core.config import ModelSource
 from fp16guard.execution.embedder import Embedder
-from fp16guard.io.embedfile import FORMAT, FORMAT_VERSION, Part, is_ours, merge, read_shard_attrs, write_shard
-from fp16guard.errors import AccuracyError, Fp16GuardError, InputError, OutputError
-from fp16guard.numerics.metrics import cosine_rows
+from fp16guard.io.embedfile import (
+    FORMAT,
+    FORMAT_VERSION,
+    Part,
+    is_ours,
+    merge,
+    read_shard_attrs,
+    write_shard,
+)
 from fp16guard.io.outputs import check_output_file, write_text_atomic
-from fp16guard.numerics.policy import FP32, POLICIES, Policy, read_policy_record
-from fp16guard.core.progress import Progress
-from fp16guard.io.sequences import Record, SequenceSet, check_alphabet, stream_fasta
+from fp16guard.io.sequences import Record
 from fp16guard.models import get_target
 from fp16guard.models.base import LoadedModel, Target, no_class_fp32_note
 from fp16guard.models.batch import TokenBatch
+from fp16guard.numerics.metrics import cosine_rows
+from fp16guard.numerics.policy import FP32, POLICIES, Policy, read_policy_record
+from fp16guard.workflows.inputs import stream_records
 
 T = TypeVar("T")
 DEFAULT_THRESHOLD = 0.99
@@ -188,27 +197,9 @@ class Scan:
     sha256: str
 
 
-def _records(target: Target, loaded: LoadedModel, path: Path) -> tuple[Iterator[Record], Callable[[], str]]:
-    """The input's records, validated against the model's vocabulary, DNA ambiguity codes read
-    as N (as validate reads them)."""
-    records, digest = stream_fasta(path, target.input_alphabet, "sequence")
-    ambiguity = getattr(target, "ambiguity_codes", "")
-    table = str.maketrans({letter: "N" for letter in ambiguity})
-    unknown = target.read_as_unknown(loaded) if hasattr(target, "read_as_unknown") else ""
-
-    def checked() -> Iterator[Record]:
-        for record in records:
-            if ambiguity:
-                record = Record(record.id, record.sequence.translate(table), record.description, record.line)
-            check_alphabet(SequenceSet(path.name, (record,)), loaded.alphabet + unknown, f"{loaded.name}'s vocabulary")
-            yield record
-
-    return checked(), digest
-
-
 def scan(target: Target, loaded: LoadedModel, path: Path, chunk_size: int) -> Scan:
     """Validate every record of ``path`` without keeping them; InputError for the first bad one."""
-    records, digest = _records(target, loaded, path)
+    records, digest = stream_records(target, loaded, path)
     count = 0
     residues: list[int] = []
     for record in records:
@@ -460,7 +451,7 @@ def _done_shards(parts: Path, key: str, chunks: int) -> set[int]:
 def _chunks(target: Target, loaded: LoadedModel, embedder: Embedder, path: Path, chunk_size: int,
             wanted: set[int]) -> Iterator[Chunk]:
     """The chunks numbered in ``wanted``, read and tokenised in input order."""
-    records, _ = _records(target, loaded, path)
+    records, _ = stream_records(target, loaded, path)
     limit = loaded.max_length
     batch: list[Record] = []
     number = 0
@@ -631,15 +622,10 @@ def _merge(parts: Path, out: Path, key: str, chunks: int, layers, per_residue: b
         "input_sha256": fingerprint["input_sha256"], "truncated": truncated,
         "spot_checks": {"count": spot_checks, "min_cosine": spot_min, "every": fingerprint["spot_check_every"],
                         "threshold": None if policy.is_full_precision else threshold},
-        "fp16guard": _version("fp16guard"), "torch": torch.__version__,
+        "fp16guard": fp16guard_version(), "torch": torch.__version__,
     }
     merge(shards, out, layers, per_residue, attrs)
     shutil.rmtree(parts, ignore_errors=True)
     return {"spot_checks": spot_checks, "spot_min_cosine": spot_min, "truncated": truncated}
 
 
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "unknown"

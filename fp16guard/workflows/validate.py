@@ -5,22 +5,20 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from fp16guard.core.config import ModelSource, ValidationConfig
+from fp16guard.core.progress import Progress
+from fp16guard.core.versions import fp16guard_version
+from fp16guard.errors import Fp16GuardError, InputError, UnsupportedPolicyError
 from fp16guard.execution import distributed
 from fp16guard.execution.batching import prepare_batches
-from fp16guard.execution.devices import environment, resolve_placement
-from fp16guard.numerics.agreement import BUNDLED_NEIGHBOURS, AgreementInputs, load_probe, read_labels
 from fp16guard.execution.budget import auto_max_tokens
-from fp16guard.numerics.compare import Comparison, check_reference, compare
 from fp16guard.execution.composition import check_composition
-from fp16guard.core.config import ValidationConfig
-from fp16guard.errors import Fp16GuardError, InputError, UnsupportedPolicyError
-from fp16guard.numerics.policy import FP16, FP32, LADDER, Policy, fast_variant, get_policy, with_class_fp32
-from fp16guard.core.progress import Progress
+from fp16guard.execution.devices import environment, resolve_placement
+from fp16guard.execution.runner import RunResult, Timing
 from fp16guard.io.reference import (
     SavedReference,
     library_versions,
@@ -28,23 +26,35 @@ from fp16guard.io.reference import (
     reference_metadata,
     save_reference,
 )
-from fp16guard.report.document import Attempt, Report, finite_or_none
-from fp16guard.execution.runner import RunResult, Timing
-from fp16guard.numerics.precision import AppliedPolicy
-from fp16guard.workflows.search import search_fp32_islands
 from fp16guard.io.sequences import (
     SequenceSet,
     bundled_path,
-    check_alphabet,
-    ids_with,
     read_fasta,
-    replace_letters,
     some_ids,
 )
 from fp16guard.models import get_target
 from fp16guard.models.base import LoadedModel, Target
-from fp16guard.core.config import ModelSource
 from fp16guard.models.batch import TokenBatch
+from fp16guard.numerics.agreement import (
+    BUNDLED_NEIGHBOURS,
+    AgreementInputs,
+    load_probe,
+    read_labels,
+)
+from fp16guard.numerics.compare import Comparison, check_reference, compare
+from fp16guard.numerics.policy import (
+    FP16,
+    FP32,
+    LADDER,
+    Policy,
+    fast_variant,
+    get_policy,
+    with_class_fp32,
+)
+from fp16guard.numerics.precision import AppliedPolicy
+from fp16guard.report.document import Attempt, Report, finite_or_none
+from fp16guard.workflows.inputs import vocabulary_notes, with_ambiguity_as_n
+from fp16guard.workflows.search import search_fp32_islands
 
 
 def _attempt(
@@ -125,7 +135,7 @@ def _fast_candidates(target: Target, passing: Policy) -> list[Policy]:
     from fp16guard.models.varlen import varlen_kernel
 
     candidates = []
-    if getattr(target, "supports_packing", False) and varlen_kernel() is not None:
+    if target.supports_packing and varlen_kernel() is not None:
         candidates.append(fast_variant(passing, packed=True))
     if not passing.fast_attention:
         candidates.append(fast_variant(passing))
@@ -240,13 +250,10 @@ def prepare_inputs(
     seq_path = Path(sequences) if sequences else bundled_path(target.default_sequences)
     records: SequenceSet = read_fasta(seq_path, target.input_alphabet, "sequence")
     notes: list[str] = []
-    ambiguity = getattr(target, "ambiguity_codes", "")
-    if ambiguity:
-        records, changed = replace_letters(records, ambiguity, "N")
-        if changed:
-            message = f"IUPAC ambiguity codes ({ambiguity}) replaced by N in {len(changed)} sequence(s): {', '.join(changed[:5])}"
-            progress.warn(message)
-            notes.append(message)
+    records, note = with_ambiguity_as_n(target, records)
+    if note:
+        progress.warn(note)
+        notes.append(note)
     if device.type == "cpu" and any(not p.is_full_precision for p in policies):
         message = "FP16 on CPU runs slowly and uses CPU kernels: fine for testing the workflow, but validate on the GPU you deploy on"
         progress.warn(message)
@@ -256,26 +263,10 @@ def prepare_inputs(
         saved.check(target=target_name, dataset_sha256=records.sha256, versions=library_versions(target_name))
     progress.stage(f"loading {target_name} weights")
     loaded = target.load(source)
-    for message in loaded.extra.get("notes", ()):  # such as a checkpoint's ignored decoder
+    for message in loaded.notes:  # such as a checkpoint's ignored decoder
         progress.warn(message)
         notes.append(message)
-    unknown = target.read_as_unknown(loaded) if hasattr(target, "read_as_unknown") else ""
-    check_alphabet(records, loaded.alphabet + unknown, f"{loaded.name}'s vocabulary")
-    affected = ids_with(records, unknown) if unknown else []
-    if affected:
-        message = (
-            f"{' and '.join(unknown)} is not in {loaded.name}'s vocabulary: read as its unknown token, as the model's own "
-            f"tokenizer does, in {len(affected)} sequence(s): {some_ids(affected)}"
-        )
-        progress.warn(message)
-        notes.append(message)
-    read_as = loaded.extra.get("read_as") or {}
-    rare = ids_with(records, "".join(read_as)) if read_as else []
-    if rare:
-        message = (
-            f"{', '.join(read_as)} are not in {loaded.name}'s vocabulary: read as {'/'.join(sorted(set(read_as.values())))}, "
-            f"which it has (the ProtT5/Ankh convention), in {len(rare)} sequence(s): {some_ids(rare)}"
-        )
+    for message in vocabulary_notes(target, loaded, records):
         progress.warn(message)
         notes.append(message)
     layer = loaded.num_layers if config.layer is None else config.layer
@@ -335,7 +326,7 @@ def validate(
 
     inputs = prepare_inputs(target, target_name, config, source, sequences, device, policies, saved, progress)
     records, loaded, layer, max_length = inputs.records, inputs.loaded, inputs.layer, inputs.max_length
-    if config.policies is None and loaded.extra.get("keep_in_fp32_modules"):
+    if config.policies is None and loaded.keep_in_fp32_modules:
         # Both ways of loading in FP16: .half() (fp16) and from_pretrained's (fp16+keep32).
         policies = with_class_fp32(policies)
     ids, texts, batches, max_tokens = inputs.ids, inputs.texts, inputs.batches, inputs.max_tokens
@@ -505,7 +496,7 @@ def validate(
                 f"{informative[0]} to gate on it)."
             )
     return Report(
-        tool={"name": "fp16guard", "version": _version()},
+        tool={"name": "fp16guard", "version": fp16guard_version()},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         environment=env,
         model={
@@ -568,11 +559,6 @@ def _fp64_floor(target: Target, loaded: LoadedModel, inputs: Inputs, reference: 
     return floor
 
 
-def _version() -> str:
-    try:
-        return metadata.version("fp16guard")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def describe_saved_reference(saved: SavedReference, attempt: Attempt, environment: dict, notes: list[str]) -> bool:

@@ -126,7 +126,7 @@ def test_character_tokenizer_reads_residues_unspaced(t5_models):
 
     loaded = get_target("hf").load(ModelSource(model=str(t5_models["wo-full-gated"])))
     assert loaded.extra["separator"] == ""
-    assert loaded.extra["read_as"]["U"] == "X"
+    assert loaded.read_as["U"] == "X"
 
 
 def test_checkpoint_that_does_not_fit_names_missing_encoder_keys(t5_models, small_fasta, tmp_path):
@@ -198,7 +198,7 @@ def test_sentencepiece_tokenizer_as_prot_t5_ships_it(prot_t5_layout, small_fasta
     assert not (prot_t5_layout / "tokenizer.json").exists() and (prot_t5_layout / "spiece.model").is_file()
     target = get_target("hf")
     loaded = target.load(ModelSource(model=str(prot_t5_layout)))
-    assert loaded.extra["separator"] == " " and loaded.extra["read_as"] == {"J": "X"}  # the one it lacks
+    assert loaded.extra["separator"] == " " and loaded.read_as == {"J": "X"}  # the one it lacks
     tokenizer = loaded.extra["tokenizer"]
     assert len(tokenizer) == 128 and type(tokenizer).__name__ == "T5Tokenizer"
     tokens, _, used = target.tokenize(loaded, ["MKUZOB"])
