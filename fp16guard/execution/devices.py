@@ -47,7 +47,8 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU",
         # SDPA may pick cuDNN's attention, whose behaviour (plans per shape, past NaN bugs)
         # depends on its version: each attempt's timing names the kernel that ran.
-        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" and torch.backends.cudnn.is_available() else None,
+        "cudnn": (torch.backends.cudnn.version()
+                  if device.type == "cuda" and torch.backends.cudnn.is_available() else None),
     }
     for package in ("fair-esm", "transformers"):
         info[package] = package_version(package)

@@ -52,8 +52,8 @@ BUNDLED_NEIGHBOURS = {
         "validate on your own sequences (--sequences, with --labels) for search or clustering questions"
     ),
     "dna_reference.fasta": (
-        "the bundled DNA set has few related records (21 real records cut from 9 GenBank records, some nested, e.g. genes "
-        "inside their plasmid or cluster) and 101 independent synthetic or edge records: its neighbours mostly "
+        "the bundled DNA set has few related records (21 real records cut from 9 GenBank records, some nested, e.g. "
+        "genes inside their plasmid or cluster) and 101 independent synthetic or edge records: its neighbours mostly "
         "reflect GC content and length, so neighbour agreement here is a weak check of binning; validate on your own "
         "genomes (--sequences, with --labels) for that"
     ),
@@ -163,7 +163,9 @@ def _read_arrays(path: Path) -> dict:
     except FileNotFoundError:
         raise InputError(f"--probe {path}: no such file") from None
     except ImportError:
-        raise InputError(f"--probe {path}: reading .safetensors needs the safetensors package (pip install safetensors)") from None
+        raise InputError(
+            f"--probe {path}: reading .safetensors needs the safetensors package (pip install safetensors)"
+        ) from None
     except (OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         # allow_pickle=False refuses object arrays with a ValueError: say why, in one line.
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -188,8 +190,8 @@ def load_probe(path: str | Path, dim: int | None) -> Probe:
     if dim is None:  # the orientation is settled once the embedding size is known
         bias_key = next((k for k in BIAS_KEYS if k in arrays), None)
         if weight.dim() != 2 or (bias_key is not None and arrays[bias_key].size not in weight.shape):
-            raise InputError(f"--probe {path}: expected a weight [classes, dim] and a bias [classes], "
-                             f"got {tuple(weight.shape)}" + (f" and {tuple(arrays[bias_key].shape)}" if bias_key else ""))
+            shapes = f"{tuple(weight.shape)}" + (f" and {tuple(arrays[bias_key].shape)}" if bias_key else "")
+            raise InputError(f"--probe {path}: expected a weight [classes, dim] and a bias [classes], got {shapes}")
         dim = weight.shape[1]
     if weight.dim() != 2 or dim not in weight.shape:
         raise InputError(
@@ -203,7 +205,8 @@ def load_probe(path: str | Path, dim: int | None) -> Probe:
     if bias_key is not None:
         bias = torch.as_tensor(arrays[bias_key]).double().reshape(-1)
         if bias.shape[0] != weight.shape[0]:
-            raise InputError(f"--probe {path}: bias {bias_key} has {bias.shape[0]} entries, the weight {weight.shape[0]} classes")
+            raise InputError(f"--probe {path}: bias {bias_key} has {bias.shape[0]} entries, the weight "
+                             f"{weight.shape[0]} classes")
     if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
         raise InputError(f"--probe {path}: the weights hold NaN or Inf")
     return Probe(str(path), weight, bias)
@@ -286,7 +289,8 @@ class Fp64Floor:
     seconds: float
 
     @classmethod
-    def of(cls, rows: Sequence[int], exact: torch.Tensor, reference: torch.Tensor, device: str, seconds: float) -> Fp64Floor:
+    def of(cls, rows: Sequence[int], exact: torch.Tensor, reference: torch.Tensor, device: str,
+           seconds: float) -> Fp64Floor:
         exact = exact.double()
         fp32 = reference[list(rows)].double()
         return cls(tuple(rows), exact, relative_error(fp32, exact), _min_cosine(fp32, exact), device, seconds)
@@ -341,14 +345,15 @@ def measure(reference: torch.Tensor, candidate: torch.Tensor, ids: Sequence[str]
         upper = torch.triu_indices(len(rows), len(rows), offset=1)
         rho = spearman(ref_sim[upper[0], upper[1]], cand_sim[upper[0], upper[1]])
         out["neighbours"] = {
-            "k": k, "sequences": len(rows), "of": n, "mean_overlap": float(overlap.mean()), "min_overlap": float(overlap.min()),
-            "worst": ids[int(rows[worst])], "changed": int((overlap < 1).sum()),
+            "k": k, "sequences": len(rows), "of": n, "mean_overlap": float(overlap.mean()),
+            "min_overlap": float(overlap.min()), "worst": ids[int(rows[worst])], "changed": int((overlap < 1).sum()),
         }
         out["ranking"] = {"spearman": rho, "pairs": upper.shape[1], "sequences": len(rows), "of": n}
     elif k:
         out["neighbours"] = {"k": k, "sequences": len(rows), "of": n, "mean_overlap": math.nan, "min_overlap": math.nan,
                              "worst": None, "changed": None}
-        out["ranking"] = {"spearman": math.nan, "pairs": len(rows) * (len(rows) - 1) // 2, "sequences": len(rows), "of": n}
+        pairs = len(rows) * (len(rows) - 1) // 2
+        out["ranking"] = {"spearman": math.nan, "pairs": pairs, "sequences": len(rows), "of": n}
     if inputs.probe is not None:
         out["probe"] = probe_agreement(inputs.probe, reference, candidate, ids)
     if inputs.labels is not None:

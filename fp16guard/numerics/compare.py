@@ -127,7 +127,8 @@ def compare(
         reason = f"NaN/Inf in {bad_rows} of {len(ids)} sequences ({nan_count} NaN, {inf_count} Inf values)"
     elif below:
         passed = False
-        reason = f"{below} of {len(ids)} sequences below cosine {threshold} (worst {worst[0][0]}: {format_cosine(worst[0][1])})"
+        reason = (f"{below} of {len(ids)} sequences below cosine {threshold} "
+                  f"(worst {worst[0][0]}: {format_cosine(worst[0][1])})")
     else:
         passed, reason = True, f"all {len(ids)} sequences at cosine >= {threshold} (min {format_cosine(min_cos)})"
     agreed = measure(reference, candidate, ids, agreement)

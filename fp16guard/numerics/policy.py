@@ -71,7 +71,9 @@ class Policy:
         try:
             pairs = {(str(kind), int(block)) for kind, block in parts}
         except (TypeError, ValueError):
-            raise InputError(f'policy {self.name!r}: fp32_parts maps a kind to block numbers, as {{"mlp": [3]}}') from None
+            raise InputError(
+                f'policy {self.name!r}: fp32_parts maps a kind to block numbers, as {{"mlp": [3]}}'
+            ) from None
         unknown = sorted({kind for kind, _ in pairs} - set(PART_KINDS))
         if unknown:
             raise InputError(f"policy {self.name!r}: unknown fp32_parts kind {unknown[0]!r} ({', '.join(PART_KINDS)})")
@@ -138,7 +140,8 @@ class Policy:
                 if isinstance(value, dict) and all(isinstance(v, (list, tuple)) for v in value.values()):
                     value = [[kind, block] for kind, blocks in value.items() for block in blocks]
             if not _matches(value, hints[name]):
-                raise InputError(f"policy field {name!r} must be {expected}, not {_json_type(data[name])} {_short(data[name])}")
+                raise InputError(f"policy field {name!r} must be {expected}, not {_json_type(data[name])} "
+                                 f"{_short(data[name])}")
         return cls(**data)
 
     def describe(self) -> str:
@@ -155,7 +158,8 @@ class Policy:
         if self.fp32_residual:
             parts.append("FP32 residual stream")
         if self.fp32_blocks:
-            parts.append(f"block{'s' if len(self.fp32_blocks) > 1 else ''} {', '.join(map(str, self.fp32_blocks))} in FP32")
+            parts.append(f"block{'s' if len(self.fp32_blocks) > 1 else ''} "
+                         f"{', '.join(map(str, self.fp32_blocks))} in FP32")
         for kind, blocks in self.parts_by_kind().items():
             label = {"layer_norm": "layer norms", "attention": "attention", "mlp": "MLP"}[kind]
             parts.append(f"{label} of block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} in FP32")
@@ -260,7 +264,9 @@ def read_policy_record(path: str | Path) -> tuple[Policy, dict | None]:
     if isinstance(data, dict) and "policy" in data:
         validated = data.get("validated")
         if validated is not None and not isinstance(validated, dict):
-            raise InputError(f"policy file {path}: field 'validated' must be a JSON object, not {_json_type(validated)}")
+            raise InputError(
+                f"policy file {path}: field 'validated' must be a JSON object, not {_json_type(validated)}"
+            )
         data = data["policy"]
         if not isinstance(data, dict):
             raise InputError(f"policy file {path}: field 'policy' must be a JSON object, not {_json_type(data)}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +98,8 @@ def block_islands(
     """Make the blocks numbered ``numbers`` (from 1) whole FP32 islands; returns their names
     (for the report) and the modules (for ``cast_except``)."""
     if numbers and max(numbers) > len(blocks):
-        raise UnsupportedPolicyError(f"the policy keeps block {max(numbers)} in FP32, but the model has {len(blocks)} blocks")
+        raise UnsupportedPolicyError(f"the policy keeps block {max(numbers)} in FP32, but the model has "
+                                     f"{len(blocks)} blocks")
     names = {id(m): name for name, m in model.named_modules()}
     chosen = [make_fp32_island(blocks[n - 1], output_dtype) for n in numbers]
     return [f"{names[id(m)]} (whole block)" for m in chosen], chosen
@@ -112,14 +112,16 @@ def located_parts(model: nn.Module, blocks: list[nn.Module], parts: tuple[tuple[
     that ``block_parts`` does not know."""
     if parts and max(block for _, block in parts) > len(blocks):
         raise UnsupportedPolicyError(
-            f"the policy keeps parts of block {max(block for _, block in parts)} in FP32, but the model has {len(blocks)} blocks"
+            f"the policy keeps parts of block {max(block for _, block in parts)} in FP32, but the model has "
+            f"{len(blocks)} blocks"
         )
     names = {id(m): name for name, m in model.named_modules()}
     for kind, number in parts:
         block = blocks[number - 1]
         located = None if kind == "layer_norm" else block_parts(block).get(kind)
         if kind != "layer_norm" and located is None:
-            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that fp16guard can keep in FP32")
+            raise UnsupportedPolicyError(f"block {number} ({type(block).__name__}) has no {kind} that "
+                                         "fp16guard can keep in FP32")
         yield kind, block, names[id(block)], located
 
 
@@ -190,7 +192,8 @@ def cast_except(model: nn.Module, dtype: torch.dtype, keep: Iterable[nn.Module])
 
 def apply_generic(model: nn.Module, policy: Policy) -> AppliedPolicy:
     """Apply a policy to any model: only layer-norm islands are architecture-independent."""
-    if policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks or policy.fp32_parts or policy.layout != "padded":
+    architecture_specific = policy.fp32_positional or policy.fp32_residual or policy.fp32_blocks or policy.fp32_parts
+    if architecture_specific or policy.layout != "padded":
         raise UnsupportedPolicyError(
             f"policy {policy.name!r} needs architecture-specific support, and fp16guard does not "
             f"know {type(model).__name__}; layer-norm islands ('fp16+ln32') work on any model"

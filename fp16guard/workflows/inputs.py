@@ -54,14 +54,15 @@ def vocabulary_notes(target: Target, loaded: LoadedModel, records: SequenceSet) 
     affected = ids_with(records, unknown) if unknown else []
     if affected:
         notes.append(
-            f"{' and '.join(unknown)} is not in {loaded.name}'s vocabulary: read as its unknown token, as the model's own "
-            f"tokenizer does, in {len(affected)} sequence(s): {some_ids(affected)}"
+            f"{' and '.join(unknown)} is not in {loaded.name}'s vocabulary: read as its unknown token, as the model's "
+            f"own tokenizer does, in {len(affected)} sequence(s): {some_ids(affected)}"
         )
     read_as = loaded.read_as
     rare = ids_with(records, "".join(read_as)) if read_as else []
     if rare:
         notes.append(
-            f"{', '.join(read_as)} are not in {loaded.name}'s vocabulary: read as {'/'.join(sorted(set(read_as.values())))}, "
+            f"{', '.join(read_as)} are not in {loaded.name}'s vocabulary: read as "
+            f"{'/'.join(sorted(set(read_as.values())))}, "
             f"which it has (the ProtT5/Ankh convention), in {len(rare)} sequence(s): {some_ids(rare)}"
         )
     return notes
