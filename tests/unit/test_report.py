@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import fp16guard.io.outputs as outputs_module
-from fp16guard.numerics.compare import Comparison, compare
 from fp16guard.core.config import Thresholds
+from fp16guard.io.outputs import write_text_atomic
+from fp16guard.numerics.compare import Comparison, compare
 from fp16guard.numerics.metrics import TokenStats
 from fp16guard.numerics.policy import FP16, FP16_LN32, FP32, Policy
 from fp16guard.report.document import SCHEMA_VERSION, Attempt, Report, finite_or_none, read_report
-from fp16guard.report.writer import write_atomic, write_report
+from fp16guard.report.writer import write_report
 
 IDS = ["P1", "P2", "P3", "P4"]
 OUTPUT_FILES = {"report.json", "report.md", "junit.xml", "report.html"}
@@ -145,7 +146,8 @@ def test_fixture_has_none_for_nonfinite_metrics(report):
 
 def test_finite_or_none_recursive():
     value = {"a": math.nan, "b": [1.0, math.inf, (2, -math.inf)], "c": {"d": 3.5, "e": "x"}, "f": True, "g": 7}
-    assert finite_or_none(value) == {"a": None, "b": [1.0, None, [2, None]], "c": {"d": 3.5, "e": "x"}, "f": True, "g": 7}
+    expected = {"a": None, "b": [1.0, None, [2, None]], "c": {"d": 3.5, "e": "x"}, "f": True, "g": 7}
+    assert finite_or_none(value) == expected
 
 
 # --------------------------------------------------------------------------- JSON round trip
@@ -289,16 +291,16 @@ def test_exit_code(report, failing_report):
 # --------------------------------------------------------------------------- atomic writes
 
 
-def test_write_atomic_writes_and_replaces(tmp_path):
+def test_write_text_atomic_writes_and_replaces(tmp_path):
     path = tmp_path / "sub" / "file.txt"
-    write_atomic(path, "one\n")
+    write_text_atomic(path, "one\n")
     assert path.read_text() == "one\n"
-    write_atomic(path, "two\n")
+    write_text_atomic(path, "two\n")
     assert path.read_text() == "two\n"
     assert [p.name for p in path.parent.iterdir()] == ["file.txt"]
 
 
-def test_write_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
+def test_write_text_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     path.write_text("old content\n")
 
@@ -307,13 +309,13 @@ def test_write_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(outputs_module.os, "replace", refuse)
     with pytest.raises(OSError, match="disk on fire"):
-        write_atomic(path, "new content\n")
+        write_text_atomic(path, "new content\n")
     monkeypatch.undo()
     assert path.read_text() == "old content\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
-def test_write_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
+def test_write_text_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "junit.xml"
     path.write_text("<old/>\n")
 
@@ -322,7 +324,7 @@ def test_write_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(outputs_module.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        write_atomic(path, "<new/>\n")
+        write_text_atomic(path, "<new/>\n")
     monkeypatch.undo()
     assert path.read_text() == "<old/>\n"
     assert [p.name for p in tmp_path.iterdir()] == ["junit.xml"]
@@ -356,7 +358,9 @@ def test_report_json_min_cosine_is_null_beside_the_nonfinite_count(tmp_path, rep
     metrics = data["attempts"][1]["metrics"]
     assert metrics["min_cosine"] is None and metrics["mean_cosine"] is None
     assert metrics["nonfinite_sequences"] == 1 and metrics["sequences"] == 3
-    assert metrics["cosines"] == [{"id": "s1", "cosine": 1.0}, {"id": "s2", "cosine": None}, {"id": "s3", "cosine": 1.0}]
+    assert metrics["cosines"] == [
+        {"id": "s1", "cosine": 1.0}, {"id": "s2", "cosine": None}, {"id": "s3", "cosine": 1.0},
+    ]
     assert metrics["worst"][0] == ["s2", None]
     assert read_report(tmp_path / "report.json") == report
 
