@@ -412,3 +412,31 @@ def test_markdown_and_junit_never_show_a_failing_cosine_at_or_above_the_threshol
         assert all(value < threshold for value in shown[:1]), text
         assert "1.000000" not in text and f"{threshold:.6f}" not in text, text
     assert "`seq2` " in fp16 and f"`seq2` {report.attempts[1].metrics['worst'][0][1]:.6f}" not in fp16
+
+
+# --------------------------------------------------------------------------- the shared cells (report/text.py)
+
+
+def test_shared_cells_round_down_and_name_what_is_missing():
+    from fp16guard.report.text import fmt_change, fmt_percent, fmt_rounded_down, fmt_scientific, gates_clause
+
+    assert fmt_rounded_down(0.8999, 3) == "0.899" and fmt_rounded_down(0.3, 1) == "0.3"
+    assert fmt_rounded_down(None, 3) == fmt_rounded_down(math.nan, 3) == "NaN"
+    assert fmt_percent(0.99999) == "99.9%" and fmt_percent(math.inf) == "NaN"
+    assert fmt_scientific(0.0012345) == "1.234e-03" and fmt_scientific(None) == "NaN"
+    assert fmt_change(0.99, 0.999) == "+9.00e-03" and fmt_change(None, 0.9) == "n/a"
+    assert gates_clause({"min_knn_overlap": None}) == "; agreement metrics reported, not gated"
+    assert gates_clause({"min_knn_overlap": 0.9, "min_rank_correlation": 0.99}) == (
+        "; gates: mean kNN overlap >= 0.9, rank correlation >= 0.99"
+    )
+
+
+def test_verdict_labels_by_role(report):
+    from fp16guard.report.text import verdict_label
+
+    reference, fp16, passing = report.attempts
+    assert [verdict_label(a) for a in report.attempts] == ["reference", "FAIL", "PASS"]
+    fast = replace(passing, role="fast")
+    assert verdict_label(fast, recommended=fast.name) == "PASS (fast)"
+    assert verdict_label(fast, recommended="other") == "PASS (variant)"
+    assert verdict_label(replace(fp16, role="comparison")) == "fail (info)"
