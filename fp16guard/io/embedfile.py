@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from fp16guard.errors import InputError, OutputError
-from fp16guard.io.outputs import create_temp
+from fp16guard.io.files import write_atomic
 
 FORMAT = "fp16guard-embeddings"
 FORMAT_VERSION = 1
@@ -91,17 +91,14 @@ def _set_attrs(handle: h5py.File, attrs: dict) -> None:
 
 def _atomic(path: Path, write) -> None:
     """Write an HDF5 file through a temporary file beside ``path``, synced, then renamed."""
-    fd, tmp = create_temp(path)
-    os.close(fd)
-    try:
+
+    def fill(tmp: Path) -> None:
         with h5py.File(tmp, "w", libver=_LIBVER, track_order=False) as handle:
             write(handle)
         with open(tmp, "rb+") as raw:
             os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, fill)
 
 
 def write_shard(path: Path, part: Part, layers: Sequence[int], per_residue: bool) -> None:

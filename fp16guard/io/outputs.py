@@ -1,5 +1,6 @@
-"""Where a run writes: the output paths checked before any model loads, files created with the
-umask's permissions, and the reports of an earlier run cleared so that none looks current.
+"""Where a run writes: the output paths checked before any model loads, its text files written
+atomically (fp16guard.io.files.write_atomic), and the reports of an earlier run cleared so that
+none looks current.
 
 No torch here: the CLI calls these before the heavy imports and before ``--gpus`` starts its
 workers.
@@ -8,31 +9,15 @@ workers.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from fp16guard.errors import InputError, OutputError
+from fp16guard.io.files import create_temp, write_atomic
 
 #: Every file a run writes into ``--out``: the reports (fp16guard.report.document's formats), the profile
 #: plot, and the log of an internal error. A run clears them before it starts (``clear_reports``).
 REPORT_FILES = ("report.json", "report.md", "junit.xml", "report.html", "profile.png")
 ERROR_LOG = "fp16guard-error.log"
-
-
-def create_temp(path: str | Path) -> tuple[int, Path]:
-    """Create a new, empty temporary file beside ``path`` for an atomic write; returns its file
-    descriptor and name. Unlike tempfile.mkstemp (always 0600), its mode is 0666 less the
-    umask (and the directory's default ACL), as for any file the user creates, so that a
-    report renamed into place is as readable as the user's other files."""
-    path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -57,7 +42,8 @@ def _check_directory(directory: Path, option: str, given: Path) -> None:
         os.close(fd)
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"{option} {given}: directory {_relative(existing)} is not writable ({exc.strerror or exc})") from None
+        why = exc.strerror or exc
+        raise InputError(f"{option} {given}: directory {_relative(existing)} is not writable ({why})") from None
 
 
 def _relative(path: Path) -> Path:
@@ -117,7 +103,6 @@ def write_error_log(out: str | Path, text: str, name: str = ERROR_LOG) -> Path |
     written (the error being reported may be that very directory)."""
     path = Path(out) / name
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)
     except OSError:
         return None
@@ -125,14 +110,8 @@ def write_error_log(out: str | Path, text: str, name: str = ERROR_LOG) -> Path |
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (OSError if it fails;
-    the old file, if any, is left as it was)."""
+    """Write ``text`` (UTF-8) to ``path``, creating its directory, through a temporary file and a
+    rename (OSError if it fails; the old file, if any, is left as it was)."""
     path = Path(path)
-    fd, tmp = create_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda handle: handle.write(text), mode="w", encoding="utf-8")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 
 from fp16guard.core.versions import package_version
 from fp16guard.errors import InputError, OutputError
-from fp16guard.io.outputs import create_temp
+from fp16guard.io.files import write_atomic
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "fp16guard_reference"
@@ -109,25 +108,21 @@ def save_reference(path: str | Path, embeddings: torch.Tensor, ids: Sequence[str
     if embeddings.shape[0] != len(ids):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(ids)} ids")
     document = {FORMAT_KEY: FORMAT_VERSION, **meta, "sequences": len(ids)}
-    tmp = None
+
+    def write(handle) -> None:
+        # A file object, not a name: np.savez would append ".npz" to a name without it.
+        np.savez(
+            handle,
+            embeddings=embeddings.detach().to(torch.float32).cpu().numpy(),
+            ids=np.array(list(ids), dtype=str),
+            metadata=np.array(json.dumps(document, allow_nan=False)),
+        )
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = create_temp(path)  # the umask's permissions: a reference is meant to be shared
-        with os.fdopen(fd, "wb") as handle:
-            # A file object, not a name: np.savez would append ".npz" to a name without it.
-            np.savez(
-                handle,
-                embeddings=embeddings.detach().to(torch.float32).cpu().numpy(),
-                ids=np.array(list(ids), dtype=str),
-                metadata=np.array(json.dumps(document, allow_nan=False)),
-            )
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the FP32 reference to {path}: {exc.strerror or exc}") from None
-        raise
+        write_atomic(path, write, mode="wb")  # the umask's permissions: a reference is meant to be shared
+    except OSError as exc:
+        raise OutputError(f"cannot write the FP32 reference to {path}: {exc.strerror or exc}") from None
     return path
 
 

@@ -100,6 +100,7 @@ class PolicyChange:
     agreement: tuple[MetricChange, ...] = ()  # the agreement metrics either run has
 
     def metric(self, key: str) -> MetricChange | None:
+        """The agreement metric ``key`` (as in the JUnit properties), None when neither run has it."""
         return next((m for m in self.agreement if m.key == key), None)
 
     @property
@@ -116,6 +117,7 @@ class PolicyChange:
 
     @property
     def crossed(self) -> tuple[str, ...]:
+        """The ids of the sequences that crossed NEW's threshold."""
         return tuple(s.id for s in self.sequences if s.crossed)
 
 
@@ -140,6 +142,7 @@ class ReportDiff:
 
     @property
     def exit_code(self) -> int:
+        """``fp16guard diff``'s exit status: 0 no regression, 1 a regression."""
         return 0 if self else 1
 
     def to_dict(self) -> dict:
@@ -158,6 +161,7 @@ class ReportDiff:
         return data
 
     def to_json(self) -> str:
+        """``to_dict`` as strict JSON, indented."""
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
@@ -196,28 +200,37 @@ def diff_reports(
     policies = tuple(_policy_change(key, old_by.get(key), new_by.get(key), threshold) for key in _union(old_by, new_by))
     environment = tuple((what, a, b) for what, a, b in _environment(old, new) if a != b)
     same_device = old.environment.get("device_name") == new.environment.get("device_name")
-    regressions = []
-    if old.passed and not new.passed:
-        regressions.append(f"verdict: PASS ({old.passing_policy}) became FAIL")
+    regressions = [f"verdict: PASS ({old.passing_policy}) became FAIL"] if old.passed and not new.passed else []
     for change in policies:
-        if change.role not in GATED_ROLES:
-            continue
-        name = change.policy if change.role == "attempt" else f"{change.policy} ({change.role})"
-        if change.old_passed and change.new_passed is False:
-            regressions.append(f"{name}: passed, now fails")
-        if change.crossed:
-            regressions.append(f"{name}: {len(change.crossed)} sequence(s) fell below {threshold}: {_names(change.crossed)}")
-        fallen = [s.id for s in change.sequences if not s.crossed and s.delta is not None and s.delta < -tolerance]
-        if fallen:
-            regressions.append(f"{name}: {len(fallen)} sequence(s) fell by more than {tolerance:g}: {_names(fallen)}")
-        regressions += [f"{name}: {line}" for line in _agreement_regressions(change, new.thresholds, tolerance, agreement_tolerance)]
-        if same_device and change.slowdown is not None and change.slowdown > max_slowdown:
-            regressions.append(f"{name}: {change.slowdown:.2f}x slower (more than {max_slowdown:g}x)")
+        if change.role in GATED_ROLES:
+            regressions += _policy_regressions(change, new.thresholds, tolerance, agreement_tolerance,
+                                               max_slowdown if same_device else None)
     return ReportDiff(
         old_passed=old.passed, new_passed=new.passed, old_policy=old.passing_policy, new_policy=new.passing_policy,
         policies=policies, environment=environment, regressions=tuple(regressions), tolerance=tolerance,
         max_slowdown=max_slowdown, agreement_tolerance=agreement_tolerance, speed_compared=same_device,
     )
+
+
+def _policy_regressions(change: PolicyChange, thresholds: dict, tolerance: float, agreement_tolerance: float,
+                        max_slowdown: float | None) -> list[str]:
+    """Sentences on how NEW made one gated pass worse; ``max_slowdown`` None: speed not compared."""
+    name = change.policy if change.role == "attempt" else f"{change.policy} ({change.role})"
+    threshold = thresholds["min_cosine"]
+    regressions = []
+    if change.old_passed and change.new_passed is False:
+        regressions.append(f"{name}: passed, now fails")
+    crossed = change.crossed
+    if crossed:
+        regressions.append(f"{name}: {len(crossed)} sequence(s) fell below {threshold}: {_names(crossed)}")
+    fallen = [s.id for s in change.sequences if not s.crossed and s.delta is not None and s.delta < -tolerance]
+    if fallen:
+        regressions.append(f"{name}: {len(fallen)} sequence(s) fell by more than {tolerance:g}: {_names(fallen)}")
+    agreement = _agreement_regressions(change, thresholds, tolerance, agreement_tolerance)
+    regressions += [f"{name}: {line}" for line in agreement]
+    if max_slowdown is not None and change.slowdown is not None and change.slowdown > max_slowdown:
+        regressions.append(f"{name}: {change.slowdown:.2f}x slower (more than {max_slowdown:g}x)")
+    return regressions
 
 
 #: Agreement metrics: (key, label, section of metrics.agreement, figure, the section's fields that

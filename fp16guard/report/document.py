@@ -56,10 +56,12 @@ class Attempt:
 
     @property
     def name(self) -> str:
+        """The policy's name ("fp16+ln32")."""
         return self.policy["name"]
 
     @property
     def fp32_module_count(self) -> int:
+        """How many modules this pass kept in FP32."""
         return len(self.fp32_modules)
 
 
@@ -86,21 +88,24 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        """The CLI's exit status for this verdict: 0 pass, 1 accuracy failure."""
         return 0 if self.passed else 1
 
     def to_dict(self) -> dict:
+        """The report as plain JSON data (NaN/Inf as None)."""
         data = asdict(self)
         return finite_or_none(data)
 
     @classmethod
     def from_dict(cls, data: dict) -> Report:
+        """A report from ``to_dict``'s data (of a readable schema version; ValueError otherwise)."""
         version = data.get("schema_version")
         if type(version) is not int or version not in READABLE_VERSIONS:
-            raise ValueError(f"report schema version {version} is not {SCHEMA_VERSION} (or {', '.join(map(str, READABLE_VERSIONS[:-1]))})")
+            older = ", ".join(map(str, READABLE_VERSIONS[:-1]))
+            raise ValueError(f"report schema version {version} is not {SCHEMA_VERSION} (or {older})")
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["attempts"] = [Attempt(**a) for a in data["attempts"]]
         return cls(**values)
-
 
 
 def read_report(path: str | Path) -> Report:

@@ -13,4 +13,5 @@ class JsonFormat:
     filename = "report.json"
 
     def render(self, report: Report) -> str:
+        """The report's data as strict JSON (no NaN), indented."""
         return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"

@@ -6,7 +6,7 @@ import math
 import xml.etree.ElementTree as ET
 
 from fp16guard.core.formatting import format_cosine
-from fp16guard.report.document import Report
+from fp16guard.report.document import Attempt, Report
 from fp16guard.report.text import agreement_lines, fmt_rate
 
 
@@ -16,6 +16,7 @@ class JUnitFormat:
     filename = "junit.xml"
 
     def render(self, report: Report) -> str:
+        """A testsuite of the ladder's attempts (the reference and passes beside the ladder are not tests)."""
         attempts = [a for a in report.attempts if a.role == "attempt"]
         suite = ET.Element(
             "testsuite",
@@ -26,31 +27,31 @@ class JUnitFormat:
             timestamp=report.created,
         )
         for attempt in attempts:
-            case = ET.SubElement(
-                suite,
-                "testcase",
-                classname=f"fp16guard.{report.model['target']}.{report.model['name']}",
-                name=attempt.name,
-                time=f"{attempt.timing.get('seconds') or 0:.3f}",
-            )
-            m = attempt.metrics or {}
-            properties = junit_properties(m)
-            if properties:  # first, as in a testsuite (GitLab and Jenkins read them per test case)
-                element = ET.SubElement(case, "properties")
-                for name, value in properties.items():
-                    ET.SubElement(element, "property", name=name, value=value)
-            if not attempt.passed:
-                failure = ET.SubElement(case, "failure", message=attempt.reason, type="AccuracyFailure")
-                failure.text = attempt.reason
-            out = ET.SubElement(case, "system-out")
-            out.text = "; ".join([
-                f"{attempt.description}; min cosine {format_cosine(m.get('min_cosine'))}; "
-                f"non-finite sequences {m.get('nonfinite_sequences', 0)}; "
-                f"tokens/s {fmt_rate(attempt.timing.get('tokens_per_second'))}",
-                *agreement_lines(m.get("agreement")),
-            ])
+            _add_case(suite, f"fp16guard.{report.model['target']}.{report.model['name']}", attempt)
         ET.indent(suite)
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def _add_case(suite: ET.Element, classname: str, attempt: Attempt) -> None:
+    """One attempt as a test case of ``suite``: its figures, its failure, its summary as output."""
+    case = ET.SubElement(suite, "testcase", classname=classname, name=attempt.name,
+                         time=f"{attempt.timing.get('seconds') or 0:.3f}")
+    m = attempt.metrics or {}
+    properties = junit_properties(m)
+    if properties:  # first, as in a testsuite (GitLab and Jenkins read them per test case)
+        element = ET.SubElement(case, "properties")
+        for name, value in properties.items():
+            ET.SubElement(element, "property", name=name, value=value)
+    if not attempt.passed:
+        failure = ET.SubElement(case, "failure", message=attempt.reason, type="AccuracyFailure")
+        failure.text = attempt.reason
+    out = ET.SubElement(case, "system-out")
+    out.text = "; ".join([
+        f"{attempt.description}; min cosine {format_cosine(m.get('min_cosine'))}; "
+        f"non-finite sequences {m.get('nonfinite_sequences', 0)}; "
+        f"tokens/s {fmt_rate(attempt.timing.get('tokens_per_second'))}",
+        *agreement_lines(m.get("agreement")),
+    ])
 
 
 def junit_properties(metrics: dict) -> dict[str, str]:
@@ -72,7 +73,8 @@ def junit_properties(metrics: dict) -> dict[str, str]:
         "fp64_error_ratio": (agreement.get("fp64") or {}).get("ratio"),
     }
     present = {k: v for k, v in figures.items() if k in ("min_cosine",) or v is not None or _present(agreement, k)}
-    return {k: "NaN" if v is None or (isinstance(v, float) and not math.isfinite(v)) else repr(v) for k, v in present.items()}
+    return {k: "NaN" if v is None or (isinstance(v, float) and not math.isfinite(v)) else repr(v)
+            for k, v in present.items()}
 
 
 def _present(agreement: dict, key: str) -> bool:

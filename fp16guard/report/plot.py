@@ -25,7 +25,8 @@ def plot_profile(report: Report, path: Path) -> Path | None:
     for attempt in profiled:
         xs = [e["layer"] for e in attempt.layers]
         # Non-finite layers are drawn at the top of the axis, not dropped.
-        ys = [e["relative_error"] if e["relative_error"] is not None and not e["nonfinite_tokens"] else 1.0 for e in attempt.layers]
+        ys = [e["relative_error"] if e["relative_error"] is not None and not e["nonfinite_tokens"] else 1.0
+              for e in attempt.layers]
         axis.plot(xs, ys, marker="o", label=attempt.name)
     axis.set_yscale("log")
     axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 from fp16guard.errors import OutputError
 from fp16guard.io.outputs import write_text_atomic
@@ -14,14 +15,19 @@ from fp16guard.report.junit import JUnitFormat
 from fp16guard.report.markdown import MarkdownFormat
 from fp16guard.report.plot import plot_profile
 
-FORMATS = (JsonFormat(), MarkdownFormat(), JUnitFormat(), HtmlFormat())
+
+class ReportFormat(Protocol):
+    """One output format of a report: the file it is written to in ``--out``, and its text."""
+
+    filename: str
+
+    def render(self, report: Report) -> str:
+        """The whole file for ``report``."""
+        ...
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename; the file gets the
-    umask's permissions (not mkstemp's 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, text)
+#: Every format a run writes into ``--out``, in the order they are written.
+FORMATS: tuple[ReportFormat, ...] = (JsonFormat(), MarkdownFormat(), JUnitFormat(), HtmlFormat())
 
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:
@@ -33,7 +39,7 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     path = out
     try:
         for path, text in rendered:
-            write_atomic(path, text)
+            write_text_atomic(path, text)
         path = out / "profile.png"
         plot = plot_profile(report, path)
     except OSError as exc:
@@ -70,7 +76,7 @@ def write_policy(report: Report, path: str | Path) -> Path:
     }
     path = Path(path)
     try:
-        write_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+        write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     except OSError as exc:
         raise OutputError(f"cannot write the policy to {path}: {exc.strerror or exc}") from None
     return path

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from fp16guard.report.diff import diff_reports, load_report
 from fp16guard.errors import InputError
+from fp16guard.report.diff import diff_reports, load_report
 from fp16guard.report.document import Report
 
 
@@ -32,7 +32,10 @@ def report(fp16, passed=True, device="H200", torch="2.11.0", tps=1000.0, thresho
         "environment": {"torch": torch, "device_name": device, "cuda": "12.8"},
         "model": {"name": "m", "weights_sha256": "aa"}, "dataset": {"name": "d", "sha256": "bb"},
         "thresholds": {"min_cosine": threshold},
-        "attempts": [attempt("fp32", {}, passed=None, role="reference", tps=300.0), attempt("fp16", fp16, passed, tps=tps)],
+        "attempts": [
+            attempt("fp32", {}, passed=None, role="reference", tps=300.0),
+            attempt("fp16", fp16, passed, tps=tps),
+        ],
         "passed": passed, "passing_policy": "fp16" if passed else None, "summary": "", "schema_version": 2,
     })
 
@@ -144,7 +147,8 @@ def test_equal_agreement_metrics_are_no_regression():
     assert result and result.exit_code == 0
     fp16 = result.policies[1]
     assert [m.key for m in fp16.agreement] == ["knn_overlap_mean", "knn_overlap_min", "rank_correlation"]
-    assert fp16.metric("knn_overlap_mean").delta == 0.0 and fp16.metric("knn_overlap_mean").label == "mean kNN overlap@10"
+    knn = fp16.metric("knn_overlap_mean")
+    assert knn.delta == 0.0 and knn.label == "mean kNN overlap@10"
 
 
 def test_a_lower_knn_overlap_is_a_regression_naming_the_metric():
@@ -153,7 +157,8 @@ def test_a_lower_knn_overlap_is_a_regression_naming_the_metric():
     assert result.regressions == ("fp16: mean kNN overlap@10 fell by more than 0.01: 0.998000 -> 0.780000",)
     # Within --agreement-tolerance, and the minimum overlap (one near tie costs 0.1) is shown, not gated.
     assert diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), mean=0.992, minimum=0.5))
-    assert not diff_reports(with_agreement(report(GOOD)), with_agreement(report(GOOD), mean=0.992), agreement_tolerance=1e-3)
+    lower = with_agreement(report(GOOD), mean=0.992)
+    assert not diff_reports(with_agreement(report(GOOD)), lower, agreement_tolerance=1e-3)
 
 
 def test_a_lower_rank_correlation_uses_the_cosine_tolerance():
@@ -196,7 +201,8 @@ def test_metrics_measured_differently_or_in_one_run_only_are_shown_not_compared(
 
 def test_probe_and_labels_falls_are_regressions_and_the_fp64_ratio_is_shown():
     def extra(same, accuracy, ratio):
-        return {"probe": {"classes": 2, "same_decision": same}, "centroid": {"labelled": 60, "classes": 3, "accuracy": accuracy},
+        return {"probe": {"classes": 2, "same_decision": same},
+                "centroid": {"labelled": 60, "classes": 3, "accuracy": accuracy},
                 "fp64": {"sequences": 32, "ratio": ratio}}
 
     result = diff_reports(with_agreement(report(GOOD), **extra(1.0, 0.95, 2500.0)),

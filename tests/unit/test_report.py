@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import fp16guard.io.outputs as outputs_module
-from fp16guard.numerics.compare import Comparison, compare
 from fp16guard.core.config import Thresholds
+from fp16guard.io.outputs import write_text_atomic
+from fp16guard.numerics.compare import Comparison, compare
 from fp16guard.numerics.metrics import TokenStats
 from fp16guard.numerics.policy import FP16, FP16_LN32, FP32, Policy
 from fp16guard.report.document import SCHEMA_VERSION, Attempt, Report, finite_or_none, read_report
-from fp16guard.report.writer import write_atomic, write_report
+from fp16guard.report.writer import write_report
 
 IDS = ["P1", "P2", "P3", "P4"]
 OUTPUT_FILES = {"report.json", "report.md", "junit.xml", "report.html"}
@@ -145,7 +146,8 @@ def test_fixture_has_none_for_nonfinite_metrics(report):
 
 def test_finite_or_none_recursive():
     value = {"a": math.nan, "b": [1.0, math.inf, (2, -math.inf)], "c": {"d": 3.5, "e": "x"}, "f": True, "g": 7}
-    assert finite_or_none(value) == {"a": None, "b": [1.0, None, [2, None]], "c": {"d": 3.5, "e": "x"}, "f": True, "g": 7}
+    expected = {"a": None, "b": [1.0, None, [2, None]], "c": {"d": 3.5, "e": "x"}, "f": True, "g": 7}
+    assert finite_or_none(value) == expected
 
 
 # --------------------------------------------------------------------------- JSON round trip
@@ -289,16 +291,16 @@ def test_exit_code(report, failing_report):
 # --------------------------------------------------------------------------- atomic writes
 
 
-def test_write_atomic_writes_and_replaces(tmp_path):
+def test_write_text_atomic_writes_and_replaces(tmp_path):
     path = tmp_path / "sub" / "file.txt"
-    write_atomic(path, "one\n")
+    write_text_atomic(path, "one\n")
     assert path.read_text() == "one\n"
-    write_atomic(path, "two\n")
+    write_text_atomic(path, "two\n")
     assert path.read_text() == "two\n"
     assert [p.name for p in path.parent.iterdir()] == ["file.txt"]
 
 
-def test_write_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
+def test_write_text_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     path.write_text("old content\n")
 
@@ -307,13 +309,13 @@ def test_write_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(outputs_module.os, "replace", refuse)
     with pytest.raises(OSError, match="disk on fire"):
-        write_atomic(path, "new content\n")
+        write_text_atomic(path, "new content\n")
     monkeypatch.undo()
     assert path.read_text() == "old content\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
-def test_write_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
+def test_write_text_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "junit.xml"
     path.write_text("<old/>\n")
 
@@ -322,7 +324,7 @@ def test_write_atomic_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(outputs_module.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        write_atomic(path, "<new/>\n")
+        write_text_atomic(path, "<new/>\n")
     monkeypatch.undo()
     assert path.read_text() == "<old/>\n"
     assert [p.name for p in tmp_path.iterdir()] == ["junit.xml"]
@@ -356,7 +358,9 @@ def test_report_json_min_cosine_is_null_beside_the_nonfinite_count(tmp_path, rep
     metrics = data["attempts"][1]["metrics"]
     assert metrics["min_cosine"] is None and metrics["mean_cosine"] is None
     assert metrics["nonfinite_sequences"] == 1 and metrics["sequences"] == 3
-    assert metrics["cosines"] == [{"id": "s1", "cosine": 1.0}, {"id": "s2", "cosine": None}, {"id": "s3", "cosine": 1.0}]
+    assert metrics["cosines"] == [
+        {"id": "s1", "cosine": 1.0}, {"id": "s2", "cosine": None}, {"id": "s3", "cosine": 1.0},
+    ]
     assert metrics["worst"][0] == ["s2", None]
     assert read_report(tmp_path / "report.json") == report
 
@@ -408,3 +412,31 @@ def test_markdown_and_junit_never_show_a_failing_cosine_at_or_above_the_threshol
         assert all(value < threshold for value in shown[:1]), text
         assert "1.000000" not in text and f"{threshold:.6f}" not in text, text
     assert "`seq2` " in fp16 and f"`seq2` {report.attempts[1].metrics['worst'][0][1]:.6f}" not in fp16
+
+
+# --------------------------------------------------------------------------- the shared cells (report/text.py)
+
+
+def test_shared_cells_round_down_and_name_what_is_missing():
+    from fp16guard.report.text import fmt_change, fmt_percent, fmt_rounded_down, fmt_scientific, gates_clause
+
+    assert fmt_rounded_down(0.8999, 3) == "0.899" and fmt_rounded_down(0.3, 1) == "0.3"
+    assert fmt_rounded_down(None, 3) == fmt_rounded_down(math.nan, 3) == "NaN"
+    assert fmt_percent(0.99999) == "99.9%" and fmt_percent(math.inf) == "NaN"
+    assert fmt_scientific(0.0012345) == "1.234e-03" and fmt_scientific(None) == "NaN"
+    assert fmt_change(0.99, 0.999) == "+9.00e-03" and fmt_change(None, 0.9) == "n/a"
+    assert gates_clause({"min_knn_overlap": None}) == "; agreement metrics reported, not gated"
+    assert gates_clause({"min_knn_overlap": 0.9, "min_rank_correlation": 0.99}) == (
+        "; gates: mean kNN overlap >= 0.9, rank correlation >= 0.99"
+    )
+
+
+def test_verdict_labels_by_role(report):
+    from fp16guard.report.text import verdict_label
+
+    reference, fp16, passing = report.attempts
+    assert [verdict_label(a) for a in report.attempts] == ["reference", "FAIL", "PASS"]
+    fast = replace(passing, role="fast")
+    assert verdict_label(fast, recommended=fast.name) == "PASS (fast)"
+    assert verdict_label(fast, recommended="other") == "PASS (variant)"
+    assert verdict_label(replace(fp16, role="comparison")) == "fail (info)"

@@ -18,7 +18,8 @@ def _bars(svg: str) -> list[dict]:
     """Each bar of a chart: its class, left edge, count (the label's text) and tooltip."""
     root = ET.fromstring(svg)
     return [
-        {"class": r.get("class"), "x": float(r.get("x")), "height": float(r.get("height")), "title": r.find(f"{SVG}title").text}
+        {"class": r.get("class"), "x": float(r.get("x")), "height": float(r.get("height")),
+         "title": r.find(f"{SVG}title").text}
         for r in root.iter(f"{SVG}rect")
     ]
 
@@ -42,7 +43,8 @@ def test_bars_past_the_threshold_are_failures_even_next_to_it():
     assert sorted(b["title"].split(" ")[0] for b in bars if b["class"] == "bad") == ["1"]
     assert sum(int(b["title"].split(" ")[0]) for b in bars if b["class"] == "ok") == 3  # 0.99 passes, 1.0 is drawn
     assert [b["title"].split(" ")[0] for b in bars if b["class"] == "nan"] == ["0"]  # an empty NaN bar still says 0
-    threshold_x = float(re.search(r'class="threshold" x1="([\d.]+)"', cosine_chart([{"id": "a", "cosine": 0.99}], 0.99))[1])
+    chart = cosine_chart([{"id": "a", "cosine": 0.99}], 0.99)
+    threshold_x = float(re.search(r'class="threshold" x1="([\d.]+)"', chart)[1])
     (at_threshold,) = _chart(0.99)[:1]
     assert at_threshold["class"] == "ok" and at_threshold["x"] < threshold_x  # left of the line, though 1 - 0.99 > 0.01
 
