@@ -248,13 +248,13 @@ def test_a_corrupt_shard_before_the_last_is_refused(checkpoints, proteins, tmp_p
 
 
 def test_a_failing_writer_thread_ends_the_run_with_its_error(checkpoints, proteins, tmp_path, monkeypatch):
-    from fp16guard.workflows import embed as workflow
+    from fp16guard.workflows.embed import shards
     from fp16guard.errors import OutputError
 
     def broken(path, part, layers, per_residue):
         raise OutputError(f"cannot write shard {path}: disk full")
 
-    monkeypatch.setattr(workflow, "write_shard", broken)
+    monkeypatch.setattr(shards, "write_shard", broken)
     result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", tmp_path / "emb.h5", "--chunk-size", "3")
     assert result.exit_code == 3 and "disk full" in text and "Traceback" not in text
 
