@@ -241,12 +241,34 @@ def write_dnabert(
     adds); ``plant="mlp"``: a gated-MLP unit whose pre-activation overflows FP16 (unfixable).
     ``with_n=False``: the tokenizer is trained on clean A/C/G/T, so its vocabulary has no N (it
     reads N as its unknown token)."""
-    from tokenizers import Tokenizer, models, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
 
     directory.mkdir(parents=True, exist_ok=True)
+    vocabulary = _dnabert_tokenizer(directory, vocab_size, seed, corpus, with_n)
+    config = DnaBertConfig(
+        vocab_size=vocabulary, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate,
+    )
+    torch.manual_seed(seed)
+    model = DnaBertModel(config)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=0.02)
+    _plant_dnabert(model, plant)
+    state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
+    state["cls.predictions.transform.dense.weight"] = torch.zeros(hidden, hidden)
+    state["cls.predictions.decoder.bias"] = torch.zeros(config.vocab_size)
+    torch.save(state, directory / "pytorch_model.bin")
+    (directory / "config.json").write_text(json.dumps(_dnabert_settings(config), indent=2) + "\n")
+    return directory
+
+
+def _dnabert_tokenizer(directory: Path, vocab_size: int, seed: int, corpus: int, with_n: bool) -> int:
+    """Train DNABERT's byte-pair tokenizer on synthetic DNA and save it in ``directory``; its
+    vocabulary size."""
+    from tokenizers import Tokenizer, models, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
     letters = "ACGTN" if with_n else "ACGT"
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list(letters))
@@ -256,36 +278,33 @@ def write_dnabert(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]"
+        tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+        mask_token="[MASK]",
     )
     tokenizer.save_pretrained(directory)
+    return bpe.get_vocab_size()
 
-    config = DnaBertConfig(
-        vocab_size=bpe.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate,
-    )
-    torch.manual_seed(seed)
-    model = DnaBertModel(config)
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            torch.nn.init.normal_(module.weight, std=0.02)
+
+def _plant_dnabert(model, plant: str | None) -> None:
+    """Plant write_dnabert's ``plant`` failure in layer 0 of ``model``."""
+    if plant is None:
+        return
+    block = model.encoder.layer[0]
     with torch.no_grad():
         if plant == "residual":
-            block = model.encoder.layer[0]
             block.attention.output.LayerNorm.bias[3] = 30000.0
             block.mlp.gated_layers.weight[:, 3] = 0.0  # the gated product would square it
             block.mlp.wo.bias[3] = 40000.0
         elif plant == "mlp":
-            block = model.encoder.layer[0]
             block.attention.output.LayerNorm.bias.fill_(1.0)
             block.mlp.gated_layers.weight[5].fill_(2500.0)
-        elif plant is not None:
+        else:
             raise ValueError(plant)
-    state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
-    state["cls.predictions.transform.dense.weight"] = torch.zeros(hidden, hidden)
-    state["cls.predictions.decoder.bias"] = torch.zeros(config.vocab_size)
-    torch.save(state, directory / "pytorch_model.bin")
-    settings = {
+
+
+def _dnabert_settings(config) -> dict:
+    """DNABERT-S's config.json for a model of ``config``'s shape."""
+    return {
         "_name_or_path": "zhihan1996/DNABERT-S",
         "alibi_starting_size": 512,
         "architectures": ["BertModel"],
@@ -297,21 +316,19 @@ def write_dnabert(
         },
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1,
-        "hidden_size": hidden,
+        "hidden_size": config.hidden_size,
         "initializer_range": 0.02,
-        "intermediate_size": intermediate,
+        "intermediate_size": config.intermediate_size,
         "layer_norm_eps": 1e-12,
         "max_position_embeddings": 512,
         "model_type": "bert",
-        "num_attention_heads": heads,
-        "num_hidden_layers": layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
         "position_embedding_type": "absolute",
         "torch_dtype": "float32",
         "type_vocab_size": 2,
         "vocab_size": config.vocab_size,
     }
-    (directory / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
-    return directory
 
 
 # --- T5 encoders (ProtT5, Ankh layout): save_pretrained directories with a residue tokenizer ----

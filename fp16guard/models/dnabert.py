@@ -23,8 +23,8 @@ from fp16guard.core.config import ModelSource
 from fp16guard.errors import ModelLoadError, UnsupportedPolicyError
 from fp16guard.models.base import LoadedModel, no_class_fp32_note
 from fp16guard.models.batch import PackedBatch
-from fp16guard.models.catalog import DNABERT_DEFAULT
-from fp16guard.models.hf import HfTarget, quiet_transformers, resolve_model_dir
+from fp16guard.models.catalog import DNABERT_SPEC
+from fp16guard.models.hf import HF, HfEncoding, HfTarget, quiet_transformers, read_tokenizer, resolve_model_dir
 from fp16guard.models.loading import hash_in_background, load_failure
 from fp16guard.models.varlen import packed_attention, require_packing
 from fp16guard.numerics.policy import Policy
@@ -37,7 +37,6 @@ from fp16guard.numerics.precision import (
     part_islands,
 )
 
-DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
 IUPAC_AMBIGUITY = "RYSWKMBDHV"
 PADDING_BIAS = -10000.0  # what MosaicBERT adds for padded keys (not -inf)
 IGNORED_PREFIXES = ("cls.", "pooler.")  # masked-LM heads and the pooler: not part of embeddings
@@ -275,66 +274,65 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path
     return cleaned, safetensors or bins
 
 
+def native_encoder(config: DnaBertConfig, state: dict[str, torch.Tensor], model_dir: Path) -> DnaBertModel:
+    """The native encoder holding ``state`` in FP32, built without initialising it first;
+    ModelLoadError when the weights do not fit it."""
+    with torch.device("meta"):
+        module = DnaBertModel(config)
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else ""]
+        raise ModelLoadError(f"{model_dir}: weights do not fit the DNABERT encoder: {'; '.join(p for p in parts if p)}")
+    module.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+    return module
+
+
 class DnabertTarget(HfTarget):
     """DNABERT-2/DNABERT-S: the native encoder with the checkpoint's own tokenizer."""
 
     input_alphabet = "ACGTN" + IUPAC_AMBIGUITY
     ambiguity_codes = IUPAC_AMBIGUITY
+    supports_packing = True
     unknown_letters = "N"  # what a byte-pair vocabulary trained on clean A/C/G/T may lack
-
-    def __init__(self) -> None:
-        super().__init__("dnabert", "DNABERT-2 / DNABERT-S, native implementation (no remote code)")
-        self.default_sequences = "dna_reference.fasta"
 
     def load(self, source: ModelSource) -> LoadedModel:
         """Read config.json, the weights and the tokenizer; build the native encoder in FP32."""
         if source.trust_remote_code:
-            from fp16guard.models import get_target
-
             # Only on request: the checkpoint's own code, through transformers' AutoModel.
-            return get_target("hf").load(source)
-        from transformers import AutoTokenizer
-
-        model_dir = resolve_model_dir(source.model or DEFAULT_MODEL, source.offline)
+            return HF.load(source)
+        name = source.model or self.spec.default_model
+        model_dir = resolve_model_dir(name, source.offline)
         try:
             config = DnaBertConfig.from_json(json.loads((model_dir / "config.json").read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{model_dir}: cannot read config.json ({exc})") from None
         state, weight_files = read_state_dict(model_dir)
         digest = hash_in_background(weight_files)
-        with torch.device("meta"):
-            module = DnaBertModel(config)
-        expected = set(module.state_dict())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            parts = [f"missing {', '.join(missing[:5])}" if missing else "", f"unexpected {', '.join(unexpected[:5])}" if unexpected else ""]
-            raise ModelLoadError(f"{model_dir}: weights do not fit the DNABERT encoder: {'; '.join(p for p in parts if p)}")
-        module.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
-        try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-        except Exception as exc:
-            raise ModelLoadError(f"{model_dir}: cannot load its tokenizer ({str(exc).splitlines()[0][:200]})") from None
+        module = native_encoder(config, state, model_dir)
+        with quiet_transformers():
+            tokenizer = read_tokenizer(model_dir, trust_remote_code=False)
         if tokenizer.pad_token_id is None:
             raise ModelLoadError(f"{model_dir}: the tokenizer has no padding token")
         vocab_letters = "".join(sorted(t for t in tokenizer.get_vocab() if len(t) == 1 and t.isalpha() and t.isupper()))
         return LoadedModel(
             target=self.name,
-            name=source.model or DEFAULT_MODEL,
+            name=name,
             source=str(model_dir),
             module=module.eval(),
             num_layers=config.num_hidden_layers,
             weights_sha256=digest.result(),
             alphabet=vocab_letters or "ACGTN",
             max_length=None,  # ALiBi: no position limit, memory is the limit
-            extra={"tokenizer": tokenizer, "separator": "", "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},
+            encoding=HfEncoding(tokenizer.pad_token_id, tokenizer, separator="", pooling=source.pooling),
         )
 
     def read_as_unknown(self, loaded: LoadedModel) -> str:
         """Those of ``unknown_letters`` outside the vocabulary that the checkpoint's own tokenizer
         reads as its unknown token (as it does when the model is used outside fp16guard)."""
-        tokenizer = loaded.extra.get("tokenizer")
+        tokenizer = loaded.encoding.tokenizer
         unk = getattr(tokenizer, "unk_token_id", None)
         if unk is None:
             return ""
@@ -347,10 +345,8 @@ class DnabertTarget(HfTarget):
                       layers: Sequence[int]) -> dict[int, torch.Tensor]:
         if not isinstance(module, DnaBertModel):  # the remote-code model, on request
             return super().hidden_states(loaded, module, tokens, layers)
-        states = module(tokens, (tokens != loaded.extra["pad_id"]).long())
+        states = module(tokens, (tokens != loaded.encoding.pad_id).long())
         return {layer: states[layer] for layer in layers}
-
-    supports_packing = True
 
     def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
                              layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -368,14 +364,14 @@ class DnabertTarget(HfTarget):
         return {layer: out[layer] for layer in layers}
 
     def adapts(self, module: nn.Module) -> bool:
+        """Whether ``module`` is fp16guard's native DNABERT."""
         return isinstance(module, DnaBertModel)
 
-    @staticmethod
-    def block_parts(block: nn.Module) -> dict:
+    def block_parts(self, block: nn.Module) -> dict:
         """The native layer's attention and gated MLP; a transformers layer as HF reads it."""
         if isinstance(block, DnaBertLayer):
             return {"attention": block.attention.self, "mlp": (block.mlp.gated_layers, block.mlp.wo)}
-        return HfTarget.block_parts(block)
+        return super().block_parts(block)
 
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
         """Layer norms as FP32 islands; the ALiBi-plus-mask bias and softmax in FP32; each
@@ -413,4 +409,4 @@ class DnabertTarget(HfTarget):
         return AppliedPolicy(policy, tuple(islands), (note, *filter(None, [no_class_fp32_note(module, policy)])))
 
 
-TARGET = DnabertTarget()
+TARGET = DnabertTarget(DNABERT_SPEC)

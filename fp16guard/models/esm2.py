@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +15,10 @@ from torch import nn
 
 from fp16guard.core.config import ModelSource
 from fp16guard.errors import InputError, ModelLoadError, UnsupportedPolicyError
-from fp16guard.models.base import LoadedModel, Target, no_class_fp32_note
+from fp16guard.models.base import Encoding, LoadedModel, Target, no_class_fp32_note
 from fp16guard.models.batch import PackedBatch
 from fp16guard.models.catalog import ESM2_CHECKPOINTS as CHECKPOINTS
-from fp16guard.models.catalog import esm2_checkpoint_path
+from fp16guard.models.catalog import ESM2_SPEC, esm2_checkpoint_path
 from fp16guard.models.loading import hash_in_background, load_failure, skipped_init
 from fp16guard.models.varlen import packed_attention, require_packing, rotate_half
 from fp16guard.numerics.policy import Policy
@@ -30,7 +32,6 @@ from fp16guard.numerics.precision import (
     replace_module,
 )
 
-DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 MAX_RESIDUES = 1022  # 1024 positions including BOS and EOS
 DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
@@ -295,14 +296,26 @@ class Fp32ResidualLayer(_LayerForward):
         return residual + h.float(), attn
 
 
+@dataclass(frozen=True)
+class EsmEncoding(Encoding):
+    """fair-esm's tokenizer state: its Alphabet, and each byte's token id looked up through it."""
+
+    alphabet: Any  # esm.data.Alphabet
+    id_table: torch.Tensor  # [256]: the token id of every byte (see _id_table)
+
+    @classmethod
+    def of(cls, alphabet) -> EsmEncoding:
+        """The encoding of fair-esm's ``alphabet``."""
+        return cls(pad_id=alphabet.padding_idx, alphabet=alphabet, id_table=_id_table(alphabet))
+
+
 class Esm2Target(Target):
     """ESM-2 models as fair-esm builds them."""
 
-    name = "esm2"
-    description = "ESM-2 protein models through fair-esm (named checkpoints or a local .pt)"
     input_alphabet = ALPHABET
-    default_sequences = "protein_reference.fasta"
     special_tokens_per_row = 2
+    supports_packing = True
+    supports_compile = True
 
     def load(self, source: ModelSource) -> LoadedModel:
         """Load FP32 weights from ``source.weights`` (a local .pt) or a named checkpoint."""
@@ -315,7 +328,7 @@ class Esm2Target(Target):
                 raise ModelLoadError(f"--weights {path}: no such file")
             name = path.stem
         else:
-            name = model or DEFAULT_CHECKPOINT
+            name = model or self.spec.default_model
             if name not in CHECKPOINTS:
                 raise InputError(
                     f"unknown ESM-2 checkpoint {name!r}; known: {', '.join(CHECKPOINTS)} "
@@ -349,7 +362,7 @@ class Esm2Target(Target):
             weights_sha256=digest.result(),
             alphabet=ALPHABET,
             max_length=MAX_RESIDUES,
-            extra={"alphabet": alphabet},
+            encoding=EsmEncoding.of(alphabet),
         )
 
     @staticmethod
@@ -371,6 +384,7 @@ class Esm2Target(Target):
         return [len(s) for s in sequences]
 
     def truncate(self, loaded: LoadedModel, sequence: str, limit: int) -> str:
+        """The first ``limit`` residues (one token each)."""
         return sequence[:limit]
 
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -380,8 +394,8 @@ class Esm2Target(Target):
         sequence at a time: the converter splits text character by character in Python, which
         took longer than an FP16 pass for a few thousand sequences. The input is validated
         upper-case residues, so no special-token syntax needs parsing."""
-        alphabet = loaded.extra["alphabet"]
-        table = _id_table(alphabet)
+        encoding: EsmEncoding = loaded.encoding
+        alphabet, table = encoding.alphabet, encoding.id_table
         width = max(len(s) for s in sequences) + 2
         tokens = torch.full((len(sequences), width), alphabet.padding_idx, dtype=torch.int64)
         mask = torch.zeros(tokens.shape, dtype=torch.bool)
@@ -398,9 +412,6 @@ class Esm2Target(Target):
         """Representation of each of ``layers``; the last one has ``emb_layer_norm_after`` applied."""
         representations = module(tokens, repr_layers=list(layers))["representations"]
         return {layer: representations[layer] for layer in layers}
-
-    supports_packing = True
-    supports_compile = True
 
     def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
                              layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -459,18 +470,19 @@ class Esm2Target(Target):
             block.compile()
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
+        """fair-esm's transformer layers."""
         return list(module.layers)
 
-    @staticmethod
-    def block_orientation(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.transpose(0, 1)  # fair-esm blocks work on [T, B, D]
+    def block_orientation(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, B, D], as fair-esm's blocks work, turned to [B, T, D]."""
+        return hidden.transpose(0, 1)
 
-    @staticmethod
-    def block_parts(block: nn.Module) -> dict:
+    def block_parts(self, block: nn.Module) -> dict:
         """The attention (with its rotary tables) and the MLP's two linears of one layer."""
         return {"attention": block.self_attn, "mlp": (block.fc1, block.fc2)}
 
     def adapts(self, module: nn.Module) -> bool:
+        """Whether ``module`` is fair-esm's ESM2."""
         return type(module).__name__ == "ESM2" and type(module).__module__.startswith("esm.")
 
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
@@ -540,4 +552,4 @@ def _rotary_modules(module: nn.Module) -> list[nn.Module]:
     return [m for name, m in module.named_modules() if name.endswith("rot_emb")]
 
 
-TARGET = Esm2Target()
+TARGET = Esm2Target(ESM2_SPEC)

@@ -106,7 +106,7 @@ def test_n_is_read_as_unknown_only_when_the_vocabulary_lacks_it(tmp_path, with_n
     loaded = TARGET.load(ModelSource(model=str(write_dnabert(tmp_path / "m", with_n=with_n))))
     assert ("N" in loaded.alphabet) == with_n
     assert TARGET.read_as_unknown(loaded) == unknown
-    tokenizer = loaded.extra["tokenizer"]
+    tokenizer = loaded.encoding.tokenizer
     ids = tokenizer("ACGTNNACGT", add_special_tokens=False)["input_ids"]
     assert (tokenizer.unk_token_id in ids) == (not with_n)
 
