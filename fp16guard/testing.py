@@ -271,11 +271,14 @@ def _dnabert_tokenizer(directory: Path, vocab_size: int, seed: int, corpus: int,
 
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
     letters = "ACGTN" if with_n else "ACGT"
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list(letters))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list(letters)
+    )
     bpe.train_from_iterator(synthetic_dna(corpus, 300, seed, with_n), trainer)
     cls_id, sep_id = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
     bpe.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
@@ -369,7 +372,9 @@ def _residue_tokenizer(directory: Path, spaced: bool):
     else:
         backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(directory)
     return tokenizer
 
@@ -392,7 +397,8 @@ def _sentencepiece_tokenizer(directory: Path, bare: bool = False):
     model = proto.ModelProto()
     model.trainer_spec.model_type = proto.TrainerSpec.UNIGRAM
     model.trainer_spec.vocab_size = 3 + len(PROT_T5_PIECES) * (2 if bare else 1)
-    model.trainer_spec.pad_id, model.trainer_spec.eos_id, model.trainer_spec.unk_id, model.trainer_spec.bos_id = 0, 1, 2, -1
+    trainer = model.trainer_spec
+    trainer.pad_id, trainer.eos_id, trainer.unk_id, trainer.bos_id = 0, 1, 2, -1
     model.normalizer_spec.name = "identity"
     model.normalizer_spec.add_dummy_prefix = True
     model.normalizer_spec.remove_extra_whitespaces = True
@@ -408,8 +414,8 @@ def _sentencepiece_tokenizer(directory: Path, bare: bool = False):
         entry = model.pieces.add()
         entry.piece, entry.score, entry.type = residue, -float(len(PROT_T5_PIECES) + rank + 1), kinds.NORMAL
     (directory / "spiece.model").write_bytes(model.SerializeToString())
-    settings = {"tokenizer_class": "T5Tokenizer", "do_lower_case": False, "extra_ids": 100, "model_max_length": 1000000000,
-                "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    settings = {"tokenizer_class": "T5Tokenizer", "do_lower_case": False, "extra_ids": 100,
+                "model_max_length": 1000000000, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     return AutoTokenizer.from_pretrained(directory)
 
@@ -438,7 +444,9 @@ def plant_wo_overflow(model, block: int = 1, channel: int = 3, unit: int = 5, se
         hook.remove()
         x = torch.cat(seen)
         if bool((x <= 0).any()):
-            raise RuntimeError(f"plant_wo_overflow: channel {channel} is not positive on every token before block {block}")
+            raise RuntimeError(
+                f"plant_wo_overflow: channel {channel} is not positive on every token before block {block}"
+            )
         # Pre-activations of about 20 (gated: both halves, so the product stays near 400 and far
         # below 65504 before wo).
         scale = 20.0 / float(x.median())
@@ -484,7 +492,8 @@ def write_hf_t5(
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_decoder_layers=layers,
         num_heads=heads, feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     encoder = T5EncoderModel(config).eval()

@@ -112,6 +112,7 @@ class Preset:
         return Path(list(spec.submodule_search_locations)[0])
 
     def available(self) -> bool:
+        """Whether the package and its model's config.json are installed."""
         root = self.package_dir()
         return root is not None and (root / self.model_dir / "config.json").is_file()
 
@@ -169,8 +170,8 @@ HF_SPEC = TargetSpec(
     "protein_reference.fasta",
 )
 ANTIBERTY_SPEC = TargetSpec(
-    "antiberty", PRESETS["antiberty"].description, "fp16guard.models.hf:ANTIBERTY", PRESETS["antiberty"].default_sequences,
-    preset=PRESETS["antiberty"],
+    "antiberty", PRESETS["antiberty"].description, "fp16guard.models.hf:ANTIBERTY",
+    PRESETS["antiberty"].default_sequences, preset=PRESETS["antiberty"],
 )
 DNABERT_SPEC = TargetSpec(
     "dnabert", "DNABERT-2 / DNABERT-S, native implementation (no remote code)", "fp16guard.models.dnabert:TARGET",

@@ -71,6 +71,7 @@ class DnaBertConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> DnaBertConfig:
+        """The config of a config.json's fields (others ignored, missing ones defaulted)."""
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -84,6 +85,7 @@ class DnaBertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, T, D] of token ids [B, T] (token type 0 throughout)."""
         token_types = torch.zeros_like(input_ids)
         return self.LayerNorm(self.word_embeddings(input_ids) + self.token_type_embeddings(token_types))
 
@@ -108,6 +110,7 @@ class DnaBertSelfAttention(nn.Module):
         self.fp32_scores = False
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | PackedBatch) -> torch.Tensor:
+        """Attention output [B, T, D]; ``bias`` the additive bias [B or 1, H, T, T], or a pack."""
         if isinstance(bias, PackedBatch):
             return self._packed(hidden, bias)
         batch, length, width = hidden.shape
@@ -139,17 +142,20 @@ class DnaBertSelfOutput(nn.Module):
         self.fp32_residual = False
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(dense(hidden) + residual)."""
         out = self.dense(hidden)
         return self.LayerNorm(out.float() + residual.float() if self.fp32_residual else out + residual)
 
 
 class DnaBertAttention(nn.Module):
+    """Self-attention and its output projection with the post-LN residual."""
     def __init__(self, config: DnaBertConfig):
         super().__init__()
         self.self = DnaBertSelfAttention(config)
         self.output = DnaBertSelfOutput(config)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The attention block's output for ``hidden`` under ``bias``."""
         return self.output(self.self(hidden, bias), hidden)
 
 
@@ -166,6 +172,7 @@ class DnaBertGatedMlp(nn.Module):
         self.fp32_residual = False
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(wo(GELU(gate) * linear) + hidden)."""
         projected = self.gated_layers(hidden)
         gated, linear = projected[..., : self.intermediate], projected[..., self.intermediate :]
         out = self.wo(F.gelu(gated) * linear)
@@ -173,16 +180,19 @@ class DnaBertGatedMlp(nn.Module):
 
 
 class DnaBertLayer(nn.Module):
+    """One encoder layer: attention, then the gated MLP."""
     def __init__(self, config: DnaBertConfig):
         super().__init__()
         self.attention = DnaBertAttention(config)
         self.mlp = DnaBertGatedMlp(config)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The layer's output for ``hidden`` under ``bias``."""
         return self.mlp(self.attention(hidden, bias))
 
 
 class DnaBertEncoder(nn.Module):
+    """The stack of layers and their ALiBi slopes."""
     def __init__(self, config: DnaBertConfig):
         super().__init__()
         self.layer = nn.ModuleList(DnaBertLayer(config) for _ in range(config.num_hidden_layers))
@@ -211,6 +221,7 @@ class DnaBertEncoder(nn.Module):
         return bias
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden states after the embeddings and after every layer."""
         bias = self.attention_bias(attention_mask)
         # The bias in each block's compute dtype, cast once per forward rather than per block.
         # Blocks that compute scores in FP32 (fp32_scores, or an FP32 block) get the FP32 bias.
@@ -243,6 +254,7 @@ class DnaBertModel(nn.Module):
         self.encoder = DnaBertEncoder(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden states of every layer, 0 being the embeddings; padding where ``attention_mask`` is 0."""
         return self.encoder(self.embeddings(input_ids), attention_mask)
 
 
@@ -343,6 +355,7 @@ class DnabertTarget(HfTarget):
 
     def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
                       layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Every layer's output of the native model, from one forward pass; the remote-code model as HF runs it."""
         if not isinstance(module, DnaBertModel):  # the remote-code model, on request
             return super().hidden_states(loaded, module, tokens, layers)
         states = module(tokens, (tokens != loaded.encoding.pad_id).long())
@@ -395,15 +408,17 @@ class DnabertTarget(HfTarget):
                 sub.fp32_scores = policy.fp32_positional and not policy.fast_attention
                 if sub.fp32_scores:
                     islands.append(f"{name} (ALiBi bias and softmax)")
+        dtype = policy.torch_dtype
         if policy.fp32_layer_norms:
-            islands += layer_norm_islands(module, policy.torch_dtype)
-        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, policy.torch_dtype)
-        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, policy.torch_dtype, self.block_parts)
+            islands += layer_norm_islands(module, dtype)
+        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, dtype)
+        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, dtype, self.block_parts)
         islands += names + part_names
-        cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
+        cast_except(module, dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
         note = "the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional"
         if policy.layout == "packed":
-            note = "packed layout: ALiBi within each sequence computed in FP32 inside the flash kernel from the slopes (no bias table)"
+            note = ("packed layout: ALiBi within each sequence computed in FP32 inside the flash kernel from the "
+                    "slopes (no bias table)")
         elif policy.fast_attention:
             note = "fused attention: the ALiBi bias is built in FP32 and cast once to the compute dtype for the kernel"
         return AppliedPolicy(policy, tuple(islands), (note, *filter(None, [no_class_fp32_note(module, policy)])))

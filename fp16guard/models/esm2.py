@@ -89,6 +89,7 @@ class Fp32Rotary(nn.Module):
         return cache[3], cache[4]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated by their positions, with FP32-computed tables."""
         from esm.rotary_embedding import apply_rotary_pos_emb
 
         cos, sin = self._tables(k)
@@ -169,10 +170,12 @@ class PackState:
         self._tables: dict = {}
 
     def start(self, batch: PackedBatch) -> None:
+        """Begin a forward pass over ``batch``."""
         self.batch, self._tables = batch, {}
         self.max_seqlen = max(batch.max_seqlen, self.compiled_max_seqlen or 0)
 
     def finish(self) -> None:
+        """End the forward pass: the pack and its tables are dropped."""
         self.batch, self._tables = None, {}
 
     def rotary_tables(self, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +195,9 @@ class PackState:
         return self._tables[key]
 
 
-def _rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [N, 1, head_dim] at ``positions``, computed in ``inv_freq``'s dtype and cast to ``dtype``."""
     angles = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
     angles = torch.cat((angles, angles), dim=-1)[:, None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -214,9 +219,12 @@ class PackedAttention(SdpaAttention):
 
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None,
                 need_head_weights=False, **unused):
+        """fair-esm's attention interface; [N, 1, D] in and out while a pack runs."""
         packed = self.state.batch
         if packed is None:
-            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, need_head_weights, **unused)
+            return super().forward(
+                query, key, value, key_padding_mask, need_weights, attn_mask, need_head_weights, **unused
+            )
         if need_head_weights or attn_mask is not None or key_padding_mask is not None:
             raise UnsupportedPolicyError("the packed layout computes no attention maps and takes no masks")
         tokens = query.shape[0]
@@ -261,6 +269,7 @@ class FusedGeluLayer(_LayerForward):
     """
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        """fair-esm's TransformerLayer.forward, with one GELU kernel."""
         h, attn = self.self_attn(
             query=(h := self.self_attn_layer_norm(x)), key=h, value=h, key_padding_mask=self_attn_padding_mask,
             need_weights=True, need_head_weights=need_head_weights, attn_mask=self_attn_mask,
@@ -278,6 +287,7 @@ class Fp32ResidualLayer(_LayerForward):
     """
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        """fair-esm's TransformerLayer.forward with an FP32 residual stream."""
         from esm.modules import gelu
 
         residual = x.float()
@@ -430,7 +440,8 @@ class Esm2Target(Target):
             is_mask = packed.tokens == module.mask_idx
             x = x.masked_fill(is_mask[:, None], 0.0)
             lengths = torch.diff(packed.cu_seqlens).to(x.dtype)
-            masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device).index_add_(0, packed.segments, is_mask.to(x.dtype))
+            masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device)
+            masked.index_add_(0, packed.segments, is_mask.to(x.dtype))
             observed = (masked / lengths)[packed.segments]
             x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None]
         out = {0: x} if 0 in layers else {}
@@ -512,7 +523,8 @@ class Esm2Target(Target):
             for name, sub in list(module.named_modules()):
                 if name.endswith("self_attn") and not isinstance(sub, SdpaAttention):
                     replace_module(module, name, SdpaAttention(sub))
-            softmax = "attention through scaled_dot_product_attention (fused kernels accumulate the softmax in FP32); no attention maps"
+            softmax = ("attention through scaled_dot_product_attention (fused kernels accumulate the softmax in FP32); "
+                       "no attention maps")
         if policy.is_full_precision:
             module.float()
             return AppliedPolicy(policy, notes=(softmax,))

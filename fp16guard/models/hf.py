@@ -51,7 +51,8 @@ POOLINGS = ("mean", "residues", "cls")
 INPUT_MARKERS = ("<AA2fold>",)
 
 
-def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **_):
+def fp32_softmax_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None,
+                           **_):
     """Eager attention whose scores and softmax are FP32 (transformers' eager attention runs its
     softmax in the input dtype); the probabilities are cast back before multiplying the values.
     ``position_bias`` (T5's relative position bias) is added to the FP32 scores."""
@@ -95,6 +96,7 @@ class Fp32ResidualOutput(nn.Module):
             setattr(self, name, child)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The block's output with its residual add (and LayerNorm, if any) in FP32."""
         summed = self.dropout(self.dense(hidden_states)).float() + input_tensor.float()
         norm = getattr(self, "LayerNorm", None)
         return norm(summed) if norm is not None else summed
@@ -139,7 +141,9 @@ def resolve_model_dir(model: str, offline: bool) -> Path:
     try:
         # The cache is resolved here, from the environment now (huggingface_hub reads it once,
         # at import), so `fp16guard list` and loading always agree.
-        return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=offline, cache_dir=hf_hub_cache()))
+        return Path(
+            snapshot_download(model, allow_patterns=patterns, local_files_only=offline, cache_dir=hf_hub_cache())
+        )
     except Exception as exc:  # not cached, no network, unknown repository
         how = "pass a local directory with --model, or run once with network access"
         where = f"not in the Hugging Face cache ({hf_hub_cache()})"
@@ -291,7 +295,8 @@ class HfTarget(Target):
         (asked of the model only when an earlier layer is wanted)."""
         attention = (tokens != loaded.encoding.pad_id).long()
         last = loaded.num_layers
-        out = module(input_ids=tokens, attention_mask=attention, output_hidden_states=any(layer != last for layer in layers))
+        earlier = any(layer != last for layer in layers)
+        out = module(input_ids=tokens, attention_mask=attention, output_hidden_states=earlier)
         return {layer: out.last_hidden_state if layer == last else out.hidden_states[layer] for layer in layers}
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
@@ -433,8 +438,8 @@ def check_token_ids(ids, rows: int, tokenizer, where) -> None:
     if largest >= rows:
         token = tokenizer.convert_ids_to_tokens(largest)
         raise ModelLoadError(
-            f"{where}: the tokenizer gives token id {largest} ({token!r}) but the model's embedding table has {rows} rows: "
-            "the tokenizer files do not belong to these weights"
+            f"{where}: the tokenizer gives token id {largest} ({token!r}) but the model's embedding table has {rows} "
+            "rows: the tokenizer files do not belong to these weights"
         )
 
 
@@ -487,9 +492,9 @@ def _checkpoint_notes(model_dir: Path, config, weight_files: Sequence[Path]) -> 
     stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").removeprefix("torch.")
     if stored in ("float16", "bfloat16"):  # ProtT5's half-precision encoder release, for one
         notes.append(
-            f"{model_dir.name}: the checkpoint stores its weights in {stored}; the FP32 reference computes in FP32 from "
-            "those weights, so the comparison measures reduced-precision compute, not the rounding of the weights, "
-            "which both sides share"
+            f"{model_dir.name}: the checkpoint stores its weights in {stored}; the FP32 reference computes in FP32 "
+            "from those weights, so the comparison measures reduced-precision compute, not the rounding of the "
+            "weights, which both sides share"
         )
     return notes
 

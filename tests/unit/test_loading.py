@@ -6,8 +6,8 @@ import hashlib
 import torch
 from torch import nn
 
-from fp16guard.models import get_target
 from fp16guard.core.config import ModelSource
+from fp16guard.models import get_target
 from fp16guard.models.loading import skipped_init
 from fp16guard.testing import build_model, save_checkpoint
 
