@@ -308,15 +308,9 @@ class Fp32ResidualLayer(_LayerForward):
 
 @dataclass(frozen=True)
 class EsmEncoding(Encoding):
-    """fair-esm's tokenizer state: its Alphabet, and each byte's token id looked up through it."""
+    """fair-esm's tokenizer state: its Alphabet (``pad_id`` is the alphabet's padding index)."""
 
     alphabet: Any  # esm.data.Alphabet
-    id_table: torch.Tensor  # [256]: the token id of every byte (see _id_table)
-
-    @classmethod
-    def of(cls, alphabet) -> EsmEncoding:
-        """The encoding of fair-esm's ``alphabet``."""
-        return cls(pad_id=alphabet.padding_idx, alphabet=alphabet, id_table=_id_table(alphabet))
 
 
 class Esm2Target(Target):
@@ -372,7 +366,7 @@ class Esm2Target(Target):
             weights_sha256=digest.result(),
             alphabet=ALPHABET,
             max_length=MAX_RESIDUES,
-            encoding=EsmEncoding.of(alphabet),
+            encoding=EsmEncoding(pad_id=alphabet.padding_idx, alphabet=alphabet),
         )
 
     @staticmethod
@@ -404,8 +398,8 @@ class Esm2Target(Target):
         sequence at a time: the converter splits text character by character in Python, which
         took longer than an FP16 pass for a few thousand sequences. The input is validated
         upper-case residues, so no special-token syntax needs parsing."""
-        encoding: EsmEncoding = loaded.encoding
-        alphabet, table = encoding.alphabet, encoding.id_table
+        alphabet = loaded.encoding.alphabet
+        table = _id_table(alphabet)
         width = max(len(s) for s in sequences) + 2
         tokens = torch.full((len(sequences), width), alphabet.padding_idx, dtype=torch.int64)
         mask = torch.zeros(tokens.shape, dtype=torch.bool)
