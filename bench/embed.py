@@ -105,7 +105,7 @@ def bare_fp16(weights: Path, texts: list[str], device: torch.device, max_tokens:
     """fair-esm .half() over length-sorted batches, mean pooling over residues, to the host."""
     loaded = TARGET.load(ModelSource(weights=weights))
     model = loaded.module.half().to(device).eval()
-    alphabet = loaded.extra["alphabet"]
+    alphabet = loaded.encoding.alphabet
     converter = alphabet.get_batch_converter()
     layer = loaded.num_layers
     plans = make_batches([len(t) for t in texts], max_tokens, 2)
@@ -131,7 +131,7 @@ def fp32_extract(weights: Path, texts: list[str], device: torch.device, toks_per
     (fair-esm's FastaBatchedDataset sorts by length), one .pt file per sequence."""
     loaded = TARGET.load(ModelSource(weights=weights))
     model = loaded.module.to(device).eval()
-    alphabet = loaded.extra["alphabet"]
+    alphabet = loaded.encoding.alphabet
     converter = alphabet.get_batch_converter()
     layer = loaded.num_layers
     plans = make_batches([len(t) for t in texts], toks_per_batch, 2)

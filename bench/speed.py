@@ -231,7 +231,7 @@ def fixed_batch(spec: Arch, target, loaded: LoadedModel, rows: int, length: int,
         return batch
     # DNABERT's byte-pair tokens cover a varying number of bases, so draw token ids directly:
     # [CLS], random non-special tokens, [SEP]; mean pooling covers every position.
-    tokenizer = loaded.extra["tokenizer"]
+    tokenizer = loaded.encoding.tokenizer
     special = set(tokenizer.all_special_ids)
     vocabulary = [i for i in range(len(tokenizer)) if i not in special]
     ids = [[tokenizer.cls_token_id, *rng.choices(vocabulary, k=length - 2), tokenizer.sep_token_id] for _ in range(rows)]
@@ -289,7 +289,7 @@ def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy
     loaded = target.load(source)
     record["load_seconds"] = time.perf_counter() - start
     layer = loaded.num_layers
-    pad_id = loaded.extra["alphabet"].padding_idx if spec.family == "esm2" else loaded.extra["pad_id"]
+    pad_id = loaded.encoding.pad_id
     record["parameters"] = loaded.num_parameters
     record["block_parameters"] = block_parameters(target, loaded)
     log(f"{name}: loaded by fp16guard in {record['load_seconds']:.1f} s ({record['parameters']:,} parameters)")

@@ -241,27 +241,12 @@ def write_dnabert(
     adds); ``plant="mlp"``: a gated-MLP unit whose pre-activation overflows FP16 (unfixable).
     ``with_n=False``: the tokenizer is trained on clean A/C/G/T, so its vocabulary has no N (it
     reads N as its unknown token)."""
-    from tokenizers import Tokenizer, models, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
 
     directory.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
-    letters = "ACGTN" if with_n else "ACGT"
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list(letters))
-    bpe.train_from_iterator(synthetic_dna(corpus, 300, seed, with_n), trainer)
-    cls_id, sep_id = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
-    bpe.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]"
-    )
-    tokenizer.save_pretrained(directory)
-
+    vocabulary = _dnabert_tokenizer(directory, vocab_size, seed, corpus, with_n)
     config = DnaBertConfig(
-        vocab_size=bpe.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        vocab_size=vocabulary, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate,
     )
     torch.manual_seed(seed)
@@ -269,23 +254,60 @@ def write_dnabert(
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             torch.nn.init.normal_(module.weight, std=0.02)
-    with torch.no_grad():
-        if plant == "residual":
-            block = model.encoder.layer[0]
-            block.attention.output.LayerNorm.bias[3] = 30000.0
-            block.mlp.gated_layers.weight[:, 3] = 0.0  # the gated product would square it
-            block.mlp.wo.bias[3] = 40000.0
-        elif plant == "mlp":
-            block = model.encoder.layer[0]
-            block.attention.output.LayerNorm.bias.fill_(1.0)
-            block.mlp.gated_layers.weight[5].fill_(2500.0)
-        elif plant is not None:
-            raise ValueError(plant)
+    _plant_dnabert(model, plant)
     state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
     state["cls.predictions.transform.dense.weight"] = torch.zeros(hidden, hidden)
     state["cls.predictions.decoder.bias"] = torch.zeros(config.vocab_size)
     torch.save(state, directory / "pytorch_model.bin")
-    settings = {
+    (directory / "config.json").write_text(json.dumps(_dnabert_settings(config), indent=2) + "\n")
+    return directory
+
+
+def _dnabert_tokenizer(directory: Path, vocab_size: int, seed: int, corpus: int, with_n: bool) -> int:
+    """Train DNABERT's byte-pair tokenizer on synthetic DNA and save it in ``directory``; its
+    vocabulary size."""
+    from tokenizers import Tokenizer, models, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    letters = "ACGTN" if with_n else "ACGT"
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=DNABERT_SPECIALS, initial_alphabet=list(letters)
+    )
+    bpe.train_from_iterator(synthetic_dna(corpus, 300, seed, with_n), trainer)
+    cls_id, sep_id = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+        mask_token="[MASK]",
+    )
+    tokenizer.save_pretrained(directory)
+    return bpe.get_vocab_size()
+
+
+def _plant_dnabert(model, plant: str | None) -> None:
+    """Plant write_dnabert's ``plant`` failure in layer 0 of ``model``."""
+    if plant is None:
+        return
+    block = model.encoder.layer[0]
+    with torch.no_grad():
+        if plant == "residual":
+            block.attention.output.LayerNorm.bias[3] = 30000.0
+            block.mlp.gated_layers.weight[:, 3] = 0.0  # the gated product would square it
+            block.mlp.wo.bias[3] = 40000.0
+        elif plant == "mlp":
+            block.attention.output.LayerNorm.bias.fill_(1.0)
+            block.mlp.gated_layers.weight[5].fill_(2500.0)
+        else:
+            raise ValueError(plant)
+
+
+def _dnabert_settings(config) -> dict:
+    """DNABERT-S's config.json for a model of ``config``'s shape."""
+    return {
         "_name_or_path": "zhihan1996/DNABERT-S",
         "alibi_starting_size": 512,
         "architectures": ["BertModel"],
@@ -297,21 +319,19 @@ def write_dnabert(
         },
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1,
-        "hidden_size": hidden,
+        "hidden_size": config.hidden_size,
         "initializer_range": 0.02,
-        "intermediate_size": intermediate,
+        "intermediate_size": config.intermediate_size,
         "layer_norm_eps": 1e-12,
         "max_position_embeddings": 512,
         "model_type": "bert",
-        "num_attention_heads": heads,
-        "num_hidden_layers": layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
         "position_embedding_type": "absolute",
         "torch_dtype": "float32",
         "type_vocab_size": 2,
         "vocab_size": config.vocab_size,
     }
-    (directory / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
-    return directory
 
 
 # --- T5 encoders (ProtT5, Ankh layout): save_pretrained directories with a residue tokenizer ----
@@ -352,7 +372,9 @@ def _residue_tokenizer(directory: Path, spaced: bool):
     else:
         backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(directory)
     return tokenizer
 
@@ -375,7 +397,8 @@ def _sentencepiece_tokenizer(directory: Path, bare: bool = False):
     model = proto.ModelProto()
     model.trainer_spec.model_type = proto.TrainerSpec.UNIGRAM
     model.trainer_spec.vocab_size = 3 + len(PROT_T5_PIECES) * (2 if bare else 1)
-    model.trainer_spec.pad_id, model.trainer_spec.eos_id, model.trainer_spec.unk_id, model.trainer_spec.bos_id = 0, 1, 2, -1
+    trainer = model.trainer_spec
+    trainer.pad_id, trainer.eos_id, trainer.unk_id, trainer.bos_id = 0, 1, 2, -1
     model.normalizer_spec.name = "identity"
     model.normalizer_spec.add_dummy_prefix = True
     model.normalizer_spec.remove_extra_whitespaces = True
@@ -391,8 +414,8 @@ def _sentencepiece_tokenizer(directory: Path, bare: bool = False):
         entry = model.pieces.add()
         entry.piece, entry.score, entry.type = residue, -float(len(PROT_T5_PIECES) + rank + 1), kinds.NORMAL
     (directory / "spiece.model").write_bytes(model.SerializeToString())
-    settings = {"tokenizer_class": "T5Tokenizer", "do_lower_case": False, "extra_ids": 100, "model_max_length": 1000000000,
-                "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    settings = {"tokenizer_class": "T5Tokenizer", "do_lower_case": False, "extra_ids": 100,
+                "model_max_length": 1000000000, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     return AutoTokenizer.from_pretrained(directory)
 
@@ -421,7 +444,9 @@ def plant_wo_overflow(model, block: int = 1, channel: int = 3, unit: int = 5, se
         hook.remove()
         x = torch.cat(seen)
         if bool((x <= 0).any()):
-            raise RuntimeError(f"plant_wo_overflow: channel {channel} is not positive on every token before block {block}")
+            raise RuntimeError(
+                f"plant_wo_overflow: channel {channel} is not positive on every token before block {block}"
+            )
         # Pre-activations of about 20 (gated: both halves, so the product stays near 400 and far
         # below 65504 before wo).
         scale = 20.0 / float(x.median())
@@ -467,7 +492,8 @@ def write_hf_t5(
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_decoder_layers=layers,
         num_heads=heads, feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     encoder = T5EncoderModel(config).eval()

@@ -1,4 +1,5 @@
-"""The registry of model families. Each target module is imported only when it is used."""
+"""The model families, resolved from the one registry (``REGISTRY``, defined with the catalog so
+that it stays light). Each target module is imported only when it is used."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fp16guard.errors import InputError
+from fp16guard.models.catalog import REGISTRY, TargetSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -16,19 +18,13 @@ if TYPE_CHECKING:
     from fp16guard.numerics.policy import Policy
     from fp16guard.numerics.precision import AppliedPolicy
 
-#: target name -> "module:attribute" of its Target instance
-REGISTRY: dict[str, str] = {
-    "esm2": "fp16guard.models.esm2:TARGET",
-    "hf": "fp16guard.models.hf:HF",
-    "antiberty": "fp16guard.models.hf:ANTIBERTY",
-    "dnabert": "fp16guard.models.dnabert:TARGET",
-}
+__all__ = ["REGISTRY", "TargetSpec", "adapter_for", "apply_policy", "get_target"]
 
 
 def get_target(name: str) -> Target:
     """The target registered as ``name``."""
     try:
-        module_name, attribute = REGISTRY[name].split(":")
+        module_name, attribute = REGISTRY[name].location.split(":")
     except KeyError:
         raise InputError(f"unknown target {name!r}; known: {', '.join(REGISTRY)}") from None
     return getattr(import_module(module_name), attribute)
@@ -38,10 +34,11 @@ def adapter_for(model: nn.Module) -> Callable[[nn.Module, Policy], AppliedPolicy
     """The policy converter for ``model``: its target's, or the generic one."""
     from fp16guard.numerics.precision import apply_generic
 
-    for name in ("esm2", "dnabert", "hf"):
-        target = get_target(name)
-        if target.adapts(model):
-            return target.apply_policy
+    for spec in REGISTRY.values():
+        if spec.converts_user_models:
+            target = get_target(spec.name)
+            if target.adapts(model):
+                return target.apply_policy
     return apply_generic
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from torch import nn
 from fp16guard.core.config import ModelSource
 from fp16guard.errors import UnsupportedPolicyError
 from fp16guard.models.batch import PackedBatch
+from fp16guard.models.catalog import TargetSpec
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import AppliedPolicy
 
@@ -27,6 +27,14 @@ def no_class_fp32_note(module: nn.Module, policy: Policy) -> str | None:
             f"and is the same as {same} for this model")
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How a loaded model's family turns sequences into token ids; each family extends it with
+    its own tokenizer state (EsmEncoding, HfEncoding)."""
+
+    pad_id: int  # the token id of padding, which the model's attention leaves out
+
+
 @dataclass
 class LoadedModel:
     """FP32 weights loaded once on the host; every attempt builds its own copy from them."""
@@ -39,7 +47,8 @@ class LoadedModel:
     weights_sha256: str
     alphabet: str  # upper-case letters the tokenizer knows as residues
     max_length: int | None  # longest input in tokens, special tokens excluded; None: no limit
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The family's tokenizer state, as its ``load`` made it (the family's own Encoding subclass).
+    encoding: Encoding
     #: Warnings about the checkpoint for the user and the report (such as an ignored decoder).
     notes: tuple[str, ...] = ()
     #: The model class's ``_keep_in_fp32_modules`` (transformers), which fp16+keep32 keeps in FP32.
@@ -49,6 +58,7 @@ class LoadedModel:
 
     @property
     def num_parameters(self) -> int:
+        """Parameters of the module, each shared tensor counted once."""
         seen: set[int] = set()
         total = 0
         for p in self.module.parameters():
@@ -63,12 +73,10 @@ class Target(ABC):
 
     A family implements the abstract methods; the capabilities below default to "not
     supported", so the workflows ask a target what it can do instead of probing for methods.
+    Its name, description and bundled reference set are its registry entry's (``spec``).
     """
 
-    name: str
-    description: str
     input_alphabet: str  # letters accepted when reading FASTA, before the tokenizer is known
-    default_sequences: str  # bundled reference set
     special_tokens_per_row: int  # for batch planning
     #: Letters read as N before tokenising (IUPAC ambiguity codes in DNA); "" for none.
     ambiguity_codes: str = ""
@@ -76,6 +84,24 @@ class Target(ABC):
     supports_packing: bool = False
     #: Whether a model built under a packed policy can be compiled (``compile_packed``).
     supports_compile: bool = False
+
+    def __init__(self, spec: TargetSpec):
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        """The registered name (``validate NAME``, the report's target)."""
+        return self.spec.name
+
+    @property
+    def description(self) -> str:
+        """One line on the family, as the registry gives it."""
+        return self.spec.description
+
+    @property
+    def default_sequences(self) -> str:
+        """The bundled reference set that validate reads without ``--sequences``."""
+        return self.spec.default_sequences
 
     @abstractmethod
     def load(self, source: ModelSource) -> LoadedModel:

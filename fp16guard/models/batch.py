@@ -54,7 +54,8 @@ class TokenBatch:
         """Hidden states of the packed layout [N, D] laid out as this batch's rows [B, T, D]
         (zeros at padding), for comparisons with a padded reference."""
         out = flat.new_zeros(*self.tokens.shape, flat.shape[-1])
-        real = torch.arange(self.tokens.shape[1], device=flat.device)[None, :] < torch.tensor(self.row_lengths, device=flat.device)[:, None]
+        lengths = torch.tensor(self.row_lengths, device=flat.device)
+        real = torch.arange(self.tokens.shape[1], device=flat.device)[None, :] < lengths[:, None]
         out[real] = flat
         return out
 
@@ -79,6 +80,7 @@ class PackedBatch:
 
     @property
     def sequences(self) -> int:
+        """How many sequences the pack holds."""
         return len(self.offsets) - 1
 
     def to(self, device: torch.device) -> PackedBatch:

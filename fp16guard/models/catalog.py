@@ -1,6 +1,8 @@
-"""Known models and where they live on disk. Light: no torch, no transformers, nothing downloaded.
+"""The registered targets, the models known to them, and where those live on disk. Light: no
+torch, no transformers, nothing downloaded.
 
-``fp16guard list`` reads this; the targets resolve their paths through it, so the two agree.
+``fp16guard list`` and the CLI read this; the targets take their names and resolve their paths
+through it, so they all agree.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ ESM2_CHECKPOINTS: dict[str, tuple[int, int, int]] = {
     "esm2_t36_3B_UR50D": (36, 2560, 40),
     "esm2_t48_15B_UR50D": (48, 5120, 40),
 }
+ESM2_DEFAULT = "esm2_t33_650M_UR50D"  # the default of validate esm2
 
 
 #: DNABERT checkpoints on the Hugging Face hub that ``validate dnabert`` runs natively; the first
@@ -109,6 +112,7 @@ class Preset:
         return Path(list(spec.submodule_search_locations)[0])
 
     def available(self) -> bool:
+        """Whether the package and its model's config.json are installed."""
         root = self.package_dir()
         return root is not None and (root / self.model_dir / "config.json").is_file()
 
@@ -138,25 +142,64 @@ class CatalogEntry:
     where: str
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """One registered model family, known without importing it (no torch): its Target instance
+    is imported on first use, from ``location``."""
+
+    name: str  # `fp16guard validate NAME`, `fp16guard embed NAME`, the report's target
+    description: str
+    location: str  # "module:attribute" of its Target instance
+    default_sequences: str  # the bundled reference set validate reads without --sequences
+    default_model: str | None = None  # what --model defaults to; None: the user names one, or a preset pins it
+    preset: Preset | None = None  # the packaged model the target is pinned to
+
+    @property
+    def converts_user_models(self) -> bool:
+        """Whether ``apply_policy`` offers this target's converter for a user's model (a preset
+        converts as the family it is an instance of)."""
+        return self.preset is None
+
+
+ESM2_SPEC = TargetSpec(
+    "esm2", "ESM-2 protein models through fair-esm (named checkpoints or a local .pt)", "fp16guard.models.esm2:TARGET",
+    "protein_reference.fasta", default_model=ESM2_DEFAULT,
+)
+HF_SPEC = TargetSpec(
+    "hf", "any Hugging Face encoder (AutoModel) from a local directory or the hub cache", "fp16guard.models.hf:HF",
+    "protein_reference.fasta",
+)
+ANTIBERTY_SPEC = TargetSpec(
+    "antiberty", PRESETS["antiberty"].description, "fp16guard.models.hf:ANTIBERTY",
+    PRESETS["antiberty"].default_sequences, preset=PRESETS["antiberty"],
+)
+DNABERT_SPEC = TargetSpec(
+    "dnabert", "DNABERT-2 / DNABERT-S, native implementation (no remote code)", "fp16guard.models.dnabert:TARGET",
+    "dna_reference.fasta", default_model=DNABERT_DEFAULT,
+)
+#: Every target by name, in the order messages list them.
+REGISTRY: dict[str, TargetSpec] = {spec.name: spec for spec in (ESM2_SPEC, HF_SPEC, ANTIBERTY_SPEC, DNABERT_SPEC)}
+
+
 def catalog() -> list[CatalogEntry]:
     """Every known model with whether it is on this machine; checks paths only."""
     rows = []
     for name, (layers, dim, heads) in ESM2_CHECKPOINTS.items():
         path = esm2_checkpoint_path(name)
-        rows.append(
-            CatalogEntry("esm2", name, f"{layers} layers, {dim} dims, {heads} heads", path.is_file(), str(path))
-        )
-    for preset in PRESETS.values():
-        root = preset.package_dir()
-        where = str(root / preset.model_dir) if root else f"pip install '{preset.requirement.split()[0]}'"
-        rows.append(CatalogEntry(preset.name, preset.name, preset.description, preset.available(), where))
+        shape = f"{layers} layers, {dim} dims, {heads} heads"
+        rows.append(CatalogEntry(ESM2_SPEC.name, name, shape, path.is_file(), str(path)))
+    for spec in REGISTRY.values():
+        if (preset := spec.preset) is not None:
+            root = preset.package_dir()
+            where = str(root / preset.model_dir) if root else f"pip install '{preset.requirement.split()[0]}'"
+            rows.append(CatalogEntry(spec.name, preset.name, preset.description, preset.available(), where))
     for model_id, description in DNABERT_MODELS.items():
         snapshot = hf_cached_snapshot(model_id)
         where = str(snapshot) if snapshot else f"downloaded on first use into {hf_hub_cache()}"
-        rows.append(CatalogEntry("dnabert", model_id, description, snapshot is not None, where))
+        rows.append(CatalogEntry(DNABERT_SPEC.name, model_id, description, snapshot is not None, where))
     for model_id in hf_cached_models():
         if model_id not in DNABERT_MODELS:
             family = hf_family(model_id)
             description = f"{family}; in the Hugging Face cache" if family else "in the Hugging Face cache"
-            rows.append(CatalogEntry("hf", model_id, description, True, str(hf_hub_cache())))
+            rows.append(CatalogEntry(HF_SPEC.name, model_id, description, True, str(hf_hub_cache())))
     return rows

@@ -23,8 +23,8 @@ from fp16guard.core.config import ModelSource
 from fp16guard.errors import ModelLoadError, UnsupportedPolicyError
 from fp16guard.models.base import LoadedModel, no_class_fp32_note
 from fp16guard.models.batch import PackedBatch
-from fp16guard.models.catalog import DNABERT_DEFAULT
-from fp16guard.models.hf import HfTarget, quiet_transformers, resolve_model_dir
+from fp16guard.models.catalog import DNABERT_SPEC
+from fp16guard.models.hf import HF, HfEncoding, HfTarget, quiet_transformers, read_tokenizer, resolve_model_dir
 from fp16guard.models.loading import hash_in_background, load_failure
 from fp16guard.models.varlen import packed_attention, require_packing
 from fp16guard.numerics.policy import Policy
@@ -37,7 +37,6 @@ from fp16guard.numerics.precision import (
     part_islands,
 )
 
-DEFAULT_MODEL = DNABERT_DEFAULT  # zhihan1996/DNABERT-S
 IUPAC_AMBIGUITY = "RYSWKMBDHV"
 PADDING_BIAS = -10000.0  # what MosaicBERT adds for padded keys (not -inf)
 IGNORED_PREFIXES = ("cls.", "pooler.")  # masked-LM heads and the pooler: not part of embeddings
@@ -72,6 +71,7 @@ class DnaBertConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> DnaBertConfig:
+        """The config of a config.json's fields (others ignored, missing ones defaulted)."""
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -85,6 +85,7 @@ class DnaBertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, T, D] of token ids [B, T] (token type 0 throughout)."""
         token_types = torch.zeros_like(input_ids)
         return self.LayerNorm(self.word_embeddings(input_ids) + self.token_type_embeddings(token_types))
 
@@ -109,6 +110,7 @@ class DnaBertSelfAttention(nn.Module):
         self.fp32_scores = False
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | PackedBatch) -> torch.Tensor:
+        """Attention output [B, T, D]; ``bias`` the additive bias [B or 1, H, T, T], or a pack."""
         if isinstance(bias, PackedBatch):
             return self._packed(hidden, bias)
         batch, length, width = hidden.shape
@@ -140,17 +142,20 @@ class DnaBertSelfOutput(nn.Module):
         self.fp32_residual = False
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(dense(hidden) + residual)."""
         out = self.dense(hidden)
         return self.LayerNorm(out.float() + residual.float() if self.fp32_residual else out + residual)
 
 
 class DnaBertAttention(nn.Module):
+    """Self-attention and its output projection with the post-LN residual."""
     def __init__(self, config: DnaBertConfig):
         super().__init__()
         self.self = DnaBertSelfAttention(config)
         self.output = DnaBertSelfOutput(config)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The attention block's output for ``hidden`` under ``bias``."""
         return self.output(self.self(hidden, bias), hidden)
 
 
@@ -167,6 +172,7 @@ class DnaBertGatedMlp(nn.Module):
         self.fp32_residual = False
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(wo(GELU(gate) * linear) + hidden)."""
         projected = self.gated_layers(hidden)
         gated, linear = projected[..., : self.intermediate], projected[..., self.intermediate :]
         out = self.wo(F.gelu(gated) * linear)
@@ -174,16 +180,19 @@ class DnaBertGatedMlp(nn.Module):
 
 
 class DnaBertLayer(nn.Module):
+    """One encoder layer: attention, then the gated MLP."""
     def __init__(self, config: DnaBertConfig):
         super().__init__()
         self.attention = DnaBertAttention(config)
         self.mlp = DnaBertGatedMlp(config)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The layer's output for ``hidden`` under ``bias``."""
         return self.mlp(self.attention(hidden, bias))
 
 
 class DnaBertEncoder(nn.Module):
+    """The stack of layers and their ALiBi slopes."""
     def __init__(self, config: DnaBertConfig):
         super().__init__()
         self.layer = nn.ModuleList(DnaBertLayer(config) for _ in range(config.num_hidden_layers))
@@ -212,6 +221,7 @@ class DnaBertEncoder(nn.Module):
         return bias
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden states after the embeddings and after every layer."""
         bias = self.attention_bias(attention_mask)
         # The bias in each block's compute dtype, cast once per forward rather than per block.
         # Blocks that compute scores in FP32 (fp32_scores, or an FP32 block) get the FP32 bias.
@@ -244,6 +254,7 @@ class DnaBertModel(nn.Module):
         self.encoder = DnaBertEncoder(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden states of every layer, 0 being the embeddings; padding where ``attention_mask`` is 0."""
         return self.encoder(self.embeddings(input_ids), attention_mask)
 
 
@@ -275,66 +286,65 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], list[Path
     return cleaned, safetensors or bins
 
 
+def native_encoder(config: DnaBertConfig, state: dict[str, torch.Tensor], model_dir: Path) -> DnaBertModel:
+    """The native encoder holding ``state`` in FP32, built without initialising it first;
+    ModelLoadError when the weights do not fit it."""
+    with torch.device("meta"):
+        module = DnaBertModel(config)
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else ""]
+        raise ModelLoadError(f"{model_dir}: weights do not fit the DNABERT encoder: {'; '.join(p for p in parts if p)}")
+    module.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+    return module
+
+
 class DnabertTarget(HfTarget):
     """DNABERT-2/DNABERT-S: the native encoder with the checkpoint's own tokenizer."""
 
     input_alphabet = "ACGTN" + IUPAC_AMBIGUITY
     ambiguity_codes = IUPAC_AMBIGUITY
+    supports_packing = True
     unknown_letters = "N"  # what a byte-pair vocabulary trained on clean A/C/G/T may lack
-
-    def __init__(self) -> None:
-        super().__init__("dnabert", "DNABERT-2 / DNABERT-S, native implementation (no remote code)")
-        self.default_sequences = "dna_reference.fasta"
 
     def load(self, source: ModelSource) -> LoadedModel:
         """Read config.json, the weights and the tokenizer; build the native encoder in FP32."""
         if source.trust_remote_code:
-            from fp16guard.models import get_target
-
             # Only on request: the checkpoint's own code, through transformers' AutoModel.
-            return get_target("hf").load(source)
-        from transformers import AutoTokenizer
-
-        model_dir = resolve_model_dir(source.model or DEFAULT_MODEL, source.offline)
+            return HF.load(source)
+        name = source.model or self.spec.default_model
+        model_dir = resolve_model_dir(name, source.offline)
         try:
             config = DnaBertConfig.from_json(json.loads((model_dir / "config.json").read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{model_dir}: cannot read config.json ({exc})") from None
         state, weight_files = read_state_dict(model_dir)
         digest = hash_in_background(weight_files)
-        with torch.device("meta"):
-            module = DnaBertModel(config)
-        expected = set(module.state_dict())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            parts = [f"missing {', '.join(missing[:5])}" if missing else "", f"unexpected {', '.join(unexpected[:5])}" if unexpected else ""]
-            raise ModelLoadError(f"{model_dir}: weights do not fit the DNABERT encoder: {'; '.join(p for p in parts if p)}")
-        module.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
-        try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-        except Exception as exc:
-            raise ModelLoadError(f"{model_dir}: cannot load its tokenizer ({str(exc).splitlines()[0][:200]})") from None
+        module = native_encoder(config, state, model_dir)
+        with quiet_transformers():
+            tokenizer = read_tokenizer(model_dir, trust_remote_code=False)
         if tokenizer.pad_token_id is None:
             raise ModelLoadError(f"{model_dir}: the tokenizer has no padding token")
         vocab_letters = "".join(sorted(t for t in tokenizer.get_vocab() if len(t) == 1 and t.isalpha() and t.isupper()))
         return LoadedModel(
             target=self.name,
-            name=source.model or DEFAULT_MODEL,
+            name=name,
             source=str(model_dir),
             module=module.eval(),
             num_layers=config.num_hidden_layers,
             weights_sha256=digest.result(),
             alphabet=vocab_letters or "ACGTN",
             max_length=None,  # ALiBi: no position limit, memory is the limit
-            extra={"tokenizer": tokenizer, "separator": "", "pooling": source.pooling, "pad_id": tokenizer.pad_token_id},
+            encoding=HfEncoding(tokenizer.pad_token_id, tokenizer, separator="", pooling=source.pooling),
         )
 
     def read_as_unknown(self, loaded: LoadedModel) -> str:
         """Those of ``unknown_letters`` outside the vocabulary that the checkpoint's own tokenizer
         reads as its unknown token (as it does when the model is used outside fp16guard)."""
-        tokenizer = loaded.extra.get("tokenizer")
+        tokenizer = loaded.encoding.tokenizer
         unk = getattr(tokenizer, "unk_token_id", None)
         if unk is None:
             return ""
@@ -345,12 +355,11 @@ class DnabertTarget(HfTarget):
 
     def hidden_states(self, loaded: LoadedModel, module: nn.Module, tokens: torch.Tensor,
                       layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Every layer's output of the native model, from one forward pass; the remote-code model as HF runs it."""
         if not isinstance(module, DnaBertModel):  # the remote-code model, on request
             return super().hidden_states(loaded, module, tokens, layers)
-        states = module(tokens, (tokens != loaded.extra["pad_id"]).long())
+        states = module(tokens, (tokens != loaded.encoding.pad_id).long())
         return {layer: states[layer] for layer in layers}
-
-    supports_packing = True
 
     def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
                              layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -368,14 +377,14 @@ class DnabertTarget(HfTarget):
         return {layer: out[layer] for layer in layers}
 
     def adapts(self, module: nn.Module) -> bool:
+        """Whether ``module`` is fp16guard's native DNABERT."""
         return isinstance(module, DnaBertModel)
 
-    @staticmethod
-    def block_parts(block: nn.Module) -> dict:
+    def block_parts(self, block: nn.Module) -> dict:
         """The native layer's attention and gated MLP; a transformers layer as HF reads it."""
         if isinstance(block, DnaBertLayer):
             return {"attention": block.attention.self, "mlp": (block.mlp.gated_layers, block.mlp.wo)}
-        return HfTarget.block_parts(block)
+        return super().block_parts(block)
 
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
         """Layer norms as FP32 islands; the ALiBi-plus-mask bias and softmax in FP32; each
@@ -399,18 +408,20 @@ class DnabertTarget(HfTarget):
                 sub.fp32_scores = policy.fp32_positional and not policy.fast_attention
                 if sub.fp32_scores:
                     islands.append(f"{name} (ALiBi bias and softmax)")
+        dtype = policy.torch_dtype
         if policy.fp32_layer_norms:
-            islands += layer_norm_islands(module, policy.torch_dtype)
-        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, policy.torch_dtype)
-        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, policy.torch_dtype, self.block_parts)
+            islands += layer_norm_islands(module, dtype)
+        names, blocks = block_islands(module, self.blocks(module), policy.fp32_blocks, dtype)
+        part_names, parts = part_islands(module, self.blocks(module), policy.fp32_parts, dtype, self.block_parts)
         islands += names + part_names
-        cast_except(module, policy.torch_dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
+        cast_except(module, dtype, [m for m in module.modules() if isinstance(m, Fp32LayerNorm)] + blocks + parts)
         note = "the ALiBi bias is built in FP32, then cast to the compute dtype unless fp32_positional"
         if policy.layout == "packed":
-            note = "packed layout: ALiBi within each sequence computed in FP32 inside the flash kernel from the slopes (no bias table)"
+            note = ("packed layout: ALiBi within each sequence computed in FP32 inside the flash kernel from the "
+                    "slopes (no bias table)")
         elif policy.fast_attention:
             note = "fused attention: the ALiBi bias is built in FP32 and cast once to the compute dtype for the kernel"
         return AppliedPolicy(policy, tuple(islands), (note, *filter(None, [no_class_fp32_note(module, policy)])))
 
 
-TARGET = DnabertTarget()
+TARGET = DnabertTarget(DNABERT_SPEC)

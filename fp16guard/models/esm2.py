@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +15,10 @@ from torch import nn
 
 from fp16guard.core.config import ModelSource
 from fp16guard.errors import InputError, ModelLoadError, UnsupportedPolicyError
-from fp16guard.models.base import LoadedModel, Target, no_class_fp32_note
+from fp16guard.models.base import Encoding, LoadedModel, Target, no_class_fp32_note
 from fp16guard.models.batch import PackedBatch
 from fp16guard.models.catalog import ESM2_CHECKPOINTS as CHECKPOINTS
-from fp16guard.models.catalog import esm2_checkpoint_path
+from fp16guard.models.catalog import ESM2_SPEC, esm2_checkpoint_path
 from fp16guard.models.loading import hash_in_background, load_failure, skipped_init
 from fp16guard.models.varlen import packed_attention, require_packing, rotate_half
 from fp16guard.numerics.policy import Policy
@@ -30,7 +32,6 @@ from fp16guard.numerics.precision import (
     replace_module,
 )
 
-DEFAULT_CHECKPOINT = "esm2_t33_650M_UR50D"
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 MAX_RESIDUES = 1022  # 1024 positions including BOS and EOS
 DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
@@ -88,6 +89,7 @@ class Fp32Rotary(nn.Module):
         return cache[3], cache[4]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated by their positions, with FP32-computed tables."""
         from esm.rotary_embedding import apply_rotary_pos_emb
 
         cos, sin = self._tables(k)
@@ -168,10 +170,12 @@ class PackState:
         self._tables: dict = {}
 
     def start(self, batch: PackedBatch) -> None:
+        """Begin a forward pass over ``batch``."""
         self.batch, self._tables = batch, {}
         self.max_seqlen = max(batch.max_seqlen, self.compiled_max_seqlen or 0)
 
     def finish(self) -> None:
+        """End the forward pass: the pack and its tables are dropped."""
         self.batch, self._tables = None, {}
 
     def rotary_tables(self, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +195,9 @@ class PackState:
         return self._tables[key]
 
 
-def _rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [N, 1, head_dim] at ``positions``, computed in ``inv_freq``'s dtype and cast to ``dtype``."""
     angles = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
     angles = torch.cat((angles, angles), dim=-1)[:, None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -213,9 +219,12 @@ class PackedAttention(SdpaAttention):
 
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None,
                 need_head_weights=False, **unused):
+        """fair-esm's attention interface; [N, 1, D] in and out while a pack runs."""
         packed = self.state.batch
         if packed is None:
-            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, need_head_weights, **unused)
+            return super().forward(
+                query, key, value, key_padding_mask, need_weights, attn_mask, need_head_weights, **unused
+            )
         if need_head_weights or attn_mask is not None or key_padding_mask is not None:
             raise UnsupportedPolicyError("the packed layout computes no attention maps and takes no masks")
         tokens = query.shape[0]
@@ -260,6 +269,7 @@ class FusedGeluLayer(_LayerForward):
     """
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        """fair-esm's TransformerLayer.forward, with one GELU kernel."""
         h, attn = self.self_attn(
             query=(h := self.self_attn_layer_norm(x)), key=h, value=h, key_padding_mask=self_attn_padding_mask,
             need_weights=True, need_head_weights=need_head_weights, attn_mask=self_attn_mask,
@@ -277,6 +287,7 @@ class Fp32ResidualLayer(_LayerForward):
     """
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        """fair-esm's TransformerLayer.forward with an FP32 residual stream."""
         from esm.modules import gelu
 
         residual = x.float()
@@ -295,14 +306,20 @@ class Fp32ResidualLayer(_LayerForward):
         return residual + h.float(), attn
 
 
+@dataclass(frozen=True)
+class EsmEncoding(Encoding):
+    """fair-esm's tokenizer state: its Alphabet (``pad_id`` is the alphabet's padding index)."""
+
+    alphabet: Any  # esm.data.Alphabet
+
+
 class Esm2Target(Target):
     """ESM-2 models as fair-esm builds them."""
 
-    name = "esm2"
-    description = "ESM-2 protein models through fair-esm (named checkpoints or a local .pt)"
     input_alphabet = ALPHABET
-    default_sequences = "protein_reference.fasta"
     special_tokens_per_row = 2
+    supports_packing = True
+    supports_compile = True
 
     def load(self, source: ModelSource) -> LoadedModel:
         """Load FP32 weights from ``source.weights`` (a local .pt) or a named checkpoint."""
@@ -315,7 +332,7 @@ class Esm2Target(Target):
                 raise ModelLoadError(f"--weights {path}: no such file")
             name = path.stem
         else:
-            name = model or DEFAULT_CHECKPOINT
+            name = model or self.spec.default_model
             if name not in CHECKPOINTS:
                 raise InputError(
                     f"unknown ESM-2 checkpoint {name!r}; known: {', '.join(CHECKPOINTS)} "
@@ -349,7 +366,7 @@ class Esm2Target(Target):
             weights_sha256=digest.result(),
             alphabet=ALPHABET,
             max_length=MAX_RESIDUES,
-            extra={"alphabet": alphabet},
+            encoding=EsmEncoding(pad_id=alphabet.padding_idx, alphabet=alphabet),
         )
 
     @staticmethod
@@ -371,6 +388,7 @@ class Esm2Target(Target):
         return [len(s) for s in sequences]
 
     def truncate(self, loaded: LoadedModel, sequence: str, limit: int) -> str:
+        """The first ``limit`` residues (one token each)."""
         return sequence[:limit]
 
     def tokenize(self, loaded: LoadedModel, sequences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -380,7 +398,7 @@ class Esm2Target(Target):
         sequence at a time: the converter splits text character by character in Python, which
         took longer than an FP16 pass for a few thousand sequences. The input is validated
         upper-case residues, so no special-token syntax needs parsing."""
-        alphabet = loaded.extra["alphabet"]
+        alphabet = loaded.encoding.alphabet
         table = _id_table(alphabet)
         width = max(len(s) for s in sequences) + 2
         tokens = torch.full((len(sequences), width), alphabet.padding_idx, dtype=torch.int64)
@@ -399,9 +417,6 @@ class Esm2Target(Target):
         representations = module(tokens, repr_layers=list(layers))["representations"]
         return {layer: representations[layer] for layer in layers}
 
-    supports_packing = True
-    supports_compile = True
-
     def packed_hidden_states(self, loaded: LoadedModel, module: nn.Module, packed: PackedBatch,
                              layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Representation [N, D] of each of ``layers`` for a packed batch, computed as fair-esm's
@@ -419,7 +434,8 @@ class Esm2Target(Target):
             is_mask = packed.tokens == module.mask_idx
             x = x.masked_fill(is_mask[:, None], 0.0)
             lengths = torch.diff(packed.cu_seqlens).to(x.dtype)
-            masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device).index_add_(0, packed.segments, is_mask.to(x.dtype))
+            masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device)
+            masked.index_add_(0, packed.segments, is_mask.to(x.dtype))
             observed = (masked / lengths)[packed.segments]
             x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None]
         out = {0: x} if 0 in layers else {}
@@ -459,18 +475,19 @@ class Esm2Target(Target):
             block.compile()
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
+        """fair-esm's transformer layers."""
         return list(module.layers)
 
-    @staticmethod
-    def block_orientation(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.transpose(0, 1)  # fair-esm blocks work on [T, B, D]
+    def block_orientation(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, B, D], as fair-esm's blocks work, turned to [B, T, D]."""
+        return hidden.transpose(0, 1)
 
-    @staticmethod
-    def block_parts(block: nn.Module) -> dict:
+    def block_parts(self, block: nn.Module) -> dict:
         """The attention (with its rotary tables) and the MLP's two linears of one layer."""
         return {"attention": block.self_attn, "mlp": (block.fc1, block.fc2)}
 
     def adapts(self, module: nn.Module) -> bool:
+        """Whether ``module`` is fair-esm's ESM2."""
         return type(module).__name__ == "ESM2" and type(module).__module__.startswith("esm.")
 
     def apply_policy(self, module: nn.Module, policy: Policy) -> AppliedPolicy:
@@ -500,7 +517,8 @@ class Esm2Target(Target):
             for name, sub in list(module.named_modules()):
                 if name.endswith("self_attn") and not isinstance(sub, SdpaAttention):
                     replace_module(module, name, SdpaAttention(sub))
-            softmax = "attention through scaled_dot_product_attention (fused kernels accumulate the softmax in FP32); no attention maps"
+            softmax = ("attention through scaled_dot_product_attention (fused kernels accumulate the softmax in FP32); "
+                       "no attention maps")
         if policy.is_full_precision:
             module.float()
             return AppliedPolicy(policy, notes=(softmax,))
@@ -540,4 +558,4 @@ def _rotary_modules(module: nn.Module) -> list[nn.Module]:
     return [m for name, m in module.named_modules() if name.endswith("rot_emb")]
 
 
-TARGET = Esm2Target()
+TARGET = Esm2Target(ESM2_SPEC)

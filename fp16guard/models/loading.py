@@ -57,7 +57,8 @@ def files_sha256(paths: Sequence[Path], chunk: int = 1 << 24) -> str:
 _UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|allowlist|arbitrary code|still be loaded|trust", re.IGNORECASE)
 
 
-def load_failure(path: Path, exc: BaseException, failed: str = "cannot read as a PyTorch checkpoint", limit: int = 200) -> str:
+def load_failure(path: Path, exc: BaseException, failed: str = "cannot read as a PyTorch checkpoint",
+                 limit: int = 200) -> str:
     """Why the weights file ``path`` could not be read, for "PATH: <this>": "is gzip-compressed"
     for a compressed file; otherwise the first line of ``exc`` without torch's advice to turn
     weights-only loading off or to allowlist globals (fp16guard never runs pickled code)."""

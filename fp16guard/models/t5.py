@@ -111,9 +111,14 @@ def describe_mismatch(class_name: str, missing: list[str], unexpected: list[str]
     for stack in ("encoder", "decoder"):
         lacking = [k for k in missing if _stack(k) == stack]
         if lacking:
-            parts.append(f"{len(lacking)} {stack} parameter(s) that {class_name} needs are missing from the checkpoint ({_shown(lacking)})")
+            parts.append(
+                f"{len(lacking)} {stack} parameter(s) that {class_name} needs are missing from the checkpoint "
+                f"({_shown(lacking)})"
+            )
     if unexpected:
-        parts.append(f"{len(unexpected)} parameter(s) in the checkpoint fit no part of {class_name} ({_shown(unexpected)})")
+        parts.append(
+            f"{len(unexpected)} parameter(s) in the checkpoint fit no part of {class_name} ({_shown(unexpected)})"
+        )
     text = "; ".join(parts)
     if missing and all(_stack(k) == "decoder" for k in missing):
         text += (
@@ -139,7 +144,9 @@ def _island(module: nn.Module, first_dtype: torch.dtype, rest_dtype: torch.dtype
         if not isinstance(output, tuple):
             return output.to(first_dtype)
         cast = [first_dtype] + [rest_dtype] * (len(output) - 1)
-        return tuple(o.to(d) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o, d in zip(output, cast))
+        return tuple(
+            o.to(d) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o, d in zip(output, cast)
+        )
 
     module.register_forward_pre_hook(inputs_to_fp32, with_kwargs=True)
     module.register_forward_hook(outputs, with_kwargs=True)
@@ -147,7 +154,11 @@ def _island(module: nn.Module, first_dtype: torch.dtype, rest_dtype: torch.dtype
 
 
 def _norms(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in root.named_modules() if type(m).__name__.endswith("LayerNorm") and hasattr(m, "variance_epsilon")]
+    """T5's RMS norms under ``root`` (``T5LayerNorm``: a LayerNorm by name, with ``variance_epsilon``), named."""
+    return [
+        (n, m) for n, m in root.named_modules()
+        if type(m).__name__.endswith("LayerNorm") and hasattr(m, "variance_epsilon")
+    ]
 
 
 def block_parts(block: nn.Module) -> dict:
@@ -180,7 +191,8 @@ def apply_islands(
         # The stack's own embedding: transformers 5 builds it apart from `shared` (tied weights).
         embedding = module.encoder.embed_tokens
         embedding.register_forward_hook(lambda _m, _a, out: out.float())
-        islands.append(f"{names.get(id(embedding), 'encoder.embed_tokens')} output: the residual stream (every residual add in FP32)")
+        name = names.get(id(embedding), "encoder.embed_tokens")
+        islands.append(f"{name} output: the residual stream (every residual add in FP32)")
     if policy.fp32_layer_norms:
         for name, norm in _norms(module):
             keep.append(make_fp32_island(norm, dtype))
@@ -203,7 +215,9 @@ def apply_islands(
                 "(a fused kernel's mask has the query's dtype), so keeping the table in FP32 changes nothing"
             )
     if policy.fp32_blocks and max(policy.fp32_blocks) > len(blocks):
-        raise UnsupportedPolicyError(f"the policy keeps block {max(policy.fp32_blocks)} in FP32, but the model has {len(blocks)} blocks")
+        raise UnsupportedPolicyError(
+            f"the policy keeps block {max(policy.fp32_blocks)} in FP32, but the model has {len(blocks)} blocks"
+        )
     for number in policy.fp32_blocks:
         # The block's hidden states leave it in FP32: cast back to FP16, a value beyond 65504
         # that the FP32 block computed (a wo overflow) would be Inf again. The next blocks then

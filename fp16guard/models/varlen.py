@@ -28,8 +28,8 @@ def require_packing() -> None:
     """Raise UnsupportedPolicyError when this torch cannot run the packed layout."""
     if varlen_kernel() is None:
         raise UnsupportedPolicyError(
-            f"the packed layout needs torch >= 2.10 (torch.nn.attention.varlen), and this is torch {torch.__version__}; "
-            "use a padded policy such as fp16+sdpa"
+            "the packed layout needs torch >= 2.10 (torch.nn.attention.varlen), and this is torch "
+            f"{torch.__version__}; use a padded policy such as fp16+sdpa"
         )
 
 

@@ -105,9 +105,9 @@ def test_rare_residues_and_lower_case_follow_the_tokenizer(t5_models, tmp_path):
 
     target = get_target("hf")
     loaded = target.load(ModelSource(model=str(t5_models["encoder"])))
-    assert loaded.extra["separator"] == " "
+    assert loaded.encoding.separator == " "
     assert loaded.max_length is None  # relative positions: no table to run past
-    tokenizer = loaded.extra["tokenizer"]
+    tokenizer = loaded.encoding.tokenizer
     tokens, mask, used = target.tokenize(loaded, ["MKUZOB", "MKXXXX"])
     assert tokens[0].tolist() == tokens[1].tolist() == tokenizer("M K X X X X")["input_ids"]
     assert tokens[0, -1] == tokenizer.eos_token_id and tokenizer.unk_token_id not in tokens.tolist()[0]
@@ -125,7 +125,7 @@ def test_character_tokenizer_reads_residues_unspaced(t5_models):
     from fp16guard.models import get_target
 
     loaded = get_target("hf").load(ModelSource(model=str(t5_models["wo-full-gated"])))
-    assert loaded.extra["separator"] == ""
+    assert loaded.encoding.separator == ""
     assert loaded.read_as["U"] == "X"
 
 
@@ -198,8 +198,8 @@ def test_sentencepiece_tokenizer_as_prot_t5_ships_it(prot_t5_layout, small_fasta
     assert not (prot_t5_layout / "tokenizer.json").exists() and (prot_t5_layout / "spiece.model").is_file()
     target = get_target("hf")
     loaded = target.load(ModelSource(model=str(prot_t5_layout)))
-    assert loaded.extra["separator"] == " " and loaded.read_as == {"J": "X"}  # the one it lacks
-    tokenizer = loaded.extra["tokenizer"]
+    assert loaded.encoding.separator == " " and loaded.read_as == {"J": "X"}  # the one it lacks
+    tokenizer = loaded.encoding.tokenizer
     assert len(tokenizer) == 128 and type(tokenizer).__name__ == "T5Tokenizer"
     tokens, _, used = target.tokenize(loaded, ["MKUZOB"])
     assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["▁M", "▁K", "▁U", "▁Z", "▁O", "▁B", "</s>"]
@@ -279,9 +279,9 @@ def test_sentencepiece_vocabulary_with_word_start_residues_reads_them_spaced(tmp
     directory = write_hf_t5(tmp_path / "both", tokenizer="sentencepiece+bare")
     target = get_target("hf")
     loaded = target.load(ModelSource(model=str(directory)))
-    tokenizer = loaded.extra["tokenizer"]
+    tokenizer = loaded.encoding.tokenizer
     assert tokenizer.convert_ids_to_tokens(tokenizer("MKT", add_special_tokens=False)["input_ids"]) == ["▁M", "K", "T"]
-    assert loaded.extra["separator"] == " "
+    assert loaded.encoding.separator == " "
     tokens, _, _ = target.tokenize(loaded, ["MKT"])
     assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["▁M", "▁K", "▁T", "</s>"]
 
@@ -357,7 +357,7 @@ def test_amino_acid_marker_goes_before_every_sequence(tmp_path, small_fasta):
     directory = write_hf_t5(tmp_path / "prost", added_tokens=("<AA2fold>", "<fold2AA>"))
     target = get_target("hf")
     loaded = target.load(ModelSource(model=str(directory), pooling="residues"))
-    tokenizer = loaded.extra["tokenizer"]
+    tokenizer = loaded.encoding.tokenizer
     tokens, mask, _ = target.tokenize(loaded, ["MKT", "MK"])
     assert tokenizer.convert_ids_to_tokens(tokens[0].tolist()) == ["<AA2fold>", "M", "K", "T", "</s>"]
     assert mask.tolist() == [[False, True, True, True, False], [False, True, True, False, False]]

@@ -70,7 +70,9 @@ def plain_dnabert(model: DnaBertModel, ids: torch.Tensor, mask: torch.Tensor) ->
 
 def test_native_model_equals_a_plain_recomputation_with_padding():
     torch.manual_seed(0)
-    config = DnaBertConfig(vocab_size=40, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40)
+    config = DnaBertConfig(
+        vocab_size=40, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40
+    )
     model = DnaBertModel(config).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -106,7 +108,7 @@ def test_n_is_read_as_unknown_only_when_the_vocabulary_lacks_it(tmp_path, with_n
     loaded = TARGET.load(ModelSource(model=str(write_dnabert(tmp_path / "m", with_n=with_n))))
     assert ("N" in loaded.alphabet) == with_n
     assert TARGET.read_as_unknown(loaded) == unknown
-    tokenizer = loaded.extra["tokenizer"]
+    tokenizer = loaded.encoding.tokenizer
     ids = tokenizer("ACGTNNACGT", add_special_tokens=False)["input_ids"]
     assert (tokenizer.unk_token_id in ids) == (not with_n)
 
@@ -152,7 +154,10 @@ def test_missing_or_unexpected_encoder_keys_are_named(tmp_path):
 def test_policies_set_the_fp32_parts(tmp_path):
     from fp16guard import apply_policy
 
-    model = DnaBertModel(DnaBertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32))
+    config = DnaBertConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32
+    )
+    model = DnaBertModel(config)
     applied = apply_policy(model, "fp16+res32")
     names = applied.fp32_modules
     assert "encoder.layer.0.attention.self (ALiBi bias and softmax)" in names

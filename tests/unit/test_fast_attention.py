@@ -8,9 +8,9 @@ from test_dnabert import plain_dnabert
 
 from fp16guard import apply_policy
 from fp16guard.errors import UnsupportedPolicyError
-from fp16guard.numerics.policy import FP16, FP16_RES32, FP16_SDPA, Policy, fast_variant, get_policy
 from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
 from fp16guard.models.esm2 import Fp32Rotary, SdpaAttention
+from fp16guard.numerics.policy import FP16, FP16_RES32, FP16_SDPA, Policy, fast_variant, get_policy
 from fp16guard.testing import build_model, plant_residual_overflow
 
 FP32_FAST = Policy("fp32+sdpa", "float32", fast_attention=True)
@@ -91,7 +91,9 @@ def test_fast_variant_names_and_round_trip():
 
 def dnabert(heads: int = 3) -> DnaBertModel:
     torch.manual_seed(0)
-    config = DnaBertConfig(vocab_size=40, hidden_size=24, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=40)
+    config = DnaBertConfig(
+        vocab_size=40, hidden_size=24, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=40
+    )
     model = DnaBertModel(config).eval()
     with torch.no_grad():
         for param in model.parameters():

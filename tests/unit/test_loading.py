@@ -6,8 +6,8 @@ import hashlib
 import torch
 from torch import nn
 
-from fp16guard.models import get_target
 from fp16guard.core.config import ModelSource
+from fp16guard.models import get_target
 from fp16guard.models.loading import skipped_init
 from fp16guard.testing import build_model, save_checkpoint
 
@@ -46,7 +46,7 @@ def test_esm2_tokens_equal_fair_esms_batch_converter(tmp_path):
     rng = random.Random(1)
     sequences = ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 60))) for _ in range(25)]
     tokens, mask, used = get_target("esm2").tokenize(loaded, sequences)
-    _, _, expected = loaded.extra["alphabet"].get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
+    _, _, expected = loaded.encoding.alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
     assert torch.equal(tokens, expected)
     assert mask.sum().item() == sum(map(len, sequences)) and used == mask.sum().item() + 2 * len(sequences)
 

@@ -40,7 +40,7 @@ def test_pack_concatenates_rows_without_padding(loaded):
     sequences = ["MKTAYIAKQR", "M", "ACDEFG"]
     (batch,) = batches_of(loaded, sequences)
     packed = batch.pack()
-    pad = loaded.extra["alphabet"].padding_idx
+    pad = loaded.encoding.pad_id
     assert batch.row_lengths == tuple(int(n) for n in (batch.tokens != pad).sum(1))  # right padding, specials counted
     assert packed.offsets == (0, 12, 20, 23) and packed.cu_seqlens.tolist() == [0, 12, 20, 23]
     assert packed.cu_seqlens.dtype == torch.int32 and packed.max_seqlen == 12 and packed.sequences == 3
@@ -171,7 +171,7 @@ def test_dnabert_packed_agrees_with_padded_alibi_and_passes_the_composition_chec
     target, loaded = dnabert
     lengths = target.measure(loaded, DNA)
     batches = prepare_batches(target, loaded, DNA, lengths, 100_000)
-    pad = loaded.extra["pad_id"]
+    pad = loaded.encoding.pad_id
     assert all(b.row_lengths == tuple(int(n) for n in (b.tokens != pad).sum(1)) for b in batches)
     layer = loaded.num_layers
     stock = run_policy(target, loaded, get_policy("fp32"), batches, len(DNA), CPU, layer, measure=False)

@@ -8,8 +8,8 @@ import torch
 
 from fp16guard import apply_policy, get_policy
 from fp16guard.errors import InputError, UnsupportedPolicyError
-from fp16guard.numerics.policy import Policy
 from fp16guard.models.dnabert import DnaBertConfig, DnaBertModel
+from fp16guard.numerics.policy import Policy
 from fp16guard.testing import build_model, plant_mlp_overflow
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
@@ -43,7 +43,8 @@ def test_esm2_parts_stay_fp32_and_the_rest_is_fp16(device):
     assert fp32_parameters(model) == {
         "layers.0.self_attn_layer_norm.weight", "layers.0.self_attn_layer_norm.bias",
         "layers.0.final_layer_norm.weight", "layers.0.final_layer_norm.bias",
-        *(f"layers.1.self_attn.{proj}.{kind}" for proj in ("q_proj", "k_proj", "v_proj", "out_proj") for kind in ("weight", "bias")),
+        *(f"layers.1.self_attn.{proj}.{kind}"
+          for proj in ("q_proj", "k_proj", "v_proj", "out_proj") for kind in ("weight", "bias")),
         "layers.1.fc1.weight", "layers.1.fc1.bias", "layers.1.fc2.weight", "layers.1.fc2.bias",
     }
     assert "layers.1.fc1 .. layers.1.fc2 (MLP)" in applied.fp32_modules
@@ -95,7 +96,10 @@ def test_hf_parts(tmp_path):
 
 
 def test_dnabert_parts():
-    model = DnaBertModel(DnaBertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32))
+    config = DnaBertConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32
+    )
+    model = DnaBertModel(config)
     apply_policy(model, PARTS)
     kept = fp32_parameters(model)
     assert {"encoder.layer.1.attention.self.Wqkv.weight", "encoder.layer.1.mlp.gated_layers.weight",

@@ -10,9 +10,9 @@ from torch import nn
 
 from fp16guard import apply_policy, get_policy
 from fp16guard.errors import InputError, UnsupportedPolicyError
+from fp16guard.models.esm2 import Fp32ResidualLayer, Fp32Rotary
 from fp16guard.numerics.policy import FP16, FP16_LN32, FP16_POS32, FP16_RES32, FP32, LADDER, Policy
 from fp16guard.numerics.precision import Fp32LayerNorm
-from fp16guard.models.esm2 import Fp32ResidualLayer, Fp32Rotary
 from fp16guard.testing import LAYERS, build_model, plant_residual_overflow
 
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from fp16guard import apply_policy
-from fp16guard.numerics.precision import make_fp32_island
 from fp16guard.models.hf import Fp32ResidualOutput, fp32_softmax_attention, is_residual_output
+from fp16guard.numerics.precision import make_fp32_island
 
 
 def test_fp32_softmax_attention_matches_eager_attention_in_fp32():

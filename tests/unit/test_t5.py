@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fp16guard import apply_policy
-from fp16guard.numerics.policy import FP16, FP16_KEEP32, FP16_LN32, LADDER, Policy, get_policy, with_class_fp32
 from fp16guard.models.t5 import describe_mismatch
+from fp16guard.numerics.policy import FP16, FP16_KEEP32, FP16_LN32, LADDER, Policy, get_policy, with_class_fp32
 
 
 def tiny_t5(gated=False, seed=0):
@@ -38,7 +38,8 @@ def test_keep32_is_what_from_pretrained_loads(tmp_path):
     applied = apply_policy(ours, FP16_KEEP32)
     assert {n: p.dtype for n, p in ours.named_parameters()} == expected
     assert sum(d == torch.float32 for d in expected.values()) == 2  # wo of each block
-    assert [m.split()[0] for m in applied.fp32_modules] == [f"encoder.block.{i}.layer.1.DenseReluDense.wo" for i in range(2)]
+    wo = [f"encoder.block.{i}.layer.1.DenseReluDense.wo" for i in range(2)]
+    assert [m.split()[0] for m in applied.fp32_modules] == wo
     half = T5EncoderModel.from_pretrained(tmp_path, dtype=torch.float32)
     apply_policy(half, FP16)
     assert {p.dtype for p in half.parameters()} == {torch.float16}
@@ -96,7 +97,8 @@ def test_block_islands_keep_their_hidden_output_in_fp32():
 
 
 def test_ladder_gets_keep32_right_after_fp16():
-    assert [p.name for p in with_class_fp32(list(LADDER))] == ["fp16", "fp16+keep32", "fp16+ln32", "fp16+pos32", "fp16+res32"]
+    names = [p.name for p in with_class_fp32(list(LADDER))]
+    assert names == ["fp16", "fp16+keep32", "fp16+ln32", "fp16+pos32", "fp16+res32"]
     assert with_class_fp32([FP16_LN32]) == [FP16_LN32]
     assert get_policy("fp16+keep32").keep_in_fp32_modules
     round_trip = Policy.from_dict(FP16_KEEP32.to_dict())
@@ -121,7 +123,8 @@ def test_fast_attention_hands_sdpa_a_mask_with_unit_last_stride(monkeypatch):
     model = tiny_t5()
     applied = apply_policy(model, Policy("fp32+sdpa", "float32", fast_attention=True))
     bias = model.encoder.block[0].layer[0].SelfAttention.compute_bias(21, 21)
-    assert bias.is_contiguous() and torch.equal(bias, plain.encoder.block[0].layer[0].SelfAttention.compute_bias(21, 21))
+    assert bias.is_contiguous()
+    assert torch.equal(bias, plain.encoder.block[0].layer[0].SelfAttention.compute_bias(21, 21))
     assert any("laid out contiguously" in note for note in applied.notes)
     masks = []
     original = torch.nn.functional.scaled_dot_product_attention
@@ -152,10 +155,12 @@ def test_parts_of_a_block_the_model_lacks_are_refused(parts):
 
 
 def test_parts_islands_name_each_part_of_the_block():
-    applied = apply_policy(tiny_t5(), Policy("fp16+parts", fp32_parts=(("layer_norm", 1), ("attention", 2), ("mlp", 2))))
+    policy = Policy("fp16+parts", fp32_parts=(("layer_norm", 1), ("attention", 2), ("mlp", 2)))
+    applied = apply_policy(tiny_t5(), policy)
     assert applied.fp32_modules == (
         "encoder.block.0.layer.0.layer_norm", "encoder.block.0.layer.1.layer_norm",
-        "encoder.block.1.layer.0.SelfAttention (attention)", "encoder.block.1.layer.1.DenseReluDense (MLP: wi .. wo, FP32 output)",
+        "encoder.block.1.layer.0.SelfAttention (attention)",
+        "encoder.block.1.layer.1.DenseReluDense (MLP: wi .. wo, FP32 output)",
     )
 
 
@@ -170,7 +175,9 @@ def test_islands_under_fused_attention_stay_close_to_fp32(blocks, parts):
     tokens = torch.randint(0, 30, (2, 33))
     reference = embed(tiny_t5(), tokens)
     model = tiny_t5()
-    policy = Policy("fp16+islands32+sdpa", fp32_positional=True, fast_attention=True, fp32_blocks=blocks, fp32_parts=parts)
+    policy = Policy(
+        "fp16+islands32+sdpa", fp32_positional=True, fast_attention=True, fp32_blocks=blocks, fp32_parts=parts
+    )
     applied = apply_policy(model, policy)
     assert any("laid out contiguously" in note for note in applied.notes)
     out = embed(model, tokens)
