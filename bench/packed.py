@@ -45,7 +45,9 @@ from speed import describe_environment, free, log, matmul_rate, sync
 
 from fp16guard.numerics.metrics import cosine_rows, masked_mean
 from fp16guard.numerics.policy import FP16_PACKED, FP16_SDPA, get_policy
-from fp16guard.execution.runner import attention_kernel, embed_batch, run_policy
+from fp16guard.execution.attention import attention_kernel
+from fp16guard.execution.forward import PACKED, PADDED, Forward
+from fp16guard.execution.runner import run_policy
 from fp16guard.core.config import ModelSource
 from fp16guard.execution.build import build
 from fp16guard.models.esm2 import TARGET# replaced per architecture in bench_arch
@@ -109,7 +111,8 @@ def stock_step(model, device, layer):
 
 
 def fp16guard_step(loaded, model, device, layer, packed):
-    return lambda batch: embed_batch(TARGET, loaded, model, batch, device, layer, packed)
+    forward = Forward(TARGET, loaded, model, device, PACKED if packed else PADDED)
+    return lambda batch: forward.pooled(batch, layer).rows
 
 
 def dna_set(count: int, seed: int) -> list[str]:
@@ -195,7 +198,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
     if name == "dnabert":  # no other runnable model: fp16guard's native one in FP16, padded
         stock, _ = build(TARGET, loaded, get_policy("fp16"), device)
         pooled["stock"] = record("stock", fp16guard_step(loaded, stock, device, layer, False),
-                                 lambda: embed_batch(TARGET, loaded, stock, probe, device, layer, False))
+                                 lambda: fp16guard_step(loaded, stock, device, layer, False)(probe))
     else:
         stock = copy.deepcopy(loaded.module).half().to(device).eval()
         pooled["stock"] = record("stock", stock_step(stock, device, layer), lambda: stock(probe.tokens.to(device), repr_layers=[layer]))
@@ -206,7 +209,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
             continue
         model, _ = build(TARGET, loaded, policy, device)
         step = fp16guard_step(loaded, model, device, layer, policy.layout == "packed")
-        probe_run = (lambda m=model, p=policy: embed_batch(TARGET, loaded, m, probe, device, layer, p.layout == "packed"))
+        probe_run = (lambda m=model, p=policy: fp16guard_step(loaded, m, device, layer, p.layout == "packed")(probe))
         if backends and device.type == "cuda":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -221,7 +224,7 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         for block in TARGET.blocks(model):
             block.compile(dynamic=True)
         step = fp16guard_step(loaded, model, device, layer, True)
-        pooled["packed-compiled"] = record("packed-compiled", step, lambda: embed_batch(TARGET, loaded, model, probe, device, layer, True))
+        pooled["packed-compiled"] = record("packed-compiled", step, lambda: step(probe))
         timing = result["paths"]["packed-compiled"]
         timing["compile_seconds"] = timing["first_seconds"] - timing["steady_seconds"]
         del model, step

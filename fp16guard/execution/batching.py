@@ -59,8 +59,10 @@ def make_batches(lengths: Sequence[int], max_tokens: int, overhead: int = 2) -> 
 
 
 def prepare_batches(
-    target: Target, loaded: LoadedModel, sequences: list[str], lengths: list[int], max_tokens: int
+    target: Target, loaded: LoadedModel, sequences: Sequence[str], lengths: Sequence[int], max_tokens: int
 ) -> list[TokenBatch]:
-    """Tokenise once; the same batches serve every precision. ``lengths`` are token counts."""
+    """``sequences`` planned (``make_batches``, longest first) and tokenised (``token_batch``)
+    in batches of at most ``max_tokens``; ``lengths`` are their token counts without special
+    tokens. Tokenise once: the same batches serve every precision."""
     plan = make_batches(lengths, max_tokens, target.special_tokens_per_row)
     return [token_batch(target, loaded, sequences, lengths, batch.indices) for batch in plan]

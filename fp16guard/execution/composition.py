@@ -14,8 +14,7 @@ from dataclasses import replace
 import torch
 
 from fp16guard.execution.batching import token_batch
-from fp16guard.execution.build import build
-from fp16guard.execution.runner import embed_batch
+from fp16guard.execution.forward import forward_under
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.numerics.metrics import cosine_rows
 from fp16guard.numerics.policy import Policy
@@ -27,6 +26,8 @@ TOLERANCE = 1e-4
 #: ... or this many times the sequence's own FP16 error against FP32, for models whose FP16
 #: rounding is larger: composition must not add more error than the precision itself does.
 ERROR_FACTOR = 4.0
+#: The views compared, in the report's order.
+PAIRS = (("alone", "padded"), ("alone", "packed"), ("padded", "packed"))
 
 
 def sample_indices(lengths: Sequence[int], size: int = SAMPLE_SIZE) -> list[int]:
@@ -39,9 +40,28 @@ def sample_indices(lengths: Sequence[int], size: int = SAMPLE_SIZE) -> list[int]
     return sorted(picks, key=lambda i: (lengths[i], i))
 
 
+def _views(target: Target, loaded: LoadedModel, policy: Policy, texts: Sequence[str], lengths: Sequence[int],
+           chosen: list[int], device: torch.device, layer: int) -> dict[str, torch.Tensor]:
+    """The pooled embeddings [S, D] of the ``chosen`` sequences (in that order), on the host,
+    per view: each alone, together as one padded batch and, for a packed policy, as one pack."""
+    views: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        forward, _ = forward_under(target, loaded, replace(policy, layout="padded"), device)
+        alone = (token_batch(target, loaded, texts, lengths, [i]) for i in chosen)
+        views["alone"] = torch.cat([pooled.rows.cpu() for pooled in forward.each(alone, layer)])
+        views["padded"] = forward.pooled(token_batch(target, loaded, texts, lengths, chosen), layer).rows.cpu()
+        del forward
+        if policy.layout == "packed":
+            forward, _ = forward_under(target, loaded, policy, device)
+            views["packed"] = forward.pooled(token_batch(target, loaded, texts, lengths, chosen), layer).rows.cpu()
+            del forward
+    return views
+
+
 def check_composition(
-    target: Target, loaded: LoadedModel, policy: Policy, texts: Sequence[str], lengths: Sequence[int], ids: Sequence[str],
-    device: torch.device, layer: int, cosines: Sequence[float] | None = None, size: int = SAMPLE_SIZE,
+    target: Target, loaded: LoadedModel, policy: Policy, texts: Sequence[str], lengths: Sequence[int],
+    ids: Sequence[str], device: torch.device, layer: int, cosines: Sequence[float] | None = None,
+    size: int = SAMPLE_SIZE,
 ) -> dict:
     """Embed a sample alone, as one padded batch and (for a packed policy, or where the target
     packs) as one pack, under ``policy``; compare every pair per sequence.
@@ -51,24 +71,9 @@ def check_composition(
     per pair the least cosine and the largest absolute difference, and ``defects`` naming
     every sequence and pair beyond the tolerance (``passed`` is False when there are any)."""
     chosen = sample_indices(lengths, size)
-    views: dict[str, torch.Tensor] = {}
-    with torch.inference_mode():
-        model, _ = build(target, loaded, replace(policy, layout="padded"), device)
-        views["alone"] = torch.cat([
-            embed_batch(target, loaded, model, token_batch(target, loaded, texts, lengths, [i]), device, layer, False).cpu()
-            for i in chosen
-        ])
-        views["padded"] = embed_batch(target, loaded, model, token_batch(target, loaded, texts, lengths, chosen), device, layer, False).cpu()
-        del model
-        if policy.layout == "packed":
-            model, _ = build(target, loaded, policy, device)
-            views["packed"] = embed_batch(target, loaded, model, token_batch(target, loaded, texts, lengths, chosen), device, layer, True).cpu()
-            del model
-    pairs = [(a, b) for a, b in (("alone", "padded"), ("alone", "packed"), ("padded", "packed")) if a in views and b in views]
-    limits = [
-        max(TOLERANCE, ERROR_FACTOR * (1.0 - cosines[i])) if cosines is not None and cosines[i] == cosines[i] else TOLERANCE
-        for i in chosen
-    ]
+    views = _views(target, loaded, policy, texts, lengths, chosen, device, layer)
+    pairs = [(a, b) for a, b in PAIRS if a in views and b in views]
+    limits = [_limit(cosines[i] if cosines is not None else None) for i in chosen]
     summary: dict[str, dict] = {}
     defects: list[str] = []
     for a, b in pairs:
@@ -79,8 +84,8 @@ def check_composition(
             value = float(cos[row])
             if not value >= 1.0 - limits[row]:
                 defects.append(
-                    f"{ids[index]}: {a} vs {b} cosine {value:.7f} (1 - cos {1.0 - value:.1e}, tolerance {limits[row]:.1e}), "
-                    f"max |difference| {float(diff[row]):.3g}"
+                    f"{ids[index]}: {a} vs {b} cosine {value:.7f} (1 - cos {1.0 - value:.1e}, "
+                    f"tolerance {limits[row]:.1e}), max |difference| {float(diff[row]):.3g}"
                 )
     return {
         "policy": policy.name,
@@ -90,3 +95,11 @@ def check_composition(
         "defects": defects,
         "passed": not defects,
     }
+
+
+def _limit(cosine: float | None) -> float:
+    """The disagreement tolerated for a sequence whose cosine to FP32 is ``cosine`` (None or
+    NaN: unknown)."""
+    if cosine is None or cosine != cosine:
+        return TOLERANCE
+    return max(TOLERANCE, ERROR_FACTOR * (1.0 - cosine))

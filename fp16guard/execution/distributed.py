@@ -18,16 +18,21 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 import torch
 
+from fp16guard.core.progress import Progress
 from fp16guard.errors import INTERNAL_ERROR_EXIT_CODE, Fp16GuardError, InputError
 from fp16guard.execution.launch import EXIT_CODE_FILE_ENV, World, from_env
 from fp16guard.execution.runner import RunResult, Timing
 from fp16guard.execution.runner import run_policy as _run_policy
+from fp16guard.models.base import LoadedModel, Target
+from fp16guard.models.batch import TokenBatch
 from fp16guard.numerics.metrics import TokenStats
+from fp16guard.numerics.policy import Policy
 
 T = TypeVar("T")
 
@@ -146,7 +151,8 @@ def exchange(world: World, what: str | None, work: Callable[[], T]) -> list[T]:
     if failed:
         rank, (_, code, message, where) = failed[0]
         others = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
-        raise RankError(f"rank {rank} of {world.size}{others} failed{f' while {where}' if where else ''}: {message}", code)
+        during = f" while {where}" if where else ""
+        raise RankError(f"rank {rank} of {world.size}{others} failed{during}: {message}", code)
     return [status[1] for status in gathered]
 
 
@@ -179,8 +185,47 @@ def finish(world: World | None, error: Fp16GuardError | None) -> Fp16GuardError 
     return None
 
 
-def run_policy(target, loaded, policy, batches, count, device, layer, progress=None, reference=None,
-               keep_states_bytes=0, measure=True, spread=False, repeat=None) -> RunResult:
+@dataclass
+class _RankPart:
+    """What one rank sends of its share of a pass (gathered on every rank)."""
+
+    batches: list[int]  # the batch numbers of its share, ascending
+    rows: list[int]  # the sequences of those batches, in batch order
+    pooled: torch.Tensor  # their pooled rows, in ``rows`` order
+    timing: Timing
+    peak: int | None
+    nonfinite: tuple[int, int]
+    splits: int
+    token_rows: list[tuple[TokenStats, ...]]
+    kept: int
+    device: str
+
+    @classmethod
+    def of(cls, result: RunResult, share: list[int], batches: list[TokenBatch]) -> _RankPart:
+        """The part of ``result``, this rank's pass over the batches numbered in ``share``."""
+        rows = [i for number in share for i in batches[number].indices]
+        return cls(share, rows, result.pooled[rows].clone(), result.timing, result.peak_memory_bytes,
+                   result.token_nonfinite, result.oom_splits, result.token_rows, result.kept_sequences,
+                   result.placement)
+
+    def describe(self, rank: int) -> dict:
+        """The rank's figures, for the report."""
+        return {
+            "rank": rank,
+            "device": self.device,
+            "batches": len(self.batches),
+            "sequences": len(self.rows),
+            "tokens": self.timing.tokens,
+            "seconds": self.timing.seconds,
+            "peak_memory_bytes": self.peak,
+            "oom_splits": self.splits,
+        }
+
+
+def run_policy(target: Target, loaded: LoadedModel, policy: Policy, batches: list[TokenBatch], count: int,
+               device: torch.device, layer: int, progress: Progress | None = None, reference: RunResult | None = None,
+               keep_states_bytes: int = 0, measure: bool = True, spread: bool = False,
+               repeat: bool | None = None) -> RunResult:
     """``runner.run_policy`` over this rank's share of ``batches``, gathered from every rank
     into the result a single process would return. Without a process group, exactly
     ``runner.run_policy``. The returned result's ``token_states`` are this rank's own (they
@@ -192,75 +237,63 @@ def run_policy(target, loaded, policy, batches, count, device, layer, progress=N
     share = shard([b.tokens.numel() for b in batches], world.size)[world.rank]
     result: RunResult | None = None
 
-    def work() -> dict:
+    def work() -> _RankPart:
         nonlocal result
         # The host-memory cap on kept token states is for the whole host, which the ranks share.
         result = _run_policy(target, loaded, policy, [batches[i] for i in share], count, device, layer,
                              progress, reference, keep_states_bytes // world.size, measure, spread, repeat)
-        rows = [i for number in share for i in batches[number].indices]
-        return {
-            "batches": share,
-            "rows": rows,
-            "pooled": result.pooled[rows].clone(),
-            "timing": result.timing,
-            "peak": result.peak_memory_bytes,
-            "nonfinite": result.token_nonfinite,
-            "splits": result.oom_splits,
-            "token_rows": result.token_rows,
-            "kept": result.kept_sequences,
-            "device": result.placement,
-        }
+        return _RankPart.of(result, share, batches)
 
     parts = exchange(world, f"running {policy.name}", work)
     assert result is not None
-    pooled = torch.empty(count, parts[0]["pooled"].shape[-1], dtype=torch.float32)
-    for part in parts:
-        pooled[part["rows"]] = part["pooled"]
-    stats = None
-    if reference is not None:
-        # Summed row by row in the global batch order, as one process sums them.
-        by_batch = {n: rows for part in parts for n, rows in zip(part["batches"], part["token_rows"])}
-        stats = TokenStats()
-        for number in sorted(by_batch):
-            for row in by_batch[number]:
-                stats = stats + row
-    timings = [part["timing"] for part in parts]
-    peaks = [part["peak"] for part in parts if part["peak"] is not None]
+    peaks = [part.peak for part in parts if part.peak is not None]
     return RunResult(
         applied=result.applied,
-        pooled=pooled,
-        timing=Timing(
-            build_seconds=max(t.build_seconds for t in timings),
-            warmup_seconds=max(t.warmup_seconds for t in timings),
-            seconds=max(t.seconds for t in timings),  # the ranks run side by side: the slowest counts
-            tokens=sum(t.tokens for t in timings),
-            padded_tokens=sum(t.padded_tokens for t in timings),
-            passes=max(t.passes for t in timings),
-            first_pass_seconds=max((t.first_pass_seconds or 0.0) for t in timings) or None,
-            steady_fraction=min(t.steady_fraction for t in timings),
-            spread=max((t.spread for t in timings if t.spread is not None), default=None),
-            attention=timings[0].attention,
-        ),
+        pooled=_gathered_pooled(parts, count),
+        timing=_gathered_timing([part.timing for part in parts]),
         peak_memory_bytes=max(peaks) if peaks else None,
-        token_stats=stats,
-        token_nonfinite=(sum(p["nonfinite"][0] for p in parts), sum(p["nonfinite"][1] for p in parts)),
+        token_stats=_gathered_stats(parts) if reference is not None else None,
+        token_nonfinite=(sum(p.nonfinite[0] for p in parts), sum(p.nonfinite[1] for p in parts)),
         token_states=result.token_states,
-        oom_splits=sum(p["splits"] for p in parts),
-        kept_sequences=sum(p["kept"] for p in parts),
-        placement=", ".join(part["device"] for part in parts),
-        ranks=[
-            {
-                "rank": rank,
-                "device": part["device"],
-                "batches": len(part["batches"]),
-                "sequences": len(part["rows"]),
-                "tokens": part["timing"].tokens,
-                "seconds": part["timing"].seconds,
-                "peak_memory_bytes": part["peak"],
-                "oom_splits": part["splits"],
-            }
-            for rank, part in enumerate(parts)
-        ],
+        oom_splits=sum(p.splits for p in parts),
+        kept_sequences=sum(p.kept for p in parts),
+        placement=", ".join(part.device for part in parts),
+        ranks=[part.describe(rank) for rank, part in enumerate(parts)],
+    )
+
+
+def _gathered_pooled(parts: list[_RankPart], count: int) -> torch.Tensor:
+    """Every rank's pooled rows in input order: [count, D] float32 on the host."""
+    pooled = torch.empty(count, parts[0].pooled.shape[-1], dtype=torch.float32)
+    for part in parts:
+        pooled[part.rows] = part.pooled
+    return pooled
+
+
+def _gathered_stats(parts: list[_RankPart]) -> TokenStats:
+    """Every rank's token statistics, summed row by row in the global batch order, as one
+    process sums them (so the float totals match bit for bit)."""
+    by_batch = {n: rows for part in parts for n, rows in zip(part.batches, part.token_rows)}
+    stats = TokenStats()
+    for number in sorted(by_batch):
+        for row in by_batch[number]:
+            stats = stats + row
+    return stats
+
+
+def _gathered_timing(timings: list[Timing]) -> Timing:
+    """The pass's timing over ranks that ran side by side: the slowest rank's time counts."""
+    return Timing(
+        build_seconds=max(t.build_seconds for t in timings),
+        warmup_seconds=max(t.warmup_seconds for t in timings),
+        seconds=max(t.seconds for t in timings),
+        tokens=sum(t.tokens for t in timings),
+        padded_tokens=sum(t.padded_tokens for t in timings),
+        passes=max(t.passes for t in timings),
+        first_pass_seconds=max((t.first_pass_seconds or 0.0) for t in timings) or None,
+        steady_fraction=min(t.steady_fraction for t in timings),
+        spread=max((t.spread for t in timings if t.spread is not None), default=None),
+        attention=timings[0].attention,
     )
 
 
@@ -290,4 +323,8 @@ def environment(info: dict) -> dict:
     ranks = exchange(world, "describing its device", lambda: mine)
     return {**info, "world_size": world.size, "ranks": [{"rank": r, **d} for r, d in enumerate(ranks)]}
 
-__all__ = ["EXIT_CODE_FILE_ENV", "DeviceCountError", "RankError", "World", "exchange", "finish", "from_env", "init", "shutdown"]
+
+__all__ = [
+    "EXIT_CODE_FILE_ENV", "DeviceCountError", "RankError", "World",
+    "exchange", "finish", "from_env", "init", "shutdown",
+]

@@ -11,15 +11,13 @@ import torch
 
 from fp16guard.core.config import ModelSource
 from fp16guard.errors import Fp16GuardError, InputError
-from fp16guard.execution.batching import make_batches, token_batch
-from fp16guard.execution.build import build
-from fp16guard.execution.runner import forward_splitting, pool
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.budget import MAX_TOKENS
+from fp16guard.execution.forward import States, forward_under
 from fp16guard.models import get_target
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.models.batch import TokenBatch
 from fp16guard.numerics.policy import FP32, Policy, get_policy
-
-DEFAULT_MAX_TOKENS = 16_384
 
 
 class Embedder:
@@ -30,7 +28,7 @@ class Embedder:
     """
 
     def __init__(self, target: Target, loaded: LoadedModel, policy: Policy, device: torch.device,
-                 layer: int | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, compile: bool = False):
+                 layer: int | None = None, max_tokens: int = MAX_TOKENS, compile: bool = False):
         layer = loaded.num_layers if layer is None else layer
         if not 0 <= layer <= loaded.num_layers:
             raise InputError(f"layer must be between 0 and {loaded.num_layers}, got {layer}")
@@ -38,7 +36,8 @@ class Embedder:
             raise InputError(f"max_tokens must be positive, got {max_tokens}")
         self.target, self.loaded, self.policy, self.device = target, loaded, policy, device
         self.layer, self.max_tokens = layer, max_tokens
-        self.model, self.applied = build(target, loaded, policy, device)
+        self._forward, self.applied = forward_under(target, loaded, policy, device)
+        self.model = self._forward.model
         #: Things the caller should tell the user (a compilation that failed and was dropped).
         self.notes: list[str] = []
         self.compiled = False
@@ -54,7 +53,8 @@ class Embedder:
             return
         if not can_compile(self.target, self.policy):
             raise InputError(
-                f"compiling needs a packed policy on a target that supports it (esm2); '{self.policy.name}' on {self.target.name} is not"
+                "compiling needs a packed policy on a target that supports it (esm2); "
+                f"'{self.policy.name}' on {self.target.name} is not"
             )
         self.target.compile_packed(self.loaded, self.model)
         self.compiled, self._proven = True, False
@@ -62,7 +62,7 @@ class Embedder:
     @classmethod
     def load(cls, target: str, *, model: str | None = None, weights: str | Path | None = None,
              policy: str | Path | Policy | dict = FP32, device: str | torch.device = "auto", layer: int | None = None,
-             max_tokens: int = DEFAULT_MAX_TOKENS, offline: bool = False, pooling: str = "mean",
+             max_tokens: int = MAX_TOKENS, offline: bool = False, pooling: str = "mean",
              trust_remote_code: bool = False, compile: bool = False) -> Embedder:
         """Load ``target``'s weights (a model name or id, or local ``weights``) and build the
         model under ``policy`` (a name, a policy file written by ``--save-policy``, a dict or a
@@ -70,8 +70,9 @@ class Embedder:
         blocks under torch.compile (pays off from tens of millions of tokens on a GPU)."""
         chosen = get_target(target)
         if isinstance(device, str):
-            device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
-        source = ModelSource(model=model, weights=Path(weights) if weights else None, offline=offline, pooling=pooling, trust_remote_code=trust_remote_code)
+            device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        source = ModelSource(model=model, weights=Path(weights) if weights else None, offline=offline, pooling=pooling,
+                             trust_remote_code=trust_remote_code)
         return cls(chosen, chosen.load(source), get_policy(policy), device, layer, max_tokens, compile)
 
     def embed(self, sequences: Sequence[str]) -> torch.Tensor:
@@ -82,18 +83,7 @@ class Embedder:
         texts = [s.strip().upper() for s in sequences]
         if not texts:
             return torch.empty(0, 0)
-        allowed = set(self.loaded.alphabet)
-        limit = self.loaded.max_length
-        for number, text in enumerate(texts):
-            if not text:
-                raise InputError(f"sequence {number} is empty")
-            unknown = sorted(set(text) - allowed)
-            if unknown:
-                raise InputError(f"sequence {number} has {unknown[0]!r}, which is not in {self.loaded.name}'s vocabulary")
-        lengths = self.target.measure(self.loaded, texts)
-        too_long = next((i for i, n in enumerate(lengths) if limit is not None and n > limit), None)
-        if too_long is not None:
-            raise InputError(f"sequence {too_long} has {lengths[too_long]} tokens, more than {self.loaded.name}'s {limit}")
+        lengths = self._lengths(texts)
         out: torch.Tensor | None = None
         for batch in self.batches(texts, lengths):
             rows = self.run(batch).pooled[self.layer]
@@ -103,45 +93,59 @@ class Embedder:
         assert out is not None
         return out
 
+    def _lengths(self, texts: list[str]) -> list[int]:
+        """Tokens of each of ``texts`` (special tokens excluded); InputError for an empty one, a
+        letter outside the model's vocabulary, or one longer than the model's limit."""
+        allowed, name = set(self.loaded.alphabet), self.loaded.name
+        for number, text in enumerate(texts):
+            if not text:
+                raise InputError(f"sequence {number} is empty")
+            unknown = sorted(set(text) - allowed)
+            if unknown:
+                raise InputError(f"sequence {number} has {unknown[0]!r}, which is not in {name}'s vocabulary")
+        lengths = self.target.measure(self.loaded, texts)
+        limit = self.loaded.max_length
+        too_long = next((i for i, n in enumerate(lengths) if limit is not None and n > limit), None)
+        if too_long is not None:
+            raise InputError(f"sequence {too_long} has {lengths[too_long]} tokens, more than {name}'s {limit}")
+        return lengths
+
     def batches(self, texts: Sequence[str], lengths: Sequence[int]) -> list[TokenBatch]:
         """``texts`` (validated, ``lengths`` tokens each without special tokens) tokenised in
         token-budget batches, longest first, as ``embed`` runs them."""
-        plans = make_batches(lengths, self.max_tokens, self.target.special_tokens_per_row)
-        batches = [token_batch(self.target, self.loaded, texts, lengths, plan.indices) for plan in plans]
-        if self.policy.layout == "packed":
-            for batch in batches:
-                batch.pack()  # built here (embed's reader thread), not between two forwards
+        batches = prepare_batches(self.target, self.loaded, texts, lengths, self.max_tokens)
+        for batch in batches:
+            self._forward.layout.prepare(batch)  # here (embed's reader thread), not between two forwards
         return batches
 
     def run(self, batch: TokenBatch, layers: Sequence[int] | None = None, per_residue: bool = False) -> BatchOutput:
         """One batch's outputs on the host in FP32, rows in the batch's order: pooled rows for
         each of ``layers`` (default: this embedder's layer), all from one forward pass, and,
         with ``per_residue``, the hidden states of every pooled position."""
-        packed = self.policy.layout == "packed"
         layers = (self.layer,) if layers is None else tuple(dict.fromkeys(layers))
         for layer in layers:
             if not 0 <= layer <= self.loaded.num_layers:
                 raise InputError(f"layer must be between 0 and {self.loaded.num_layers}, got {layer}")
         out = BatchOutput({}, {}, [])
         with torch.inference_mode():
-            states = self._forward(batch, layers, packed)
+            states = self._states(batch, layers)
             for layer in layers:
-                rows, mask = pool(batch, states[layer], packed, self.device)
-                out.pooled[layer] = rows.float().cpu()
+                pooled = self._forward.pool(batch, states.hidden[layer])
+                out.pooled[layer] = pooled.rows.cpu()
                 if per_residue:
-                    # Pooled positions in row order, in both layouts.
-                    out.residues[layer] = states[layer][mask].float().cpu()
+                    out.residues[layer] = pooled.residues().float().cpu()
             if per_residue:
                 out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
         return out
 
-    def _forward(self, batch: TokenBatch, layers: tuple[int, ...], packed: bool) -> dict[int, torch.Tensor]:
-        """forward_splitting; a compiled model whose first batch fails to compile (no C
-        compiler, no Triton, an unsupported operator) falls back to eager, with a note."""
+    def _states(self, batch: TokenBatch, layers: tuple[int, ...]) -> States:
+        """The batch's hidden states (``Forward.states``); a compiled model whose first batch
+        fails to compile (no C compiler, no Triton, an unsupported operator) falls back to
+        eager, with a note."""
         if self._proven:
-            return forward_splitting(self.target, self.loaded, self.model, batch, self.device, layers, packed, [0])
+            return self._forward.states(batch, layers)
         try:
-            states = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layers, packed, [0])
+            states = self._forward.states(batch, layers)
         except (torch.OutOfMemoryError, Fp16GuardError, KeyboardInterrupt):
             raise
         except Exception as exc:  # torch.compile's failures come in many types
@@ -150,7 +154,7 @@ class Embedder:
             for block in self.target.blocks(self.model):
                 block._compiled_call_impl = None  # undoes nn.Module.compile()
             self.compiled = False
-            states = forward_splitting(self.target, self.loaded, self.model, batch, self.device, layers, packed, [0])
+            states = self._forward.states(batch, layers)
         self._proven = True
         return states
 

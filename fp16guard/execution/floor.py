@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fp16guard.execution.batching import make_batches, token_batch
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.forward import PADDED_FLOAT64, Forward
 from fp16guard.models.base import LoadedModel, Target
+from fp16guard.models.batch import TokenBatch
 from fp16guard.numerics.agreement import Fp64Floor
 
 
@@ -60,28 +62,29 @@ def fp64_floor(target: Target, loaded: LoadedModel, texts: Sequence[str], length
     sample_texts = [texts[i] for i in rows]
     sample_lengths = [lengths[i] for i in rows]
     # FP64 activations take twice FP32's bytes: half the token budget keeps the memory the same.
-    plan = make_batches(sample_lengths, max(1, max_tokens // 2), target.special_tokens_per_row)
-    batches = [token_batch(target, loaded, sample_texts, sample_lengths, b.indices) for b in plan]
+    batches = prepare_batches(target, loaded, sample_texts, sample_lengths, max(1, max_tokens // 2))
     try:
         exact, where = _embed64(target, loaded, batches, len(rows), device, layer), str(device)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
-        exact, where = _embed64(target, loaded, batches, len(rows), torch.device("cpu"), layer), "cpu (out of GPU memory)"
+        cpu = torch.device("cpu")
+        exact, where = _embed64(target, loaded, batches, len(rows), cpu, layer), "cpu (out of GPU memory)"
     return Fp64Floor.of(rows, exact, reference, where, time.perf_counter() - start)
 
 
-def _embed64(target: Target, loaded: LoadedModel, batches, count: int, device: torch.device, layer: int) -> torch.Tensor:
+def _embed64(target: Target, loaded: LoadedModel, batches: list[TokenBatch], count: int, device: torch.device,
+             layer: int) -> torch.Tensor:
+    """Pooled FP64 embeddings [count, D] on the host, rows in the order of the batches' indices:
+    the loaded weights cast to FP64, run padded, one batch at a time (out of GPU memory is the
+    caller's to handle: no batch is halved)."""
     model = copy.deepcopy(loaded.module).double().to(device).eval()
     out = torch.empty(count, 0, dtype=torch.float64)
     try:
         with torch.inference_mode(), KeepFloat64():
-            for batch in batches:
-                hidden = target.hidden_states(loaded, model, batch.tokens.to(device), (layer,))[layer].double()
-                mask = batch.pool_mask.to(device)[..., None]
-                pooled = torch.where(mask, hidden, 0.0).sum(1) / mask.sum(1).clamp_min(1)
+            for pooled in Forward(target, loaded, model, device, PADDED_FLOAT64, split=False).each(batches, layer):
                 if out.shape[1] == 0:
-                    out = torch.empty(count, pooled.shape[-1], dtype=torch.float64)
-                out[list(batch.indices)] = pooled.cpu()
+                    out = torch.empty(count, pooled.rows.shape[-1], dtype=torch.float64)
+                out[list(pooled.batch.indices)] = pooled.rows.cpu()
     finally:
         del model
     return out

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fp16guard.execution.build import build
+from fp16guard.execution.forward import PADDED, Forward
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.models.batch import TokenBatch
 from fp16guard.numerics.metrics import cosine_rows
@@ -36,6 +37,7 @@ class LayerProfile:
     nonfinite: int = 0
 
     def update(self, reference: torch.Tensor, candidate: torch.Tensor) -> None:
+        """Add the tokens [T, D] of one batch, FP32's and the candidate's, compared in FP64."""
         ref, cand = reference.double(), candidate.double()
         finite = torch.isfinite(cand).all(-1)
         self.nonfinite += int((~finite).sum())
@@ -60,6 +62,7 @@ class LayerProfile:
         self.nonfinite += other.nonfinite
 
     def to_dict(self) -> dict:
+        """The figures the report shows for this block."""
         mean = self.cosine_sum / self.tokens if self.tokens else math.nan
         relative = math.sqrt(self.squared_error / self.squared_reference) if self.squared_reference else math.nan
         return {
@@ -74,6 +77,7 @@ class LayerProfile:
 
 
 def _capture(blocks: list[nn.Module], orient, sink: list) -> list:
+    """Forward hooks that put each block's output (as [B, T, D]) in ``sink``; their handles."""
     handles = []
     for index, block in enumerate(blocks):
 
@@ -90,10 +94,11 @@ def profile_batches(
 ) -> list[list[LayerProfile]]:
     """Per batch, the agreement of each block's output under ``policy`` with FP32.
 
-    Needs the FP32 and the candidate model in memory together."""
-    reference, _ = build(target, loaded, FP32, device)
-    candidate, _ = build(target, loaded, policy, device)
-    ref_blocks, cand_blocks = target.blocks(reference), target.blocks(candidate)
+    Needs the FP32 and the candidate model in memory together; both run padded rows, which the
+    hooks read (a batch that runs out of GPU memory is not halved, or the hooks would see halves)."""
+    reference = Forward(target, loaded, build(target, loaded, FP32, device)[0], device, PADDED)
+    candidate = Forward(target, loaded, build(target, loaded, policy, device)[0], device, PADDED)
+    ref_blocks, cand_blocks = target.blocks(reference.model), target.blocks(candidate.model)
     per_batch = []
     ref_out: list = [None] * len(ref_blocks)
     cand_out: list = [None] * len(cand_blocks)
@@ -102,10 +107,9 @@ def profile_batches(
     try:
         with torch.inference_mode():
             for batch in batches:
-                tokens = batch.tokens.to(device)
-                mask = batch.pool_mask.to(device)
-                target.hidden_states(loaded, reference, tokens, (layer,))
-                target.hidden_states(loaded, candidate, tokens, (layer,))
+                tokens, mask = reference.inputs(batch), reference.mask(batch)  # moved once, for both models
+                reference.call(tokens, (layer,))
+                candidate.call(tokens, (layer,))
                 stats = [LayerProfile(i + 1) for i in range(len(ref_blocks))]
                 for stat, ref, cand in zip(stats, ref_out, cand_out):
                     stat.update(ref[mask], cand[mask])

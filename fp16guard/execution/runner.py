@@ -5,22 +5,17 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from fp16guard.core.progress import Progress
-from fp16guard.execution.build import build
+from fp16guard.execution.attention import attention_kernel
+from fp16guard.execution.forward import Forward, Pooled, forward_under
 from fp16guard.execution.placement import describe as placement_of
 from fp16guard.models.base import LoadedModel, Target
 from fp16guard.models.batch import TokenBatch
-from fp16guard.numerics.metrics import (
-    TokenStats,
-    count_nonfinite,
-    masked_mean,
-    segment_mean,
-)
+from fp16guard.numerics.metrics import TokenStats, count_nonfinite
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import AppliedPolicy
 
@@ -50,10 +45,12 @@ class Timing:
 
     @property
     def tokens_per_second(self) -> float:
+        """Tokens a second at the deciding (steady) figure."""
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def first_pass_tokens_per_second(self) -> float:
+        """Tokens a second over the first pass, one-time costs included."""
         first = self.first_pass_seconds
         return self.tokens / first if first else float("nan")
 
@@ -89,47 +86,137 @@ MAX_STEADY_SECONDS = 30.0
 WARMUP_ROWS = 2
 
 
-def forward_splitting(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device,
-                      layers: Sequence[int], packed: bool, splits: list[int]) -> dict[int, torch.Tensor]:
-    """Hidden states of a batch for each of ``layers``, from one forward pass: [B, T, D] padded,
-    or [N, D] for the packed layout (rows concatenated in order). A batch that runs out of GPU
-    memory is halved by rows and retried, recursively, so no sequence is lost (a padded half
-    keeps the batch's width, so every row's result is unchanged). ``splits`` counts the
-    halvings. One row that does not fit re-raises."""
-    try:
-        if packed:
-            return target.packed_hidden_states(loaded, model, batch.pack().to(device), layers)
-        return target.hidden_states(loaded, model, batch.tokens.to(device, non_blocking=True), layers)
-    except torch.OutOfMemoryError:
-        if len(batch.indices) < 2:
-            raise
-    # Retry outside the handler: inside it, the traceback would keep the failed attempt's
-    # activations alive, and the halves would run out of memory too.
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    splits[0] += 1
-    half = len(batch.indices) // 2
-    halves = [forward_splitting(target, loaded, model, batch.rows(part), device, layers, packed, splits)
-              for part in (slice(None, half), slice(half, None))]
-    return {layer: torch.cat([part[layer] for part in halves]) for layer in layers}
+@dataclass
+class _Built:
+    """The model of one pass, built and placed."""
+
+    forward: Forward
+    applied: AppliedPolicy
+    gpus: list[torch.device]  # the GPUs whose peak memory counts
+    placement: str  # where the model runs: a device, or the GPUs its blocks were spread over
+    seconds: float
 
 
-def pool(batch: TokenBatch, hidden: torch.Tensor, packed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled FP32 rows [B, D] of a batch's hidden states, and the mask of pooled positions in
-    the hidden states' own layout (for NaN/Inf scans)."""
-    if packed:
-        pack = batch.pack()
-        mask = pack.pool_mask.to(device, non_blocking=True)
-        return segment_mean(hidden, mask, pack.segments.to(device, non_blocking=True), pack.sequences, pack.max_seqlen), mask
-    mask = batch.pool_mask.to(device, non_blocking=True)
-    return masked_mean(hidden, mask), mask
+@dataclass
+class _Steady:
+    """The steady re-timing: seconds of each timed re-run of a sample of the batches."""
+
+    passes: list[float]
+    fraction: float  # share of the tokens in the sample
 
 
-def embed_batch(target: Target, loaded: LoadedModel, model, batch: TokenBatch, device: torch.device, layer: int,
-                packed: bool, splits: list[int] | None = None) -> torch.Tensor:
-    """Pooled FP32 embeddings [B, D] of one batch, in its rows' order, on ``device``."""
-    hidden = forward_splitting(target, loaded, model, batch, device, (layer,), packed, [0] if splits is None else splits)
-    return pool(batch, hidden[layer], packed, device)[0]
+@dataclass
+class _FirstPass:
+    """The first pass over every batch, gathered batch by batch."""
+
+    count: int  # sequences in the whole set
+    stats: TokenStats | None  # summed against the reference's token states (None without a reference)
+    keep_bytes: int  # the cap on this pass's token states kept on the host (0: keep none)
+    pooled: torch.Tensor | None = None  # [count, D] float32 on the host, rows in input order
+    seconds: float = 0.0
+    peak: int = 0
+    nonfinite: tuple[int, int] = (0, 0)
+    splits: int = 0
+    token_states: list[torch.Tensor | None] = field(default_factory=list)
+    token_rows: list[tuple[TokenStats, ...]] = field(default_factory=list)
+    kept_bytes: int = 0
+
+    def add(self, pooled: Pooled, reference_states: torch.Tensor | None, device: torch.device) -> Pooled:
+        """One batch's outputs: its pooled rows, the NaN/Inf scan of its pooled positions, its
+        token statistics against ``reference_states`` (the reference's padded rows, if it kept
+        them) and its own token states where kept. Returns the outputs as last used (as padded
+        rows where they were compared or kept)."""
+        rows = pooled.rows
+        if self.pooled is None:
+            self.pooled = torch.empty(self.count, rows.shape[-1], dtype=torch.float32)
+        self.pooled[list(pooled.batch.indices)] = rows.cpu()
+        nan, inf = count_nonfinite(pooled.residues())
+        self.nonfinite = (self.nonfinite[0] + nan, self.nonfinite[1] + inf)
+        self.splits += pooled.splits
+        if reference_states is not None or self.keep_bytes:
+            pooled = pooled.as_padded()
+        batch_rows = _token_rows(pooled, reference_states, device) if reference_states is not None else ()
+        for row in batch_rows:
+            self.stats = self.stats + row
+        self.token_rows.append(batch_rows)
+        if self.keep_bytes:
+            self._keep(pooled.hidden)
+        return pooled
+
+    def _keep(self, hidden: torch.Tensor) -> None:
+        size = hidden.numel() * 4
+        if self.kept_bytes + size <= self.keep_bytes:
+            self.token_states.append(hidden.float().cpu())
+            self.kept_bytes += size
+        else:
+            self.token_states.append(None)
+
+
+def _token_rows(padded: Pooled, reference_states: torch.Tensor, device: torch.device) -> tuple[TokenStats, ...]:
+    """Token statistics of each row of a batch (``padded``: its outputs as padded rows) against
+    the reference's token states of the same rows."""
+    # Row by row: the float64 comparison of a whole batch would rival the model's own
+    # activations in memory.
+    return tuple(
+        TokenStats.of_batch(ref_row[None].to(device), padded.hidden[row : row + 1], padded.mask[row : row + 1])
+        for row, ref_row in enumerate(reference_states)
+    )
+
+
+def _build(target: Target, loaded: LoadedModel, policy: Policy, device: torch.device, spread: bool) -> _Built:
+    """A fresh model under ``policy`` on ``device`` (its blocks over every GPU with ``spread``)."""
+    start = time.perf_counter()
+    forward, applied = forward_under(target, loaded, policy, device, spread)
+    gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if spread else [device]
+    placement = placement_of(forward.model) if spread else str(device)
+    _sync(device)
+    return _Built(forward, applied, gpus, placement, time.perf_counter() - start)
+
+
+def _warm_up(forward: Forward, batches: list[TokenBatch], layer: int, measure: bool) -> tuple[float, str]:
+    """Seconds spent warming up, and the attention kernel that ran ("" without ``measure``).
+
+    The first call of each kernel (lazy CUDA module loading, GEMM heuristics, attention-kernel
+    choice) is not throughput: a few rows of the longest and of the shortest batch, at the full
+    padded width, load the same kernels at a fraction of a batch's cost. The attention kernel
+    is read off the first of them."""
+    start = time.perf_counter()
+    attention = ""
+    for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values() if measure else ():
+        rows = batch.rows(slice(None, WARMUP_ROWS))
+        if not attention:
+            attention = attention_kernel(lambda: forward.states(rows, (layer,)))
+        forward.states(rows, (layer,))
+    _sync(forward.device)
+    return time.perf_counter() - start, attention
+
+
+def _first_pass(built: _Built, name: str, batches: list[TokenBatch], count: int, layer: int, progress: Progress,
+                reference: RunResult | None, keep_states_bytes: int) -> _FirstPass:
+    """Every batch once, each timed on its own (forward and pooling) with its peak memory."""
+    forward, device = built.forward, built.forward.device
+    cuda = device.type == "cuda"
+    record = _FirstPass(count, TokenStats() if reference is not None else None, keep_states_bytes)
+    progress.pass_started(name, sum(b.tokens_used for b in batches))
+    for number, batch in enumerate(batches):
+        if cuda:
+            for gpu in built.gpus:
+                torch.cuda.reset_peak_memory_stats(gpu)
+        _sync(device)
+        start = time.perf_counter()
+        pooled = forward.pooled(batch, layer)
+        _sync(device)
+        record.seconds += time.perf_counter() - start
+        if cuda:
+            for gpu in built.gpus[1:]:
+                _sync(gpu)
+            record.peak = max(record.peak, sum(torch.cuda.max_memory_allocated(gpu) for gpu in built.gpus))
+        # Held until the next batch's outputs replace it: the next batch's peak memory counts
+        # these outputs, as it always has.
+        pooled = record.add(pooled, reference.token_states[number] if reference is not None else None, device)
+        progress.advance(batch.tokens_used)
+    progress.pass_finished()
+    return record
 
 
 def _sample(batches: list[TokenBatch], first_seconds: float, careful: bool) -> list[TokenBatch]:
@@ -143,14 +230,30 @@ def _sample(batches: list[TokenBatch], first_seconds: float, careful: bool) -> l
     return batches[::step]
 
 
-def _timed(target: Target, loaded: LoadedModel, model, batches: list[TokenBatch], device: torch.device, layer: int,
-           packed: bool) -> float:
+def _steady(forward: Forward, batches: list[TokenBatch], layer: int, first_seconds: float, measure: bool,
+            repeat: bool | None) -> _Steady:
+    """Re-runs of a sample of the batches once every shape has run (None ``repeat``: on CUDA
+    only; True: every batch, at least three times).
+
+    The first pass pays one-time costs: lazy kernel loading and, for some attention backends
+    (cuDNN), a plan per new shape. Re-timing a sample gives the steady rate, which is what
+    decides a recommendation."""
+    wanted = forward.device.type == "cuda" if repeat is None else repeat
+    timed: list[float] = []
+    sample = _sample(batches, first_seconds, careful=bool(repeat)) if measure and wanted else []
+    while sample and len(timed) < MAX_REPEATS and (sum(timed) < MIN_TIMED_SECONDS or (repeat and len(timed) < 3)):
+        timed.append(_timed(forward, sample, layer))
+    fraction = sum(b.tokens_used for b in sample) / sum(b.tokens_used for b in batches) if sample else 1.0
+    return _Steady(timed, fraction)
+
+
+def _timed(forward: Forward, batches: list[TokenBatch], layer: int) -> float:
     """Seconds for one pass over ``batches`` (forward and pooling), synchronised at the end."""
-    _sync(device)
+    _sync(forward.device)
     start = time.perf_counter()
     for batch in batches:
-        embed_batch(target, loaded, model, batch, device, layer, packed)
-    _sync(device)
+        forward.pooled(batch, layer)
+    _sync(forward.device)
     return time.perf_counter() - start
 
 
@@ -159,65 +262,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: aten operators that name the attention kernel a pass ran, most specific first.
-ATTENTION_OPERATORS = (
-    ("varlen", "flash, variable-length (packed)"),
-    ("_flash_attention_forward", "flash, variable-length (packed)"),
-    ("_scaled_dot_product_cudnn_attention", "cuDNN (SDPA)"),
-    ("_scaled_dot_product_flash_attention_for_cpu", "SDPA, CPU kernel"),
-    ("_scaled_dot_product_flash_attention", "flash (SDPA)"),
-    ("_scaled_dot_product_efficient_attention", "memory-efficient (SDPA)"),
-    ("_scaled_dot_product_attention_math", "math (SDPA)"),
-    ("aten.scaled_dot_product_attention.", "SDPA (kernel choice not reported by this torch)"),
-)
-
-
-def _sdpa_choice(args, kwargs) -> str:
-    """The backend scaled_dot_product_attention chooses for these arguments, as an operator-like
-    name that ATTENTION_OPERATORS knows ("" when torch cannot say)."""
-    try:
-        from torch.nn.attention import SDPBackend
-
-        choice = SDPBackend(int(torch._fused_sdp_choice(*args, **kwargs))).name
-    except Exception:  # a private chooser: absent or different in some torch versions
-        return ""
-    if choice == "FLASH_ATTENTION" and not args[0].is_cuda:
-        return "_scaled_dot_product_flash_attention_for_cpu"
-    return {
-        "FLASH_ATTENTION": "_scaled_dot_product_flash_attention",
-        "EFFICIENT_ATTENTION": "_scaled_dot_product_efficient_attention",
-        "CUDNN_ATTENTION": "_scaled_dot_product_cudnn_attention",
-        "MATH": "_scaled_dot_product_attention_math",
-    }.get(choice, "")
-
-
-def attention_kernel(run) -> str:
-    """The attention kernel that ``run()`` (one small forward) actually executes, read from the
-    operators PyTorch dispatches: flash, memory-efficient, cuDNN, the CPU kernel, math, or
-    unfused matmuls and softmax (fair-esm's own attention)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    names: set[str] = set()
-
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            names.add(str(func))
-            if func is torch.ops.aten.scaled_dot_product_attention.default:
-                # SDPA picks its kernel inside one operator: ask the same chooser it asks.
-                names.add(_sdpa_choice(args, kwargs or {}))
-            return func(*args, **(kwargs or {}))
-
-    with Recorder():
-        run()
-    found = [next((label for key, label in ATTENTION_OPERATORS if key in name), None) for name in sorted(names)]
-    found = [label for label in found if label]
-    if len(set(found)) > 1:  # the chooser's answer makes the generic SDPA entry redundant
-        found = [label for label in found if label != ATTENTION_OPERATORS[-1][1]]
-    if found:
-        return " + ".join(dict.fromkeys(found))
-    if any("softmax" in name for name in names) and any(op in name for name in names for op in ("bmm", "matmul")):
-        return "unfused (matmul + softmax)"
-    return "unknown"
+def _timing(built: _Built, warmup: tuple[float, str], first: _FirstPass, steady: _Steady,
+            batches: list[TokenBatch]) -> Timing:
+    """The pass's Timing: the steady figure where re-runs were made, the first pass otherwise."""
+    seconds, noise = first.seconds, None
+    if steady.passes:
+        middle = statistics.median(steady.passes)
+        seconds = middle / steady.fraction
+        noise = (max(steady.passes) - min(steady.passes)) / middle if len(steady.passes) > 1 and middle > 0 else None
+    return Timing(
+        build_seconds=built.seconds,
+        warmup_seconds=warmup[0],
+        seconds=seconds,
+        tokens=sum(b.tokens_used for b in batches),
+        padded_tokens=sum(built.forward.layout.tokens(b) for b in batches),
+        passes=len(steady.passes),
+        first_pass_seconds=first.seconds,
+        steady_fraction=steady.fraction,
+        spread=noise,
+        attention=warmup[1],
+    )
 
 
 def run_policy(
@@ -246,127 +310,29 @@ def run_policy(
     times). The policy's ``layout`` decides whether batches run padded or packed.
     """
     progress = progress or Progress()
-    cuda = device.type == "cuda"
-    packed = policy.layout == "packed"
-    start = time.perf_counter()
-    model, applied = build(target, loaded, policy, device, spread)
-    gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if spread else [device]
-    placement = placement_of(model) if spread else str(device)
-    _sync(device)
-    build_seconds = time.perf_counter() - start
-
-    pooled: torch.Tensor | None = None
-    stats = TokenStats() if reference is not None else None
-    nonfinite = [0, 0]
-    kept: list[torch.Tensor | None] = []
-    rows_stats: list[tuple[TokenStats, ...]] = []
-    kept_bytes = 0
-    peak = 0
-    seconds = 0.0
-    splits = [0]
+    built = _build(target, loaded, policy, device, spread)
     with torch.inference_mode():
-        # Warm up on the longest and the shortest batch: the first call of each kernel (lazy
-        # CUDA module loading, GEMM heuristics, attention-kernel choice) is not throughput. A few
-        # rows at the full padded width load the same kernels at a fraction of a batch's cost.
-        # The attention kernel that runs is read off the first of them.
-        start = time.perf_counter()
-        attention = ""
-        for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values() if measure else ():
-            rows = batch.rows(slice(None, WARMUP_ROWS))
-            if not attention:
-                attention = attention_kernel(lambda: forward_splitting(target, loaded, model, rows, device, (layer,), packed, [0]))
-            forward_splitting(target, loaded, model, rows, device, (layer,), packed, [0])
-        _sync(device)
-        warmup_seconds = time.perf_counter() - start
-
-        progress.pass_started(policy.name, sum(b.tokens_used for b in batches))
-        for number, batch in enumerate(batches):
-            if cuda:
-                for gpu in gpus:
-                    torch.cuda.reset_peak_memory_stats(gpu)
-            _sync(device)
-            start = time.perf_counter()
-            hidden = forward_splitting(target, loaded, model, batch, device, (layer,), packed, splits)[layer]
-            rows, mask = pool(batch, hidden, packed, device)
-            _sync(device)
-            seconds += time.perf_counter() - start
-            if cuda:
-                for gpu in gpus[1:]:
-                    _sync(gpu)
-                peak = max(peak, sum(torch.cuda.max_memory_allocated(gpu) for gpu in gpus))
-
-            if pooled is None:
-                pooled = torch.empty(count, rows.shape[-1], dtype=torch.float32)
-            pooled[list(batch.indices)] = rows.cpu()
-            nan, inf = count_nonfinite(hidden[mask])
-            nonfinite[0] += nan
-            nonfinite[1] += inf
-            batch_rows: list[TokenStats] = []
-            if reference is not None and reference.token_states[number] is not None:
-                if packed:  # the reference's token states are padded rows
-                    hidden, mask = batch.unpack(hidden), batch.pool_mask.to(device)
-                # Row by row: the float64 comparison of a whole batch would rival the model's
-                # own activations in memory.
-                for row, ref_row in enumerate(reference.token_states[number]):
-                    batch_rows.append(TokenStats.of_batch(ref_row[None].to(device), hidden[row : row + 1], mask[row : row + 1]))
-                    stats = stats + batch_rows[-1]
-            rows_stats.append(tuple(batch_rows))
-            if keep_states_bytes:
-                if packed and hidden.dim() == 2:
-                    hidden = batch.unpack(hidden)
-                size = hidden.numel() * 4
-                if kept_bytes + size <= keep_states_bytes:
-                    kept.append(hidden.float().cpu())
-                    kept_bytes += size
-                else:
-                    kept.append(None)
-            progress.advance(batch.tokens_used)
-        progress.pass_finished()
-
-        # The first pass pays one-time costs: lazy kernel loading and, for some attention
-        # backends (cuDNN), a plan per new shape. Every shape has run once now, so re-timing a
-        # sample of the batches gives the steady rate, which is what decides a recommendation.
-        first_seconds = seconds
-        wanted = cuda if repeat is None else repeat
-        timed: list[float] = []
-        sample = _sample(batches, first_seconds, careful=bool(repeat)) if measure and wanted else []
-        while sample and len(timed) < MAX_REPEATS and (sum(timed) < MIN_TIMED_SECONDS or (repeat and len(timed) < 3)):
-            timed.append(_timed(target, loaded, model, sample, device, layer, packed))
-        fraction = sum(b.tokens_used for b in sample) / sum(b.tokens_used for b in batches) if sample else 1.0
-        noise = None
-        if timed:
-            middle = statistics.median(timed)
-            seconds = middle / fraction
-            noise = (max(timed) - min(timed)) / middle if len(timed) > 1 and middle > 0 else None
-
-    del model
+        warmup = _warm_up(built.forward, batches, layer, measure)
+        first = _first_pass(built, policy.name, batches, count, layer, progress, reference, keep_states_bytes)
+        steady = _steady(built.forward, batches, layer, first.seconds, measure, repeat)
+    timing = _timing(built, warmup, first, steady, batches)
+    applied, placement = built.applied, built.placement
+    del built
     if spread:
         gc.collect()  # accelerate's hooks and the modules refer to each other
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-    timing = Timing(
-        build_seconds=build_seconds,
-        warmup_seconds=warmup_seconds,
-        seconds=seconds,
-        tokens=sum(b.tokens_used for b in batches),
-        padded_tokens=sum(b.tokens_used if packed else b.tokens.numel() for b in batches),
-        passes=len(timed),
-        first_pass_seconds=first_seconds,
-        steady_fraction=fraction,
-        spread=noise,
-        attention=attention,
-    )
-    assert pooled is not None
+    assert first.pooled is not None
     return RunResult(
         applied=applied,
-        pooled=pooled,
+        pooled=first.pooled,
         timing=timing,
-        peak_memory_bytes=peak if cuda else None,
-        token_stats=stats,
-        token_nonfinite=(nonfinite[0], nonfinite[1]),
-        oom_splits=splits[0],
-        token_states=kept,
-        token_rows=rows_stats,
-        kept_sequences=sum(state.shape[0] for state in kept if state is not None),
+        peak_memory_bytes=first.peak if device.type == "cuda" else None,
+        token_stats=first.stats,
+        token_nonfinite=first.nonfinite,
+        oom_splits=first.splits,
+        token_states=first.token_states,
+        token_rows=first.token_rows,
+        kept_sequences=sum(state.shape[0] for state in first.token_states if state is not None),
         placement=placement,
     )

@@ -12,7 +12,7 @@ from cli_runner import run_cli
 from fp16guard import Embedder
 from fp16guard.core.config import ModelSource
 from fp16guard.numerics.policy import fast_variant, get_policy
-from fp16guard.execution.runner import forward_splitting
+from fp16guard.execution.forward import Forward, layout_of
 from fp16guard.models import get_target
 from fp16guard.testing import synthetic_dna, write_dnabert, write_hf_bert, write_hf_t5
 
@@ -107,15 +107,14 @@ def test_a_halved_batch_keeps_every_layer(models, policy):
     loaded = target.load(source)
     embedder = Embedder(target, loaded, get_policy(policy), CPU, max_tokens=10_000)
     (batch,) = embedder.batches(texts, target.measure(loaded, texts))
-    packed, layers = policy.endswith("packed"), (3, 1)
-    splits = [0]
+    layout, layers = layout_of(get_policy(policy)), (3, 1)
     with torch.inference_mode():
-        whole = forward_splitting(target, loaded, embedder.model, batch, CPU, layers, packed, [0])
-        halves = forward_splitting(SmallMemory(target, 3), loaded, embedder.model, batch, CPU, layers, packed, splits)
-    assert splits[0] >= 2 and list(halves) == list(layers)
+        whole = Forward(target, loaded, embedder.model, CPU, layout).states(batch, layers)
+        halves = Forward(SmallMemory(target, 3), loaded, embedder.model, CPU, layout).states(batch, layers)
+    assert whole.splits == 0 and halves.splits >= 2 and list(halves.hidden) == list(layers)
     for layer in layers:
-        assert halves[layer].shape == whole[layer].shape
-        torch.testing.assert_close(halves[layer], whole[layer], atol=1e-3, rtol=1e-3)
+        assert halves.hidden[layer].shape == whole.hidden[layer].shape
+        torch.testing.assert_close(halves.hidden[layer], whole.hidden[layer], atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("policy", [None, "fp16+packed"])
