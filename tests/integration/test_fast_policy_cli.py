@@ -10,7 +10,7 @@ import torch
 from cli_runner import ladder, read_report, run_cli
 
 from fp16guard import Embedder, apply_policy
-from fp16guard.workflows import validate as workflow
+from fp16guard.workflows.validate import ladder as workflow
 from fp16guard.numerics.metrics import masked_mean
 from fp16guard.numerics.policy import get_policy
 from fp16guard.execution.runner import run_policy

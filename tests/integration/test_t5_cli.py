@@ -293,7 +293,7 @@ def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, sm
     policy and the ladder's fast variant. Timings are a GPU's business: here fused attention is
     made faster than eager, and then (``islands_pay``) fewer FP32 modules faster than more;
     without that, the ladder's fast variant stays recommended."""
-    from fp16guard.workflows import validate as workflow
+    from fp16guard.workflows.validate import ladder as workflow
 
     def speed(attempt):
         return attempt.policy["fast_attention"], -len(attempt.fp32_modules) if islands_pay else 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fp16guard.workflows.search import search_fp32_islands
+from fp16guard.workflows.validate.search import search_fp32_islands
 
 
 @pytest.mark.parametrize(
