@@ -1,4 +1,5 @@
-"""The root Typer app and the Command and Group classes every fp16guard command uses."""
+"""The root Typer app (main.py adds the commands to it) and the Command and Group classes of every
+fp16guard command."""
 
 from __future__ import annotations
 

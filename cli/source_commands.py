@@ -61,9 +61,9 @@ class SourceCommands:
 
     def add(
         self, target: str, source: Callable[..., ModelSource], help: str, overrides: dict[str, object] | None = None
-    ) -> Callable[..., None]:
+    ) -> None:
         """Register ``TARGET`` on the group: ``source``'s parameters are its model-source options
-        and its help is ``help``; returns the command's callback."""
+        and its help is ``help``."""
         params = command_parameters(source, self.options, overrides or {})
         source_names = tuple(inspect.signature(source).parameters)
 
@@ -75,4 +75,3 @@ class SourceCommands:
         command.__annotations__ = {param.name: param.annotation for param in params}
         command.__doc__, command.__name__ = help, target
         self.group.command(target, epilog=self.epilog, cls=Command)(command)
-        return command
