@@ -1,3 +1,3 @@
-from .main import run
+from fp16guard_cli.main import run
 
 run()

@@ -52,7 +52,8 @@ def error_annotation(report: Report) -> str | None:
     if tried:
         last = tried[-1]
         sequence, cosine = last.metrics["worst"][0]
-        if last.metrics.get("below_threshold") or last.metrics.get("nonfinite_sequences") or last.metrics.get("min_cosine") is None:
+        metrics = last.metrics
+        if metrics.get("below_threshold") or metrics.get("nonfinite_sequences") or metrics.get("min_cosine") is None:
             message += (f" Worst sequence under policy {last.name}: {sequence} (cosine {format_cosine(cosine)}, "
                         f"threshold {report.thresholds['min_cosine']}).")
         else:  # every cosine passed: an agreement gate (--min-knn-overlap, ...) failed, and its reason names it

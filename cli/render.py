@@ -82,7 +82,10 @@ class LiveProgress(LibraryProgress):
 
     def __init__(self, console: Console, unit: str = "tokens"):
         self.console = console
-        rate = (TextColumn("{task.fields[unit]}"), RateColumn(unit), TimeRemainingColumn()) if unit != "tokens" else (TextColumn("tokens"),)
+        if unit != "tokens":
+            rate = (TextColumn("{task.fields[unit]}"), RateColumn(unit), TimeRemainingColumn())
+        else:
+            rate = (TextColumn("tokens"),)
         self.bars = Progress(
             TextColumn("{task.description:<14}"),
             BarColumn(),
@@ -120,20 +123,27 @@ class LiveProgress(LibraryProgress):
 
 
 # The terminal shows the essentials; report.md has every column.
-TERMINAL_COLUMNS = ("policy", "min cos", "mean cos", "worst sequence", "NaN/Inf", "kNN overlap", "rank corr", "tokens/s", "speed-up",
-                    "peak memory", "verdict")
+TERMINAL_COLUMNS = (
+    "policy", "min cos", "mean cos", "worst sequence", "NaN/Inf", "kNN overlap", "rank corr", "tokens/s", "speed-up",
+    "peak memory", "verdict",
+)
 #: Left out in this order, one at a time, while the table is wider than the console: a number is
 #: never folded or cut, so a column that does not fit goes as a whole.
-DROP_ORDER = ("peak memory", "tokens/s", "rank corr", "mean cos", "worst sequence", "speed-up", "NaN/Inf", "kNN overlap")
+DROP_ORDER = (
+    "peak memory", "tokens/s", "rank corr", "mean cos", "worst sequence", "speed-up", "NaN/Inf", "kNN overlap",
+)
 #: The one column of free text: a long sequence id folds within this width when the whole id
 #: does not fit. Every other column holds a number or a short word and never wraps.
 TEXT_COLUMN, TEXT_WIDTH = "worst sequence", 20
 
 
-def _table(report: Report, rows: list[dict[str, str]], headers: tuple[str, ...], compact: bool, fold_ids: bool) -> Table:
+def _table(
+    report: Report, rows: list[dict[str, str]], headers: tuple[str, ...], compact: bool, fold_ids: bool
+) -> Table:
     title = f"{report.model['name']} on {report.environment['device_name']}"
     if compact:  # no vertical rules or outer edges: room for two more columns at 80 columns
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                      padding=(0, 1, 0, 0))
     else:
         table = Table(title=title, title_justify="left")
     for header in headers:
@@ -249,7 +259,8 @@ def report_diff(console: Console, result, top: int = 5) -> None:
         table.add_row(
             change.policy + ("" if change.role == "attempt" else f" ({change.role})"),
             _pair(change.old_passed, change.new_passed, _passed, present),
-            _pair(change.old_min_cosine, change.new_min_cosine, format_cosine, present) if change.role != "reference" else "-",
+            (_pair(change.old_min_cosine, change.new_min_cosine, format_cosine, present)
+             if change.role != "reference" else "-"),
             _metric_cell(change.metric("knn_overlap_mean")),
             _metric_cell(change.metric("rank_correlation")),
             _pair(change.old_tokens_per_second, change.new_tokens_per_second, fmt_rate, present),
@@ -265,7 +276,8 @@ def report_diff(console: Console, result, top: int = 5) -> None:
             console.print(f"[bold]{change.policy}[/]: largest falls in cosine")
             for seq in movers:
                 mark = " [red](crossed the threshold)[/]" if seq.crossed else ""
-                console.print(f"  {escape(seq.id)}: {format_cosine(seq.old)} -> {format_cosine(seq.new)}{mark}", soft_wrap=True)
+                console.print(f"  {escape(seq.id)}: {format_cosine(seq.old)} -> {format_cosine(seq.new)}{mark}",
+                              soft_wrap=True)
     _agreement_lines(console, result)
     if result:
         console.print(f"[bold green]no regression[/] (tolerance {result.tolerance:g}, agreement tolerance "
@@ -311,7 +323,8 @@ def catalog(console: Console, entries, policies) -> None:
     for header in ("target", "name", "available", "description", "where"):
         table.add_column(header, overflow="fold")
     for entry in entries:
-        table.add_row(*(Text(cell) for cell in (entry.target, entry.name, "yes" if entry.available else "no", entry.description, entry.where)))
+        cells = (entry.target, entry.name, "yes" if entry.available else "no", entry.description, entry.where)
+        table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
     console.print("hf: any encoder directory or hub id with `fp16guard validate hf --model PATH_OR_ID`")
     console.print("Policies: " + ", ".join(f"{name} ({p.describe()})" for name, p in policies.items()))
@@ -319,22 +332,28 @@ def catalog(console: Console, entries, policies) -> None:
 
 def embed_summary(console: Console, result) -> None:
     """What ``fp16guard embed`` wrote, under which policy, with the spot checks (give it stdout)."""
-    console.print(f"[bold green]embedded {result.sequences} sequence(s)[/] into {escape(str(result.out))}", soft_wrap=True)
+    console.print(f"[bold green]embedded {result.sequences} sequence(s)[/] into {escape(str(result.out))}",
+                  soft_wrap=True)
     console.print(f"precision: {escape(result.policy_note)}", soft_wrap=True)
     layers = ", ".join(map(str, result.layers))
-    console.print(f"layer{'s' if len(result.layers) > 1 else ''} {layers}; pooled FP32 embeddings" + (" and per-residue states" if result.per_residue else ""))
+    console.print(f"layer{'s' if len(result.layers) > 1 else ''} {layers}; pooled FP32 embeddings"
+                  + (" and per-residue states" if result.per_residue else ""))
     if result.spot_checks:
-        share = f", {result.spot_seconds:.1f} s = {result.spot_seconds / result.seconds:.1%} of the embedding time" if result.seconds > 0 else ""
-        console.print(f"spot checks against FP32: {result.spot_checks} sequence(s), min cosine {format_cosine(result.spot_min_cosine)} "
-                      f"(threshold {result.threshold}{share})")
+        share = ""
+        if result.seconds > 0:
+            share = f", {result.spot_seconds:.1f} s = {result.spot_seconds / result.seconds:.1%} of the embedding time"
+        console.print(f"spot checks against FP32: {result.spot_checks} sequence(s), "
+                      f"min cosine {format_cosine(result.spot_min_cosine)} (threshold {result.threshold}{share})")
     elif result.policy.is_full_precision:
         console.print("spot checks: none needed (FP32)")
     if result.compile_note:
         console.print(f"execution: {escape(result.compile_note)}", soft_wrap=True)
     rate = result.tokens_per_second
+    first = result.first_batch_seconds
     console.print(f"{result.tokens} tokens embedded by this run in {result.seconds:.1f} s"
                   + (f" ({fmt_rate(rate)} tokens/s)" if rate else "")
-                  + (f", the first batch done {result.first_batch_seconds:.1f} s after start-up began" if result.first_batch_seconds is not None else "")
-                  + (f"; {result.resumed_shards} of {result.shards} shard(s) resumed from an earlier run" if result.resumed_shards else ""))
+                  + (f", the first batch done {first:.1f} s after start-up began" if first is not None else "")
+                  + (f"; {result.resumed_shards} of {result.shards} shard(s) resumed from an earlier run"
+                     if result.resumed_shards else ""))
     if result.truncated:
         console.print(f"[yellow]{result.truncated} sequence(s) longer than the model's limit were truncated[/]")

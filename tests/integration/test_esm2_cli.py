@@ -350,10 +350,19 @@ def test_every_validate_option_reaches_the_workflow():
     # A command's option that is neither a source option nor shared would be silently dropped
     # (as --careful-timing once was).
     import inspect
+    from dataclasses import fields
 
-    from fp16guard_cli.main import SOURCE_OPTIONS, _shared_option_names, validate_app
+    from fp16guard.core.config import ValidationConfig
+    from fp16guard_cli import sources, validate
+    from fp16guard_cli.main import validate_app
 
-    shared = _shared_option_names()
+    SOURCE_OPTIONS = {name for f in (sources.esm2, sources.hf, sources.dnabert, sources.antiberty)
+                      for name in inspect.signature(f).parameters}
+    # The keywords the validate run names on its way to the library, and the ValidationConfig
+    # fields its remaining options fill.
+    runners = (validate.run_validation, validate._validate, validate._validation_config)
+    keywords = {p.name for f in runners for p in inspect.signature(f).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    shared = keywords | {f.name for f in fields(ValidationConfig)}
     for command in validate_app.registered_commands:
         options = set(inspect.signature(command.callback).parameters) - {"ctx"}  # the typer.Context, not an option
         assert options - SOURCE_OPTIONS <= shared, (command.name, options - SOURCE_OPTIONS - shared)

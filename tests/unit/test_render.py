@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 from test_report import make_report
 
-from fp16guard_cli import render
 from fp16guard.report.text import summary_rows
+from fp16guard_cli import render
 
 
 def _rendered(report, width: int) -> str:

@@ -14,7 +14,8 @@ def write(path, text):
 
 
 def test_fp16guard_toml_is_read_with_paths_relative_to_its_directory(tmp_path):
-    write(tmp_path / "fp16guard.toml", 'target = "esm2"\nweights = "m/model.pt"\nmin-cosine = 1\ntry = ["bf16"]\nmax-tokens = "auto"\n')
+    write(tmp_path / "fp16guard.toml",
+          'target = "esm2"\nweights = "m/model.pt"\nmin-cosine = 1\ntry = ["bf16"]\nmax-tokens = "auto"\n')
     config = discover(tmp_path)
     assert config.path == tmp_path / "fp16guard.toml"
     assert config.target == "esm2"
@@ -60,15 +61,17 @@ def test_a_bad_key_or_value_is_an_input_error_naming_the_file(tmp_path, text, wo
 
 
 def test_pyproject_errors_name_the_table(tmp_path):
-    path = write(tmp_path / "pyproject.toml", "[tool.fp16guard]\nsequence = 'a.fasta'\n")
-    with pytest.raises(InputError, match=r"pyproject.toml \[tool.fp16guard\]: unknown key 'sequence' \(did you mean 'sequences'\?\)"):
+    write(tmp_path / "pyproject.toml", "[tool.fp16guard]\nsequence = 'a.fasta'\n")
+    expected = r"pyproject.toml \[tool.fp16guard\]: unknown key 'sequence' \(did you mean 'sequences'\?\)"
+    with pytest.raises(InputError, match=expected):
         discover(tmp_path)
 
 
 def test_every_key_fills_an_option_of_validate():
     """A key added here must be an option of the validate commands (and the other way round)."""
-    from fp16guard_cli.main import validate_app
     from typer.main import get_command
+
+    from fp16guard_cli.main import validate_app
 
     group = get_command(validate_app)
     options = {p.name for name in group.commands for p in group.commands[name].params}
