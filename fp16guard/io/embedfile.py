@@ -76,7 +76,8 @@ def _write_arrays(handle: h5py.File, part: Part, layers: Sequence[int], per_resi
         if per_residue:
             handle["residues"] = handle[names[layers[0]][1]]
     if per_residue:
-        _create(handle, "residue_offsets", np.concatenate([[0], np.cumsum(part.counts, dtype=np.int64)]).astype(np.int64))
+        offsets = np.concatenate([[0], np.cumsum(part.counts, dtype=np.int64)]).astype(np.int64)
+        _create(handle, "residue_offsets", offsets)
 
 
 def _set_attrs(handle: h5py.File, attrs: dict) -> None:
@@ -137,9 +138,11 @@ def merge(shards: Sequence[Path], out: Path, layers: Sequence[int], per_residue:
 
     def write(handle: h5py.File) -> None:
         ids = handle.create_dataset("ids", (total,), dtype=h5py.string_dtype("utf-8"), track_times=False)
-        pooled = {layer: handle.create_dataset(names[layer][0], (total, width), dtype=np.float32, track_times=False) for layer in layers}
-        residues = {layer: handle.create_dataset(names[layer][1], (residues_total, width), dtype=np.float32, track_times=False)
-                    for layer in layers} if per_residue else {}
+        def dataset(name: str, rows: int):
+            return handle.create_dataset(name, (rows, width), dtype=np.float32, track_times=False)
+
+        pooled = {layer: dataset(names[layer][0], total) for layer in layers}
+        residues = {layer: dataset(names[layer][1], residues_total) for layer in layers} if per_residue else {}
         offsets = np.zeros(total + 1, dtype=np.int64)
         row = residue = 0
         for shard, (count, rcount, _) in zip(shards, sizes):
