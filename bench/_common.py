@@ -14,7 +14,6 @@ from pathlib import Path
 
 from fp16guard.testing import (
     ARCHITECTURES,
-    T5_ARCHITECTURES,
     write_checkpoint,
     write_dnabert,
     write_hf_esm,

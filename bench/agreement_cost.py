@@ -33,7 +33,8 @@ def cost(n: int, dim: int, repeats: int = 7) -> float:
     reference = torch.randn(n, dim, generator=generator) + 3.0  # a shared component, as real embeddings have
     candidate = reference.half().float()
     ids = [f"s{i}" for i in range(n)]
-    probe = Probe("probe", torch.randn(10, dim, dtype=torch.float64, generator=generator), torch.zeros(10, dtype=torch.float64))
+    probe = Probe("probe", torch.randn(10, dim, dtype=torch.float64, generator=generator),
+                  torch.zeros(10, dtype=torch.float64))
     inputs = AgreementInputs(probe=probe, labels=tuple(f"class{i % 5}" for i in range(n)))
     measure(reference, candidate, ids, inputs)
     times = []

@@ -53,7 +53,8 @@ def esm_tokens(rows: int, length: int, padded: bool, device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(rows * length + padded)
     tokens = torch.randint(4, 24, (rows, length), generator=generator)
     tokens[:, 0] = 0
-    lengths = torch.randint(length // 4, length, (rows,), generator=generator) if padded else torch.full((rows,), length)
+    lengths = torch.randint(length // 4, length, (rows,),
+                            generator=generator) if padded else torch.full((rows,), length)
     for row, n in enumerate(lengths.tolist()):
         tokens[row, n - 1] = 2
         tokens[row, n:] = 1
@@ -122,9 +123,11 @@ def check_esm(arch: str, device, peak: float, report: dict, lines: list[str]) ->
                 rate = real / seconds
                 mfu = rate * flops_per_token / peak
                 shape = f"{rows}x{length}" + (" padded" if padded else "")
-                lines.append(f"| {shape} | {name} | {cosine:.6f} | {rate:,.0f} | {mfu:.1%} | {memory / 2**30:.2f} GiB |")
+                gib = memory / 2**30
+                lines.append(f"| {shape} | {name} | {cosine:.6f} | {rate:,.0f} | {mfu:.1%} | {gib:.2f} GiB |")
                 report["esm2"].append(
-                    {"batch": shape, "policy": name, "min_cosine": cosine, "tokens_per_second": rate, "mfu": mfu, "peak_bytes": memory}
+                    {"batch": shape, "policy": name, "min_cosine": cosine, "tokens_per_second": rate, "mfu": mfu,
+                     "peak_bytes": memory}
                 )
     fast = forward_of(models["fp16+sdpa"])
     flash = kernel_runs(fast, esm_tokens(16, 1024, False, device), SDPBackend.FLASH_ATTENTION)
@@ -148,7 +151,8 @@ def check_dnabert(device, report: dict, lines: list[str]) -> None:
         model = copy.deepcopy(base)
         apply_policy(model, name)
         models[name] = model.to(device).eval()
-    lines += ["## DNABERT-S architecture (native, ALiBi bias)", "", "| batch | policy | min cos vs FP32 | tokens/s | peak memory |", "|---|---|---|---|---|"]
+    lines += ["## DNABERT-S architecture (native, ALiBi bias)", "", "| batch | policy | min cos vs FP32 | "
+                                                                    "tokens/s | peak memory |", "|---|---|---|---|---|"]
     kernels = {}
     for padded in (False, True):
         tokens = esm_tokens(16, 1024, padded, device) + 4  # ids 4..27; padding becomes id 5 below
@@ -166,8 +170,10 @@ def check_dnabert(device, report: dict, lines: list[str]) -> None:
             rate = int(mask.sum()) / seconds
             shape = "16x1024" + (" padded" if padded else "")
             lines.append(f"| {shape} | {name} | {cosine:.6f} | {rate:,.0f} | {memory / 2**30:.2f} GiB |")
-            report["dnabert"].append({"batch": shape, "policy": name, "min_cosine": cosine, "tokens_per_second": rate, "peak_bytes": memory})
-        kernels["padded" if padded else "unpadded"] = kernel_runs(forward_of(models["fp16+sdpa"]), tokens, SDPBackend.EFFICIENT_ATTENTION)
+            report["dnabert"].append({"batch": shape, "policy": name, "min_cosine": cosine, "tokens_per_second": rate,
+                                      "peak_bytes": memory})
+        kernels["padded" if padded else "unpadded"] = kernel_runs(forward_of(models["fp16+sdpa"]), tokens,
+                                                                  SDPBackend.EFFICIENT_ATTENTION)
     report["dnabert_kernels"] = kernels
     lines += ["", f"fp16+sdpa memory-efficient kernel with the FP16 ALiBi bias: {kernels}", ""]
 
@@ -180,8 +186,10 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device("cuda")
     peak = matmul_rate(device)
-    report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "matmul_flops": peak, "esm2": [], "dnabert": []}
-    lines = [f"# fp16+sdpa on {report['device']}, torch {torch.__version__}; dense FP16 matmul {peak / 1e12:.0f} TFLOP/s", ""]
+    report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "matmul_flops": peak,
+              "esm2": [], "dnabert": []}
+    lines = [f"# fp16+sdpa on {report['device']}, torch {torch.__version__}; dense FP16 matmul "
+             f"{peak / 1e12:.0f} TFLOP/s", ""]
     check_esm(args.arch, device, peak, report, lines)
     if not args.no_dnabert:
         check_dnabert(device, report, lines)

@@ -47,11 +47,12 @@ from pathlib import Path
 import torch
 from _common import run_cli, write_proteins, write_weights
 
+from fp16guard.core.config import ModelSource
+from fp16guard.execution.batching import make_batches
+from fp16guard.models.esm2 import TARGET
 from fp16guard.numerics.policy import get_policy
 from fp16guard.report.writer import POLICY_FILE_VERSION
-from fp16guard.execution.batching import make_batches
-from fp16guard.core.config import ModelSource
-from fp16guard.models.esm2 import TARGET
+
 
 def log(message: str) -> None:
     print(f"[embed bench] {message}", file=sys.stderr, flush=True)
@@ -72,7 +73,8 @@ def run_embed(cli: list[str], fasta: Path, out: Path, policy: Path, device: str,
     an earlier output at ``out`` is removed first (with it, a run's parts are resumed)."""
     if not keep:
         out.unlink(missing_ok=True)
-    run = run_cli(["embed", *cli, "-s", str(fasta), "-o", str(out), "--policy", str(policy), "--device", device, *extra],
+    run = run_cli(["embed", *cli, "-s", str(fasta), "-o", str(out), "--policy", str(policy), "--device", device,
+                   *extra],
                   log=logs / f"{name or out.stem}.log")
     if run.returncode != 0:
         raise SystemExit(f"embed failed ({run.returncode}):\n{run.output[-3000:]}")
@@ -145,7 +147,8 @@ def fp32_extract(weights: Path, texts: list[str], device: torch.device, toks_per
                 toks = toks.to(device)
                 representation = model(toks, repr_layers=[layer])["representations"][layer].to("cpu")
                 for row, (label, text) in enumerate(zip(labels, strs)):
-                    result = {"label": label, "mean_representations": {layer: representation[row, 1 : len(text) + 1].mean(0).clone()}}
+                    result = {"label": label,
+                              "mean_representations": {layer: representation[row, 1 : len(text) + 1].mean(0).clone()}}
                     torch.save(result, Path(tmp) / f"{label}.pt")
                 tokens += sum(len(s) + 2 for s in strs)
         sync(device)
@@ -200,7 +203,8 @@ def embed_with_kill(cli: list[str], fasta: Path, out: Path, policy: Path, extra:
     import signal
 
     out.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "fp16guard_cli", "embed", *cli, "-s", str(fasta), "-o", str(out), "--policy", str(policy),
+    command = [sys.executable, "-m", "fp16guard_cli", "embed", *cli, "-s", str(fasta), "-o", str(out),
+               "--policy", str(policy),
                "--device", device, "--gpus", str(gpus), *extra]
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "killed.log", "w") as log:
@@ -230,10 +234,14 @@ def main() -> None:
     parser.add_argument("--rss-arch", default="8M")
     parser.add_argument("--rss-small", type=int, default=10_000)
     parser.add_argument("--rss-large", type=int, default=1_000_000)
-    parser.add_argument("--kill-after", type=float, default=40.0, help="scale, repeat: seconds before one rank is killed")
+    parser.add_argument("--kill-after", type=float, default=40.0, help="scale, repeat: seconds "
+                                                                       "before one rank is killed")
     parser.add_argument("--chunk-size", type=int, help="embed's --chunk-size (default: embed's own)")
-    parser.add_argument("--scale-compile", default="auto", choices=["auto", "on", "off"], help="scale, repeat: embed's --compile in every run")
-    parser.add_argument("--combine", type=Path, nargs="+", help="merge the results.json of these directories and compute the ratios")
+    parser.add_argument("--scale-compile", default="auto", choices=["auto", "on", "off"], help="scale, repeat: "
+                                                                                               "embed's --compile in "
+                                                                                               "every run")
+    parser.add_argument("--combine", type=Path, nargs="+", help="merge the results.json of these directories "
+                                                                "and compute the ratios")
     parser.add_argument("--quick", action="store_true", help="tiny model, few sequences: the code paths only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -259,14 +267,16 @@ def main() -> None:
         weights = Path(cli[-1])
         fasta = write_proteins(tmp / "set.fasta", args.sequences)
         policy = write_policy(tmp / "policy.json", weights, args.policy)
-        common = ["--max-tokens", str(args.max_tokens), *(["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])]
+        common = ["--max-tokens", str(args.max_tokens),
+                  *(["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])]
         logs = args.out / "logs"
         texts = read_records(fasta)
         results["set"] = {"sequences": len(texts), "residues": sum(map(len, texts))}
         for step in args.steps:
             log(f"step {step}")
             if step == "embed":
-                results["embed"] = run_embed(cli, fasta, tmp / "embed.h5", policy, args.device, [*common, "--compile", "off"], logs)
+                results["embed"] = run_embed(cli, fasta, tmp / "embed.h5", policy, args.device,
+                                             [*common, "--compile", "off"], logs)
             elif step == "embed-compiled":
                 results["embed-compiled"] = run_embed(cli, fasta, tmp / "embed-compiled.h5", policy, args.device,
                                                       [*common, "--compile", "on"], logs)
@@ -282,13 +292,15 @@ def main() -> None:
                     log(f"peak RSS on {count} short proteins")
                     small = write_proteins(tmp / f"rss{count}.fasta", count, seed=1, fixed=50)
                     command = [sys.executable, "-m", "fp16guard_cli", "embed", *rss_cli, "-s", str(small), "-o",
-                               str(tmp / f"rss{count}.h5"), "--policy", str(rss_policy), "--device", args.device, *common]
+                               str(tmp / f"rss{count}.h5"), "--policy", str(rss_policy), "--device", args.device,
+                               *common]
                     rss[str(count)] = peak_rss(command)
                 results["rss"] = {**rss, "ratio": rss[str(args.rss_large)] / rss[str(args.rss_small)]}
             elif step == "scale":
                 common = [*common, "--compile", args.scale_compile]
                 one = run_embed(cli, fasta, tmp / "one.h5", policy, "cuda", common, logs, keep=True, name="one-gpu")
-                two = run_embed(cli, fasta, tmp / "two.h5", policy, "cuda", ["--gpus", "2", *common], logs, keep=True, name="two-gpus")
+                two = run_embed(cli, fasta, tmp / "two.h5", policy, "cuda", ["--gpus", "2", *common], logs, keep=True,
+                                name="two-gpus")
                 killed = embed_with_kill(cli, fasta, tmp / "killed.h5", policy, common, args.kill_after, logs)
                 results["scale"] = {
                     "one-gpu": one, "two-gpus": two, "speedup": one["wall_seconds"] / two["wall_seconds"],
@@ -297,12 +309,15 @@ def main() -> None:
                 }
             elif step == "repeat":
                 common = [*common, "--compile", args.scale_compile]
-                first = run_embed(cli, fasta, tmp / "first.h5", policy, args.device, common, logs, keep=True, name="first")
-                second = run_embed(cli, fasta, tmp / "second.h5", policy, args.device, common, logs, keep=True, name="second")
+                first = run_embed(cli, fasta, tmp / "first.h5", policy, args.device, common, logs, keep=True,
+                                  name="first")
+                second = run_embed(cli, fasta, tmp / "second.h5", policy, args.device, common, logs, keep=True,
+                                   name="second")
                 killed = embed_with_kill(cli, fasta, tmp / "killed.h5", policy, common, args.kill_after, logs, gpus=1,
                                          device=args.device)
                 results["repeat"] = {
-                    "first": first, "second": second, "second_vs_first": compare_outputs(tmp / "first.h5", tmp / "second.h5"),
+                    "first": first, "second": second,
+                    "second_vs_first": compare_outputs(tmp / "first.h5", tmp / "second.h5"),
                     "killed": killed, "resumed_vs_first": compare_outputs(tmp / "first.h5", tmp / "killed.h5"),
                 }
             write_results(args.out, results)
@@ -327,30 +342,33 @@ def write_results(out: Path, results: dict) -> None:
     results["ratios"] = ratios
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     environment = results.get("environment", {})
-    lines = [f"# fp16guard embed: {results.get('settings', {}).get('arch')}, {results.get('set', {}).get('sequences')} proteins, "
+    lines = [f"# fp16guard embed: {results.get('settings', {}).get('arch')}, "
+             f"{results.get('set', {}).get('sequences')} proteins, "
              f"{environment.get('device_name')}, torch {environment.get('torch')}", "",
              "| run | wall s | tokens/s end to end |", "|---|---|---|"]
     for name, run in runs.items():
         lines.append(f"| {name} ({run.get('execution')}) | {run['wall_seconds']:.1f} | {embed_rate(run) or 0:,.0f} |")
     for name in ("bare-fp16", "fp32-extract"):
         if name in results:
-            lines.append(f"| {name} (loop only, {results[name].get('sequences', '')} seqs) | {results[name]['seconds']:.1f} | "
+            lines.append(f"| {name} (loop only, {results[name].get('sequences', '')} seqs) | "
+                         f"{results[name]['seconds']:.1f} | "
                          f"{results[name]['tokens_per_second']:,.0f} |")
     lines += [""] + [f"- {key}: {value:.3f}" for key, value in ratios.items()]
     if "rss" in results:
         rss = results["rss"]
-        lines.append(f"- peak RSS ({rss['arch']}) {', '.join(f'{k}: {v / 2**20:.0f} MiB' for k, v in rss.items() if k.isdigit())}: "
+        lines.append(f"- peak RSS ({rss['arch']}) "
+                     f"{', '.join(f'{k}: {v / 2**20:.0f} MiB' for k, v in rss.items() if k.isdigit())}: "
                      f"{rss['ratio']:.2f}x")
     if "scale" in results:
         scale = results["scale"]
         lines.append(f"- two GPUs vs one: {scale['speedup']:.2f}x wall; outputs {scale['two_vs_one']}")
-        lines.append(f"- killed rank: exit {scale['killed']['killed_exit_code']}, {scale['killed']['shards_left']} shard(s) left; "
-                     f"resumed output vs one GPU: {scale['resumed_vs_one']}")
+        lines.append(f"- killed rank: exit {scale['killed']['killed_exit_code']}, {scale['killed']['shards_left']} "
+                     f"shard(s) left; resumed output vs one GPU: {scale['resumed_vs_one']}")
     if "repeat" in results:
         repeat = results["repeat"]
         lines.append(f"- one GPU, run twice: outputs {repeat['second_vs_first']}")
-        lines.append(f"- killed run: exit {repeat['killed']['killed_exit_code']}, {repeat['killed']['shards_left']} shard(s) left; "
-                     f"resumed output vs the first run: {repeat['resumed_vs_first']}")
+        lines.append(f"- killed run: exit {repeat['killed']['killed_exit_code']}, {repeat['killed']['shards_left']} "
+                     f"shard(s) left; resumed output vs the first run: {repeat['resumed_vs_first']}")
     if environment.get("device") == "cpu":
         lines += ["", "CPU run: code paths only, no speed claim."]
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -43,16 +43,16 @@ import torch
 from _common import run_cli
 from speed import describe_environment, free, log, matmul_rate, sync
 
-from fp16guard.numerics.metrics import cosine_rows, masked_mean
-from fp16guard.numerics.policy import FP16_PACKED, FP16_SDPA, get_policy
+from fp16guard.core.config import ModelSource
 from fp16guard.execution.attention import attention_kernel
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.build import build
 from fp16guard.execution.forward import PACKED, PADDED, Forward
 from fp16guard.execution.runner import run_policy
-from fp16guard.core.config import ModelSource
-from fp16guard.execution.build import build
-from fp16guard.models.esm2 import TARGET# replaced per architecture in bench_arch
+from fp16guard.models.esm2 import TARGET  # replaced per architecture in bench_arch
+from fp16guard.numerics.metrics import cosine_rows, masked_mean
+from fp16guard.numerics.policy import FP16_PACKED, FP16_SDPA, get_policy
 from fp16guard.testing import ARCHITECTURES, write_checkpoint
-from fp16guard.execution.batching import prepare_batches
 
 PROTEIN = "ACDEFGHIKLMNPQRSTVWY"
 FIXED = {"650M": ((16, 1024), (64, 256)), "3B": ((8, 1024),), "tiny": ((2, 32), (4, 16))}
@@ -134,7 +134,8 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         path = args.tmp / f"dnabert-{layers}"
         if not (path / "config.json").exists():
             log(f"{name}: writing random weights")
-            write_dnabert(path, layers=layers, hidden=dim, heads=heads, intermediate=4 * dim, vocab_size=512, corpus=2000)
+            write_dnabert(path, layers=layers, hidden=dim, heads=heads, intermediate=4 * dim, vocab_size=512,
+                          corpus=2000)
         loaded = TARGET.load(ModelSource(model=str(path)))
         texts = dna_set(args.proteins, args.seed)
     else:
@@ -158,12 +159,15 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
                         if isinstance(m, torch.nn.Linear))
     flops = sum(2 * block_weights * (n + 2) + 4 * layers * (n + 2) ** 2 * dim for n in lengths)
     result: dict = {
-        "architecture": f"{'DNABERT-S' if name == 'dnabert' else 'ESM-2 ' + name} ({layers} layers, {dim} dim, {heads} heads)",
+        "architecture": f"{'DNABERT-S' if name == 'dnabert' else 'ESM-2 ' + name} ({layers} layers, "
+                        f"{dim} dim, {heads} heads)",
         "set": {"proteins": len(texts), "median_length": statistics.median(lengths), "tokens": tokens,
-                "padded_tokens": padded, "padding": 1 - tokens / padded, "batches": len(batches), "max_tokens": args.max_tokens},
+                "padded_tokens": padded, "padding": 1 - tokens / padded, "batches": len(batches),
+                "max_tokens": args.max_tokens},
         "paths": {},
     }
-    log(f"{name}: {len(texts)} proteins, {tokens:,} tokens in {len(batches)} batches ({100 * (1 - tokens / padded):.1f}% padding)")
+    log(f"{name}: {len(texts)} proteins, {tokens:,} tokens in {len(batches)} batches "
+        f"({100 * (1 - tokens / padded):.1f}% padding)")
 
     def record(label: str, step, attention_probe) -> torch.Tensor:
         log(f"{name}: {label}")
@@ -174,7 +178,8 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         timing["tokens_per_second"] = tokens / timing["steady_seconds"]
         timing["mfu"] = flops / timing["steady_seconds"] / matmul_flops
         result["paths"][label] = timing
-        log(f"{name}: {label}: first {timing['first_tokens_per_second']:,.0f}, steady {timing['tokens_per_second']:,.0f} tokens/s, "
+        log(f"{name}: {label}: first {timing['first_tokens_per_second']:,.0f}, steady "
+            f"{timing['tokens_per_second']:,.0f} tokens/s, "
             f"MFU {100 * timing['mfu']:.1f}%, {timing['attention']}")
         return pooled
 
@@ -184,7 +189,8 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
     reference_batches = batches[:: args.fp32_every]
     model = copy.deepcopy(loaded.module).to(device).float().eval()  # fresh: fair-esm's rotary cache ignores dtype
     with torch.inference_mode():
-        step = stock_step(model, device, layer) if name != "dnabert" else fp16guard_step(loaded, model, device, layer, False)
+        step = stock_step(model, device, layer) if name != "dnabert" else fp16guard_step(loaded, model, device, layer,
+                                                                                         False)
         ref_rows = {}
         for batch in reference_batches:
             rows = step(batch).cpu()
@@ -201,15 +207,19 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
                                  lambda: fp16guard_step(loaded, stock, device, layer, False)(probe))
     else:
         stock = copy.deepcopy(loaded.module).half().to(device).eval()
-        pooled["stock"] = record("stock", stock_step(stock, device, layer), lambda: stock(probe.tokens.to(device), repr_layers=[layer]))
-    del stock
+        pooled["stock"] = record("stock", stock_step(stock, device, layer),
+                                 lambda: stock(probe.tokens.to(device), repr_layers=[layer]))
+    stock = None  # its GPU memory goes before the next path's model is built
     free(device)
-    for label, policy, backends in (("sdpa", FP16_SDPA, None), ("sdpa-flash-eff", FP16_SDPA, "flash-eff"), ("packed", FP16_PACKED, None)):
+    for label, policy, backends in (("sdpa", FP16_SDPA, None), ("sdpa-flash-eff", FP16_SDPA, "flash-eff"),
+                                    ("packed", FP16_PACKED, None)):
         if label not in args.paths:
             continue
         model, _ = build(TARGET, loaded, policy, device)
         step = fp16guard_step(loaded, model, device, layer, policy.layout == "packed")
-        probe_run = (lambda m=model, p=policy: fp16guard_step(loaded, m, device, layer, p.layout == "packed")(probe))
+        def probe_run(m=model, p=policy):
+            return fp16guard_step(loaded, m, device, layer, p.layout == "packed")(probe)
+
         if backends and device.type == "cuda":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -248,33 +258,45 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         result["packed_vs_padded_min_cosine"] = float(cosine_rows(pooled["sdpa"], pooled["packed"]).min())
 
     fixed = []
-    for rows, length in (FIXED.get(name, ()) if not args.quick else FIXED["tiny"]) if args.fixed and name != "dnabert" else ():
+    shapes = FIXED.get(name, ()) if not args.quick else FIXED["tiny"]
+    for rows, length in shapes if args.fixed and name != "dnabert" else ():
         sequences = ["".join(random.Random(rows * length + i).choices(PROTEIN, k=length - 2)) for i in range(rows)]
         (batch,) = prepare_batches(TARGET, loaded, sequences, [length - 2] * rows, rows * length)
         shape: dict = {"shape": f"{rows} x {length}"}
         stock = copy.deepcopy(loaded.module).half().to(device).eval()
         for label, step in (("stock", stock_step(stock, device, layer)),):
             shape[label] = time_path(step, [batch] * 4, device, args.passes)[0]
-        del stock
+        stock = None
         free(device)
         for label, policy in (("sdpa", FP16_SDPA), ("packed", FP16_PACKED)):
             model, _ = build(TARGET, loaded, policy, device)
-            shape[label] = time_path(fp16guard_step(loaded, model, device, layer, policy.layout == "packed"), [batch] * 4, device, args.passes)[0]
+            shape[label] = time_path(fp16guard_step(loaded, model, device, layer, policy.layout == "packed"),
+                                     [batch] * 4, device, args.passes)[0]
             del model
             free(device)
         per_pass = 4 * rows * length
         for label in ("stock", "sdpa", "packed"):
             shape[label]["tokens_per_second"] = per_pass / shape[label]["steady_seconds"]
-            shape[label]["mfu"] = 4 * useful_flops([length] * rows, layers, dim) / shape[label]["steady_seconds"] / matmul_flops
+            shape[label]["mfu"] = 4 * useful_flops([length] * rows, layers,
+                                                   dim) / shape[label]["steady_seconds"] / matmul_flops
         shape["packed_vs_stock"] = shape["packed"]["tokens_per_second"] / shape["stock"]["tokens_per_second"]
         shape["sdpa_vs_stock"] = shape["sdpa"]["tokens_per_second"] / shape["stock"]["tokens_per_second"]
         if shape["stock"]["peak_memory_bytes"]:
             shape["packed_memory_vs_stock"] = shape["packed"]["peak_memory_bytes"] / shape["stock"]["peak_memory_bytes"]
-        log(f"{name}: {shape['shape']}: packed {shape['packed_vs_stock']:.2f}x stock, sdpa {shape['sdpa_vs_stock']:.2f}x")
+        log(f"{name}: {shape['shape']}: packed {shape['packed_vs_stock']:.2f}x stock, sdpa "
+            f"{shape['sdpa_vs_stock']:.2f}x")
         fixed.append(shape)
     result["fixed"] = fixed
     result["weights"] = str(path)
     return result
+
+
+def _policy_figures(attempt: dict) -> dict:
+    """What cli_runs keeps of one attempt of a report.json."""
+    timing = attempt["timing"]
+    return {"tokens_per_second": timing.get("tokens_per_second"),
+            "first_tokens_per_second": timing.get("first_pass_tokens_per_second"),
+            "attention": timing.get("attention"), "passed": attempt["passed"], "notes": attempt["notes"]}
 
 
 def cli_runs(weights: str, device: torch.device, out: Path) -> dict:
@@ -283,59 +305,70 @@ def cli_runs(weights: str, device: torch.device, out: Path) -> dict:
     for label, extra in (("default-1", []), ("default-2", []), ("full-ladder", ["--full-ladder"]),
                          ("careful", ["--full-ladder", "--careful-timing"])):
         report_dir = out / f"validate-{label}"
-        run = run_cli(["validate", "esm2", "--weights", weights, "--device", device.type, "--out", str(report_dir), *extra],
+        run = run_cli(["validate", "esm2", "--weights", weights, "--device", device.type, "--out", str(report_dir),
+                       *extra],
                       log=out / f"validate-{label}.log")
         data = json.loads((report_dir / "report.json").read_text()) if (report_dir / "report.json").exists() else {}
         runs[label] = {
             "exit_code": run.returncode, "seconds": run.seconds,
             "recommended": data.get("recommended_policy"),
-            "policies": {a["policy"]["name"]: {"tokens_per_second": a["timing"].get("tokens_per_second"),
-                                               "first_tokens_per_second": a["timing"].get("first_pass_tokens_per_second"),
-                                               "attention": a["timing"].get("attention"), "passed": a["passed"],
-                                               "notes": a["notes"]}
-                         for a in data.get("attempts", [])},
+            "policies": {a["policy"]["name"]: _policy_figures(a) for a in data.get("attempts", [])},
         }
         log(f"validate {label}: exit {run.returncode} in {run.seconds:.1f} s, recommended {runs[label]['recommended']}")
     full, careful = runs["full-ladder"]["policies"], runs["careful"]["policies"]
+    both = [name for name in full if name in careful and full[name]["tokens_per_second"]
+            and careful[name]["tokens_per_second"]]
     runs["full_vs_careful"] = {name: full[name]["tokens_per_second"] / careful[name]["tokens_per_second"]
-                               for name in full if name in careful and full[name]["tokens_per_second"] and careful[name]["tokens_per_second"]}
+                               for name in both}
     return runs
 
 
 def render(results: dict) -> str:
     lines = [f"# Packed layout benchmark ({results['environment'].get('device_name')})", ""]
-    lines.append(f"Dense FP16 matmul: {results['matmul']['flops'] / 1e12:.1f} TFLOP/s. torch {results['environment'].get('torch')}.")
+    lines.append(f"Dense FP16 matmul: {results['matmul']['flops'] / 1e12:.1f} TFLOP/s. torch "
+                 f"{results['environment'].get('torch')}.")
     for name, arch in results["architectures"].items():
         s = arch["set"]
         lines += ["", f"## {arch['architecture']}", "",
-                  f"{s['proteins']} proteins, median {s['median_length']} residues, {s['tokens']:,} tokens in {s['batches']} "
+                  f"{s['proteins']} proteins, median {s['median_length']} residues, {s['tokens']:,} "
+                  f"tokens in {s['batches']} "
                   f"batches of at most {s['max_tokens']:,} tokens ({100 * s['padding']:.1f}% padding).", "",
-                  "| path | attention | first pass tokens/s | steady tokens/s | vs stock (steady) | first/steady | MFU | peak memory | vs stock memory | min cos vs FP32 |",
+                  "| path | attention | first pass tokens/s | steady tokens/s | vs stock (steady) | first/steady | "
+                  "MFU | peak memory | vs stock memory | min cos vs FP32 |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for label, t in arch["paths"].items():
             memory = f"{t['peak_memory_bytes'] / 2**30:.2f} GiB" if t["peak_memory_bytes"] else "n/a"
             ratio = f"{t['memory_vs_stock']:.2f}x" if t["memory_vs_stock"] else "n/a"
-            lines.append(f"| {label} | {t['attention']} | {t['first_tokens_per_second']:,.0f} | {t['tokens_per_second']:,.0f} | "
-                         f"{t['vs_stock']:.2f}x | {t['first_vs_steady']:.2f} | {100 * t['mfu']:.1f}% | {memory} | {ratio} | "
+            lines.append(f"| {label} | {t['attention']} | {t['first_tokens_per_second']:,.0f} | "
+                         f"{t['tokens_per_second']:,.0f} | "
+                         f"{t['vs_stock']:.2f}x | {t['first_vs_steady']:.2f} | {100 * t['mfu']:.1f}% | "
+                         f"{memory} | {ratio} | "
                          f"{t['min_cosine_vs_fp32']:.7f} |")
             if "compile_seconds" in t:
-                lines.append(f"| | compile time (first minus steady pass) {t['compile_seconds']:.1f} s | | | | | | | | |")
+                lines.append("| | compile time (first minus steady pass) "
+                             f"{t['compile_seconds']:.1f} s | | | | | | | | |")
         r = arch["runner"]
-        lines += ["", f"Runner (what validate reports) under fp16+packed: first pass {r['first_tokens_per_second']:,.0f}, steady "
-                  f"{r['tokens_per_second']:,.0f} tokens/s ({r['passes']} re-runs of {100 * r['steady_fraction']:.0f}% of the batches), {r['attention']}."]
+        lines += ["", "Runner (what validate reports) under fp16+packed: first pass "
+                      f"{r['first_tokens_per_second']:,.0f}, steady "
+                  f"{r['tokens_per_second']:,.0f} tokens/s ({r['passes']} re-runs of "
+                  f"{100 * r['steady_fraction']:.0f}% of the batches), {r['attention']}."]
         if "packed_vs_padded_min_cosine" in arch:
             lines.append(f"Packed vs padded (fp16+sdpa) min cosine: {arch['packed_vs_padded_min_cosine']:.7f}.")
         if arch["fixed"]:
-            lines += ["", "| fixed shape | stock tokens/s | sdpa | packed | packed vs stock | sdpa vs stock | packed MFU | packed memory vs stock |",
+            lines += ["", "| fixed shape | stock tokens/s | sdpa | packed | packed vs stock | sdpa vs stock | packed "
+                          "MFU | packed memory vs stock |",
                       "|---|---|---|---|---|---|---|---|"]
             for f in arch["fixed"]:
                 memory = f"{f['packed_memory_vs_stock']:.2f}x" if f.get("packed_memory_vs_stock") else "n/a"
-                lines.append(f"| {f['shape']} | {f['stock']['tokens_per_second']:,.0f} | {f['sdpa']['tokens_per_second']:,.0f} | "
-                             f"{f['packed']['tokens_per_second']:,.0f} | {f['packed_vs_stock']:.2f}x | {f['sdpa_vs_stock']:.2f}x | "
+                lines.append(f"| {f['shape']} | {f['stock']['tokens_per_second']:,.0f} | "
+                             f"{f['sdpa']['tokens_per_second']:,.0f} | "
+                             f"{f['packed']['tokens_per_second']:,.0f} | {f['packed_vs_stock']:.2f}x | "
+                             f"{f['sdpa_vs_stock']:.2f}x | "
                              f"{100 * f['packed']['mfu']:.1f}% | {memory} |")
     if results.get("cli"):
         cli = results["cli"]
-        lines += ["", "## validate on the bundled set", "", "| run | exit | seconds | recommended |", "|---|---|---|---|"]
+        lines += ["", "## validate on the bundled set", "", "| run | exit | seconds | recommended |",
+                  "|---|---|---|---|"]
         for label in ("default-1", "default-2", "full-ladder", "careful"):
             run = cli[label]
             lines.append(f"| {label} | {run['exit_code']} | {run['seconds']:.1f} | {run['recommended']} |")
@@ -363,7 +396,8 @@ def main() -> int:
                         help="fused paths besides stock (packed is always run): sdpa sdpa-flash-eff packed")
     parser.add_argument("--no-fixed", dest="fixed", action="store_false", help="skip the fixed shapes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tmp", type=Path, help="where to write the checkpoints, kept for reruns (default: fp16guard-bench in the system's temporary directory)")
+    parser.add_argument("--tmp", type=Path, help="where to write the checkpoints, kept for reruns (default: "
+                                                 "fp16guard-bench in the system's temporary directory)")
     args = parser.parse_args()
     args.tmp = args.tmp or Path(tempfile.gettempdir()) / "fp16guard-bench"
     args.paths = sorted(set(args.paths) | {"packed"})
@@ -375,7 +409,8 @@ def main() -> int:
     device = torch.device(args.device)
     start = time.perf_counter()
     results = {"environment": describe_environment(device)}
-    results["matmul"] = matmul_rate(device, 8192 if not args.quick else 256, 20 if not args.quick else 2, 5 if not args.quick else 1)
+    results["matmul"] = matmul_rate(device, 8192 if not args.quick else 256, 20 if not args.quick else 2,
+                                    5 if not args.quick else 1)
     results["architectures"] = {}
     for name in args.arch:
         results["architectures"][name] = bench_arch(name, args, device, results["matmul"]["flops"])

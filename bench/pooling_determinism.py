@@ -36,7 +36,8 @@ def main() -> None:
     for name, pool in (("segment_mean", segment_mean), ("index_add", scatter_mean)):
         results = {pool(hidden, mask, segments, len(lengths)).cpu().numpy().tobytes() for _ in range(args.repeats)}
         found[name] = len(results)
-    print(json.dumps({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "tokens": hidden.shape[0],
+    print(json.dumps({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                      "tokens": hidden.shape[0],
                       "repeats": args.repeats, "distinct_results": found}))
 
 

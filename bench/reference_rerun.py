@@ -27,17 +27,16 @@ from pathlib import Path
 
 import torch
 
-from fp16guard.core.config import ValidationConfig
-from fp16guard.numerics.metrics import masked_mean
-from fp16guard.numerics.policy import FP32
+from fp16guard.core.config import ModelSource, ValidationConfig
 from fp16guard.core.progress import Progress
-from fp16guard.report.writer import write_report
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.build import build
 from fp16guard.io.sequences import bundled_path, read_fasta
 from fp16guard.models import get_target
-from fp16guard.core.config import ModelSource
-from fp16guard.execution.build import build
+from fp16guard.numerics.metrics import masked_mean
+from fp16guard.numerics.policy import FP32
+from fp16guard.report.writer import write_report
 from fp16guard.testing import ARCHITECTURES, write_checkpoint
-from fp16guard.execution.batching import prepare_batches
 from fp16guard.workflows.validate import token_budget, validate
 
 
@@ -70,21 +69,24 @@ def bare_fp32(weights: Path, device: torch.device, fasta: Path | None = None) ->
     for i, n in enumerate(lengths):
         if limit is not None and n > limit:
             texts[i], lengths[i] = target.truncate(loaded, texts[i], limit), limit
-    budget, reason = token_budget(ValidationConfig(), loaded, device, max(lengths) + target.special_tokens_per_row, None)
+    budget, reason = token_budget(ValidationConfig(), loaded, device, max(lengths) + target.special_tokens_per_row,
+                                  None)
     batches = prepare_batches(target, loaded, texts, lengths, budget)
     _sync(device)
     start = time.perf_counter()
     model, _ = build(target, loaded, FP32, device)
     with torch.inference_mode():
         for batch in batches:
-            hidden = target.hidden_states(loaded, model, batch.tokens.to(device), (loaded.num_layers,))[loaded.num_layers]
+            hidden = target.hidden_states(loaded, model, batch.tokens.to(device),
+                                          (loaded.num_layers,))[loaded.num_layers]
             masked_mean(hidden, batch.pool_mask.to(device)).cpu()
     _sync(device)
     seconds = time.perf_counter() - start
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"load_seconds": load, "seconds": seconds, "max_tokens": budget, "max_tokens_reason": reason, "batches": len(batches)}
+    return {"load_seconds": load, "seconds": seconds, "max_tokens": budget, "max_tokens_reason": reason,
+            "batches": len(batches)}
 
 
 def _sync(device: torch.device) -> None:
@@ -116,7 +118,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cuda, or cpu to try the script on a tiny --arch")
     parser.add_argument("--sequences", type=Path, help="a FASTA file instead of the bundled set")
-    parser.add_argument("--proteins", type=int, help="instead, this many random proteins of 50-1000 residues (bench/scaling.py's set)")
+    parser.add_argument("--proteins", type=int, help="instead, this many random proteins of 50-1000 residues "
+                                                     "(bench/scaling.py's set)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible (use --device cpu to try the script)", file=sys.stderr)
@@ -134,14 +137,18 @@ def main() -> int:
         reference = Path(tmp) / "reference.npz"
         bare_fp32(weights, device)  # warm-up: CUDA context, cuBLAS, lazy kernel loading
         bare = bare_fp32(weights, device, args.sequences)
-        full = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",), save_reference=str(reference)), args.out / "full", args.sequences)
-        rerun = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",), reference=str(reference)), args.out / "rerun", args.sequences)
+        full = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",),
+                                                        save_reference=str(reference)), args.out / "full",
+                                                        args.sequences)
+        rerun = timed_validate(weights, ValidationConfig(device=args.device, policies=("fp16",),
+                                                         reference=str(reference)), args.out / "rerun", args.sequences)
         reference_bytes = reference.stat().st_size
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
         "arch": args.arch,
-        "sequences": f"{args.proteins} random proteins (bench/scaling.py)" if args.proteins else str(args.sequences) if args.sequences else "bundled protein_reference.fasta",
+        "sequences": (f"{args.proteins} random proteins (bench/scaling.py)" if args.proteins
+                      else str(args.sequences) if args.sequences else "bundled protein_reference.fasta"),
         "bare_fp32": bare,
         "full": full,
         "rerun": rerun,
@@ -157,7 +164,8 @@ def main() -> int:
         f"{summary['device']}, ESM-2 {args.arch}, {bare['batches']} batches of <= {bare['max_tokens']} tokens: "
         f"bare FP32 {bare['seconds']:.2f} s; full validate {full['seconds']:.2f} s ({summary['full_over_bare']:.2f}x, "
         f"target <= 1.4x); rerun with --reference {rerun['seconds']:.2f} s ({summary['rerun_over_bare']:.2f}x, "
-        f"target <= 0.4x; cosines identical: {summary['cosines_identical']}); loading weights {bare['load_seconds']:.2f} s (not counted)"
+        f"target <= 0.4x; cosines identical: {summary['cosines_identical']}); loading weights "
+        f"{bare['load_seconds']:.2f} s (not counted)"
     )
     return 0
 

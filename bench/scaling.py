@@ -46,7 +46,8 @@ def protein_set(path: Path, count: int, seed: int = 0) -> dict:
         for i, n in enumerate(lengths):
             handle.write(f">seq{i:05d} length={n}\n{''.join(rng.choices(letters, weights, k=n))}\n")
     ordered = sorted(lengths)
-    return {"sequences": count, "residues": sum(lengths), "min": ordered[0], "median": ordered[count // 2], "max": ordered[-1]}
+    return {"sequences": count, "residues": sum(lengths), "min": ordered[0], "median": ordered[count // 2],
+            "max": ordered[-1]}
 
 
 def run(command: list[str], log: Path, first: str | None = None) -> tuple[int, float]:
@@ -78,7 +79,8 @@ def startup(args, cli: list[str], weights: Path, summary: dict) -> None:
     repeated, since one start-up is a few seconds on a shared host."""
     fasta = args.out / "sequences-startup.fasta"
     protein_set(fasta, args.startup_sequences, seed=2)
-    common = ["--weights", str(weights), "-s", str(fasta), "--device", args.device, "--max-tokens", args.max_tokens, "--no-fallback"]
+    common = ["--weights", str(weights), "-s", str(fasta), "--device", args.device, "--max-tokens", args.max_tokens,
+              "--no-fallback"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.gpus),
                 "-m", "fp16guard_cli", *cli[3:]]
     variants = {"1 process": [*cli, *common], f"--gpus {args.gpus}": [*cli, *common, "--gpus", str(args.gpus)],
@@ -107,9 +109,12 @@ def agreement(one: dict, many: dict) -> dict:
             if x != y:
                 identical = False
                 worst = max(worst, abs((x or 0.0) - (y or 0.0)))
-    strip = lambda r: [{k: v for k, v in a.items() if k not in VOLATILE} for a in r["attempts"]]
+    def strip(report: dict) -> list[dict]:
+        return [{k: v for k, v in a.items() if k not in VOLATILE} for a in report["attempts"]]
+
     return {
-        "same_attempts": [a["policy"]["name"] for a in one["attempts"]] == [a["policy"]["name"] for a in many["attempts"]],
+        "same_attempts": [a["policy"]["name"] for a in one["attempts"]]
+        == [a["policy"]["name"] for a in many["attempts"]],
         "same_verdict": (one["passed"], one["passing_policy"]) == (many["passed"], many["passing_policy"]),
         "per_sequence_cosines_identical": identical,
         "largest_cosine_difference": worst,
@@ -121,6 +126,13 @@ def embedding_seconds(report: dict) -> float:
     """Time spent embedding (every attempt's timed pass; the slowest rank in a distributed run)."""
     return sum(a["timing"]["seconds"] or 0.0 for a in report["attempts"])
 
+
+
+def _devices(report: dict | None) -> list[str] | None:
+    """The device name of every rank of a run's report (None when the run wrote none)."""
+    if not report:
+        return None
+    return [x["device_name"] for x in report["environment"].get("ranks", [report["environment"]])]
 
 def scaling(args, cli: list[str], tmp: Path, summary: dict) -> None:
     """One GPU against --gpus N on the same sequences; fills ``summary``."""
@@ -134,7 +146,8 @@ def scaling(args, cli: list[str], tmp: Path, summary: dict) -> None:
     runs = {}
     for name, extra in (("1gpu", []), (f"{args.gpus}gpu", ["--gpus", str(args.gpus)])):
         code, wall = run([*cli, *common, "-o", str(args.out / name), *extra], args.out / f"{name}.log")
-        report = json.loads((args.out / name / "report.json").read_text()) if (args.out / name / "report.json").is_file() else None
+        path = args.out / name / "report.json"
+        report = json.loads(path.read_text()) if path.is_file() else None
         runs[name] = {"exit_code": code, "wall_seconds": wall, "report": report}
     one, many = runs["1gpu"], runs[f"{args.gpus}gpu"]
     summary["runs"] = {
@@ -143,9 +156,10 @@ def scaling(args, cli: list[str], tmp: Path, summary: dict) -> None:
             "wall_seconds": r["wall_seconds"],
             "embedding_seconds": embedding_seconds(r["report"]) if r["report"] else None,
             "passing_policy": r["report"]["passing_policy"] if r["report"] else None,
-            "devices": [x["device_name"] for x in r["report"]["environment"].get("ranks", [r["report"]["environment"]])] if r["report"] else None,
+            "devices": _devices(r["report"]),
             "attempts": [
-                {"policy": a["policy"]["name"], "seconds": a["timing"]["seconds"], "tokens_per_second": a["timing"]["tokens_per_second"],
+                {"policy": a["policy"]["name"], "seconds": a["timing"]["seconds"],
+                 "tokens_per_second": a["timing"]["tokens_per_second"],
                  "peak_memory_bytes": a["peak_memory_bytes"], "ranks": a.get("ranks")}
                 for a in r["report"]["attempts"]
             ] if r["report"] else None,
@@ -171,9 +185,11 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--max-tokens", default="16384")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (gloo)")
-    parser.add_argument("--big-arch", choices=sorted(ARCHITECTURES), help="also run this architecture with the FP32 reference spread over the GPUs")
+    parser.add_argument("--big-arch", choices=sorted(ARCHITECTURES), help="also run this architecture with the FP32 "
+                                                                          "reference spread over the GPUs")
     parser.add_argument("--big-sequences", type=int, default=400)
-    parser.add_argument("--startup-repeats", type=int, default=0, help="also time the start-up of 1 process, --gpus N and torchrun, this many times each")
+    parser.add_argument("--startup-repeats", type=int, default=0, help="also time the start-up of 1 process, --gpus N "
+                                                                       "and torchrun, this many times each")
     parser.add_argument("--startup-sequences", type=int, default=100)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +212,8 @@ def main() -> int:
             big = write_checkpoint(Path(tmp) / f"esm2_{args.big_arch}.pt", layers=layers, dim=dim, heads=heads)
             written = time.perf_counter() - start
             name = f"{args.big_arch}-reference-map"
-            command = [*cli, "--weights", str(big), "-s", str(big_fasta), "--device", "cuda", "--reference-device", "map",
+            command = [*cli, "--weights", str(big), "-s", str(big_fasta), "--device", "cuda",
+                       "--reference-device", "map",
                        "--max-tokens", args.max_tokens, "--no-fallback", "-o", str(args.out / name)]
             code, wall = run(command, args.out / f"{name}.log")
             path = args.out / name / "report.json"
@@ -204,8 +221,10 @@ def main() -> int:
             summary["big"] = {
                 "arch": args.big_arch, "exit_code": code, "wall_seconds": wall, "checkpoint_seconds": written,
                 "attempts": [
-                    {"policy": a["policy"]["name"], "placement": a["placement"], "peak_memory_bytes": a["peak_memory_bytes"],
-                     "tokens_per_second": a["timing"]["tokens_per_second"], "min_cosine": (a.get("metrics") or {}).get("min_cosine")}
+                    {"policy": a["policy"]["name"], "placement": a["placement"],
+                     "peak_memory_bytes": a["peak_memory_bytes"],
+                     "tokens_per_second": a["timing"]["tokens_per_second"],
+                     "min_cosine": (a.get("metrics") or {}).get("min_cosine")}
                     for a in report["attempts"]
                 ] if report else None,
             }
@@ -229,12 +248,14 @@ def markdown(s: dict) -> str:
         ]
     for name, r in s["runs"].items():
         embed = f"{r['embedding_seconds']:.1f}" if r["embedding_seconds"] is not None else "-"
-        lines.append(f"| {name} | {', '.join(r['devices'] or [])} | {r['exit_code']} | {r['wall_seconds']:.1f} | {embed} | {r['passing_policy']} |")
+        lines.append(f"| {name} | {', '.join(r['devices'] or [])} | {r['exit_code']} | {r['wall_seconds']:.1f} | "
+                     f"{embed} | {r['passing_policy']} |")
     if "scaling" in s:
         sc = s["scaling"]
         lines += [
             "",
-            f"Wall-time speed-up {sc['wall_speedup']:.2f}x on {s['gpus']} GPUs (efficiency {sc['wall_efficiency']:.0%}); "
+            f"Wall-time speed-up {sc['wall_speedup']:.2f}x on {s['gpus']} GPUs (efficiency "
+            f"{sc['wall_efficiency']:.0%}); "
             f"embedding passes {sc['embedding_speedup']:.2f}x ({sc['embedding_efficiency']:.0%}).",
             "",
             "Agreement: " + ", ".join(f"{k} {v}" for k, v in s["agreement"].items()),
@@ -243,19 +264,23 @@ def markdown(s: dict) -> str:
         for a in r["attempts"] or []:
             ranks = a.get("ranks") or []
             per_rank = "; ".join(f"rank {x['rank']}: {x['sequences']} seq, {x['seconds']:.2f} s" for x in ranks)
-            lines.append(f"- {name} {a['policy']}: {a['seconds']:.2f} s, {a['tokens_per_second']:,.0f} tokens/s" + (f" ({per_rank})" if per_rank else ""))
+            lines.append(f"- {name} {a['policy']}: {a['seconds']:.2f} s, {a['tokens_per_second']:,.0f} tokens/s"
+                         + (f" ({per_rank})" if per_rank else ""))
     if "startup" in s:
         lines += ["", f"## Start-up: seconds until the first stage, {s['startup']['sequences']} sequences", "",
                   "| launch | runs | fastest | median |", "|---|---|---|---|"]
         for name, values in s["startup"]["seconds_to_first_stage"].items():
             ok = sorted(v for v in values if v is not None)
-            lines.append(f"| {name} | {len(ok)}/{len(values)} | {ok[0]:.1f} s | {ok[len(ok) // 2]:.1f} s |" if ok else f"| {name} | 0/{len(values)} | - | - |")
+            lines.append(f"| {name} | {len(ok)}/{len(values)} | {ok[0]:.1f} s | {ok[len(ok) // 2]:.1f} s |" if ok
+                         else f"| {name} | 0/{len(values)} | - | - |")
     if "big" in s:
         b = s["big"]
-        lines += ["", f"## ESM-2 {b['arch']} architecture, FP32 reference spread over the GPUs: exit {b['exit_code']}, {b['wall_seconds']:.1f} s", ""]
+        lines += ["", f"## ESM-2 {b['arch']} architecture, FP32 reference spread over the GPUs: exit "
+                      f"{b['exit_code']}, {b['wall_seconds']:.1f} s", ""]
         for a in b["attempts"] or []:
             peak = f"{a['peak_memory_bytes'] / 1024**3:.2f} GiB" if a["peak_memory_bytes"] else "n/a"
-            lines.append(f"- {a['policy']}: on {a['placement']}; peak {peak}; {a['tokens_per_second']:,.0f} tokens/s; min cosine {a['min_cosine']}")
+            lines.append(f"- {a['policy']}: on {a['placement']}; peak {peak}; {a['tokens_per_second']:,.0f} tokens/s; "
+                         f"min cosine {a['min_cosine']}")
     return "\n".join(lines)
 
 

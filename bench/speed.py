@@ -47,18 +47,18 @@ from _common import (
     run_cli,
 )
 
-from fp16guard.execution import runner
+from fp16guard.core.config import ModelSource
 from fp16guard.errors import Fp16GuardError
-from fp16guard.numerics.policy import FP16, FP16_LN32, FP16_POS32, FP16_RES32, FP32, Policy, get_policy
-from fp16guard.report.text import fmt_bytes
+from fp16guard.execution import runner
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.devices import environment
 from fp16guard.io.sequences import bundled_path, read_fasta, replace_letters
 from fp16guard.models import get_target
 from fp16guard.models.base import LoadedModel
-from fp16guard.core.config import ModelSource
 from fp16guard.models.batch import TokenBatch
+from fp16guard.numerics.policy import FP16, FP16_LN32, FP16_POS32, FP16_RES32, FP32, Policy, get_policy
+from fp16guard.report.text import fmt_bytes
 from fp16guard.testing import ARCHITECTURES, build_model, save_checkpoint, write_dnabert
-from fp16guard.execution.devices import environment
-from fp16guard.execution.batching import prepare_batches
 
 SDPA = "fp16+sdpa"  # the fast-attention policy, where this build has it
 PROTEIN = "ACDEFGHIKLMNPQRSTVWY"
@@ -86,11 +86,13 @@ class Arch:
 
 ESM2_650M_TARGETS = ((0, "speed-up", 2.0), (1, "speed-up", 1.3), (0, "memory", 1.0))
 ARCHS = {
-    "650M": Arch("esm2", "650M", "ESM-2 650M (33 layers, 1280 dim, 20 heads)", ((16, 1024), (64, 256)), ESM2_650M_TARGETS),
+    "650M": Arch("esm2", "650M", "ESM-2 650M (33 layers, 1280 dim, 20 heads)", ((16, 1024), (64, 256)),
+                 ESM2_650M_TARGETS),
     "3B": Arch("esm2", "3B", "ESM-2 3B (36 layers, 2560 dim, 40 heads)", ((8, 1024),), ((0, "mfu", 0.45),)),
     "dnabert": Arch("dnabert", "117M", "DNABERT-S (12 layers, 768 dim, 12 heads, gated MLP 3072)", ((32, 512),)),
     # Tiny stand-ins for --quick: every code path, including each kind of target, in seconds.
-    "tiny": Arch("esm2", "tiny", "tiny ESM-2 (3 layers, 32 dim, 4 heads)", ((2, 32), (4, 16)), (*ESM2_650M_TARGETS, (0, "mfu", 0.45))),
+    "tiny": Arch("esm2", "tiny", "tiny ESM-2 (3 layers, 32 dim, 4 heads)", ((2, 32), (4, 16)),
+                 (*ESM2_650M_TARGETS, (0, "mfu", 0.45))),
     "dnabert-tiny": Arch("dnabert", "tiny", "tiny DNABERT (3 layers, 32 dim, 4 heads)", ((2, 32),), (), 128, 200),
 }
 QUICK_SHAPES = {"esm2": ((2, 32), (4, 16)), "dnabert": ((2, 32),)}
@@ -99,7 +101,8 @@ TARGET_LIMITS = {
     "runner-fp16": ("fp16guard's full-FP16 pass vs the bare FP16 loop (time ratio)", "<=", 1.05),
     "ln32": ("fp16+ln32 vs full FP16, both through fp16guard (time ratio)", "<=", 1.10),
     "validate": ("whole validate, weight loading excluded, vs the bare FP32 pass (time ratio)", "<=", 1.4),
-    "rerun": ("rerun against a saved reference, weight loading excluded, vs the bare FP32 pass (time ratio)", "<=", 0.4),
+    "rerun": ("rerun against a saved reference, weight loading excluded, vs the bare FP32 pass (time ratio)", "<=",
+              0.4),
     "speed-up": ("fp16+sdpa vs the bare FP16 loop (tokens/s ratio)", ">=", None),
     "memory": ("fp16+sdpa peak memory vs the bare FP16 loop", "<", None),
     "mfu": ("fp16+sdpa model FLOP utilisation", ">=", None),
@@ -144,7 +147,8 @@ def matmul_rate(device: torch.device, n: int, iterations: int, repeats: int) -> 
         best = min(best, (time.perf_counter() - start) / iterations)
     del a, b, c
     free(device)
-    return {"n": n, "dtype": "float16", "iterations": iterations, "repeats": repeats, "seconds": best, "flops": 2 * n**3 / best}
+    return {"n": n, "dtype": "float16", "iterations": iterations, "repeats": repeats, "seconds": best,
+            "flops": 2 * n**3 / best}
 
 
 def timed(step, device: torch.device) -> dict:
@@ -234,9 +238,11 @@ def fixed_batch(spec: Arch, target, loaded: LoadedModel, rows: int, length: int,
     tokenizer = loaded.encoding.tokenizer
     special = set(tokenizer.all_special_ids)
     vocabulary = [i for i in range(len(tokenizer)) if i not in special]
-    ids = [[tokenizer.cls_token_id, *rng.choices(vocabulary, k=length - 2), tokenizer.sep_token_id] for _ in range(rows)]
+    ids = [[tokenizer.cls_token_id, *rng.choices(vocabulary, k=length - 2),
+            tokenizer.sep_token_id] for _ in range(rows)]
     tokens = torch.tensor(ids, dtype=torch.long)
-    return TokenBatch(tuple(range(rows)), tokens, torch.ones_like(tokens, dtype=torch.bool), rows * length, (length,) * rows)
+    return TokenBatch(tuple(range(rows)), tokens, torch.ones_like(tokens, dtype=torch.bool), rows * length,
+                      (length,) * rows)
 
 
 def validate_sequences(spec: Arch, directory: Path, quick: bool) -> Path:
@@ -245,7 +251,8 @@ def validate_sequences(spec: Arch, directory: Path, quick: bool) -> Path:
     if not quick:
         return bundled_path(target.default_sequences)
     rng = random.Random(1)
-    letters, lengths = (PROTEIN, (12, 30, 45, 60, 20, 8)) if spec.family == "esm2" else ("ACGT", (60, 150, 240, 90, 300, 50))
+    letters, lengths = (PROTEIN, (12, 30, 45, 60, 20, 8)) if spec.family == "esm2" else ("ACGT", (60, 150, 240, 90, 300,
+                                                                                                  50))
     path = directory / f"{spec.family}_quick.fasta"
     path.write_text("".join(f">seq{i}\n{''.join(rng.choices(letters, k=n))}\n" for i, n in enumerate(lengths)))
     return path
@@ -302,7 +309,8 @@ def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy
         batches[label] = fixed_batch(spec, target, loaded, rows, length, seed=number)
         # 2 FLOPs per block parameter (the matmuls) plus QK^T and AV: 4 x layers x length x dim.
         per_token = 2 * record["block_parameters"] + 4 * layers * length * dim
-        record["shapes"][label] = {"rows": rows, "length": length, "tokens": rows * length, "flops_per_token": per_token, "runs": []}
+        record["shapes"][label] = {"rows": rows, "length": length, "tokens": rows * length,
+                                   "flops_per_token": per_token, "runs": []}
     fasta = validate_sequences(spec, tmp, args.quick) if name in args.validate else None
     set_batches = validate_batches(target, loaded, fasta, VALIDATE_MAX_TOKENS) if fasta else []
 
@@ -315,12 +323,15 @@ def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy
         for label, batch in batches.items():
             shape = record["shapes"][label]
             measured = time_bare(spec.family, model, [batch], device, layer, pad_id)
-            run = with_rates({"kind": "bare", "policy": precision, **measured}, shape["tokens"], shape["flops_per_token"], matmul_flops)
+            run = with_rates({"kind": "bare", "policy": precision, **measured}, shape["tokens"],
+                             shape["flops_per_token"], matmul_flops)
             shape["runs"].append(run)
-            log(f"{name} {label}: bare {precision}: {run['tokens_per_second']:,.0f} tokens/s, peak {fmt_bytes(run['peak_memory_bytes'])}")
+            log(f"{name} {label}: bare {precision}: {run['tokens_per_second']:,.0f} tokens/s, peak "
+                f"{fmt_bytes(run['peak_memory_bytes'])}")
         if precision == "fp32" and set_batches:
             tokens = sum(b.tokens_used for b in set_batches)
-            run = with_rates(time_bare(spec.family, model, set_batches, device, layer, pad_id), tokens, None, matmul_flops)
+            run = with_rates(time_bare(spec.family, model, set_batches, device, layer, pad_id), tokens, None,
+                             matmul_flops)
             run.update(sequences=sum(len(b.indices) for b in set_batches), batches=len(set_batches), fasta=fasta.name)
             record["bare_fp32_set"] = run
             log(f"{name}: bare fp32 over {fasta.name} ({tokens:,} tokens): {run['seconds']:.2f} s")
@@ -344,10 +355,12 @@ def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy
                 free(device)
                 continue
             timing = result.timing
-            run = {**row, "seconds": timing.seconds, "passes": timing.passes, "peak_memory_bytes": result.peak_memory_bytes,
+            run = {**row, "seconds": timing.seconds, "passes": timing.passes,
+                   "peak_memory_bytes": result.peak_memory_bytes,
                    "build_seconds": timing.build_seconds, "fp32_modules": len(result.applied.fp32_modules)}
             shape["runs"].append(with_rates(run, timing.tokens, shape["flops_per_token"], matmul_flops))
-            log(f"{name} {label}: fp16guard {policy_name}: {run['tokens_per_second']:,.0f} tokens/s, peak {fmt_bytes(run['peak_memory_bytes'])}")
+            log(f"{name} {label}: fp16guard {policy_name}: {run['tokens_per_second']:,.0f} tokens/s, peak "
+                f"{fmt_bytes(run['peak_memory_bytes'])}")
             del result
             free(device)
     del loaded
@@ -359,22 +372,27 @@ def bench_arch(name: str, args, device: torch.device, policies: dict[str, Policy
     return record
 
 
-def validate_runs(name: str, cli_target: list[str], fasta: Path, device: torch.device, out: Path, reference_cli: bool, tmp: Path) -> dict:
+def validate_runs(name: str, cli_target: list[str], fasta: Path, device: torch.device, out: Path, reference_cli: bool,
+                  tmp: Path) -> dict:
     """`fp16guard validate --no-fallback` (saving the reference where it can), then a rerun
     against the saved reference; each with its wall time and its weight-loading time."""
-    common = [*cli_target, "--device", device.type, "--no-fallback", "--sequences", str(fasta), "--max-tokens", str(VALIDATE_MAX_TOKENS)]
+    common = [*cli_target, "--device", device.type, "--no-fallback", "--sequences", str(fasta),
+              "--max-tokens", str(VALIDATE_MAX_TOKENS)]
     reference = tmp / f"{name}-reference.npz"
     runs = {}
     first = run_cli(
-        ["validate", *common, "--out", str(out / f"validate-{name}"), *(["--save-reference", str(reference)] if reference_cli else [])],
+        ["validate", *common, "--out", str(out / f"validate-{name}"),
+         *(["--save-reference", str(reference)] if reference_cli else [])],
         log=out / f"validate-{name}.log",
     )
     runs["validate"] = cli_summary(first, out / f"validate-{name}")
     runs["validate"]["saves_reference"] = reference_cli
-    log(f"{name}: validate exit {first.returncode} in {first.seconds:.1f} s (loading {_num(runs['validate']['load_seconds'])} s)")
+    log(f"{name}: validate exit {first.returncode} in {first.seconds:.1f} s (loading "
+        f"{_num(runs['validate']['load_seconds'])} s)")
     if reference_cli and reference.is_file():
         again = run_cli(
-            ["validate", *common, "--out", str(out / f"rerun-{name}"), "--reference", str(reference)], log=out / f"rerun-{name}.log"
+            ["validate", *common, "--out", str(out / f"rerun-{name}"), "--reference", str(reference)],
+            log=out / f"rerun-{name}.log"
         )
         runs["rerun"] = cli_summary(again, out / f"rerun-{name}")
         log(f"{name}: rerun against the saved reference exit {again.returncode} in {again.seconds:.1f} s")
@@ -387,7 +405,8 @@ def validate_runs(name: str, cli_target: list[str], fasta: Path, device: torch.d
 def cli_summary(run: CliRun, report_dir: Path) -> dict:
     """Wall time, and the weight loading measured from the line announcing it to the next line
     (which ends it: a warning about truncation, or the first model being built)."""
-    summary: dict = {"returncode": run.returncode, "wall_seconds": run.seconds, "startup_seconds": None, "load_seconds": None}
+    summary: dict = {"returncode": run.returncode, "wall_seconds": run.seconds, "startup_seconds": None,
+                     "load_seconds": None}
     index = run.first("loading")
     if index is not None and index + 1 < len(run.lines):
         summary["startup_seconds"] = run.lines[index][0]
@@ -427,7 +446,8 @@ def evaluate_targets(results: dict) -> list[dict]:
 
     for arch, record in results["architectures"].items():
         spec = ARCHS[arch]
-        runs = {label: {(r["kind"], r["policy"]): r for r in shape["runs"]} for label, shape in record["shapes"].items()}
+        runs = {label: {(r["kind"], r["policy"]): r for r in shape["runs"]}
+                for label, shape in record["shapes"].items()}
 
         for label, by_run in runs.items():
             bare16, ours16, ln32 = (by_run.get(key, {}).get("tokens_per_second") for key in
@@ -442,7 +462,8 @@ def evaluate_targets(results: dict) -> list[dict]:
             bare16 = runs[label].get(("bare", "fp16"), {})
             note = "" if sdpa.get("tokens_per_second") else f"{SDPA}: {sdpa.get('note', 'not run')}"
             if kind == "speed-up":
-                value = sdpa["tokens_per_second"] / bare16["tokens_per_second"] if not note and bare16.get("tokens_per_second") else None
+                measured = not note and bare16.get("tokens_per_second")
+                value = sdpa["tokens_per_second"] / bare16["tokens_per_second"] if measured else None
             elif kind == "memory":
                 both = sdpa.get("peak_memory_bytes") and bare16.get("peak_memory_bytes")
                 value = sdpa["peak_memory_bytes"] / bare16["peak_memory_bytes"] if both else None
@@ -459,7 +480,8 @@ def evaluate_targets(results: dict) -> list[dict]:
                 note = run.get("note", "") or ("" if work is not None else "the CLI's loading line was not found")
                 if run.get("returncode") not in (None, 0):
                     note = f"exit code {run['returncode']}"
-                add(kind, arch, record["bare_fp32_set"]["fasta"], work / bare if work is not None and not note else None, note)
+                add(kind, arch, record["bare_fp32_set"]["fasta"],
+                    work / bare if work is not None and not note else None, note)
     return rows
 
 
@@ -483,7 +505,8 @@ def render_markdown(results: dict) -> str:
         "# fp16guard speed benchmark",
         "",
         (
-            f"- Device: {env['device_name']} ({env['device']}), driver {env.get('driver') or '-'}; torch {env['torch']}, "
+            f"- Device: {env['device_name']} ({env['device']}), driver {env.get('driver') or '-'}; "
+            f"torch {env['torch']}, "
             f"CUDA {env['cuda']}, fair-esm {env['fair-esm']}, transformers {env['transformers']}, "
             f"fp16guard {env['fp16guard']}, Python {env['python']}. {env['date']}."
         ),
@@ -506,9 +529,11 @@ def render_markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in results["targets"]:
-        value = _pct(row["ratio"]) if row["target"] == "mfu" else (_num(row["ratio"]) + "x" if row["ratio"] is not None else "-")
+        ratio = _num(row["ratio"]) + "x" if row["ratio"] is not None else "-"
+        value = _pct(row["ratio"]) if row["target"] == "mfu" else ratio
         limit = _pct(row["limit"]) if row["target"] == "mfu" else f"{row['limit']:g}x"
-        lines.append(f"| {row['description']} | {row['architecture']} | {row['shape']} | {value} | {row['direction']} {limit} | "
+        lines.append(f"| {row['description']} | {row['architecture']} | {row['shape']} | {value} | "
+                     f"{row['direction']} {limit} | "
                      f"**{row['status']}** | {row['note']} |")
     for record in results["architectures"].values():
         lines += ["", f"## {record['label']}", "", (
@@ -517,8 +542,10 @@ def render_markdown(results: dict) -> str:
             f"(read, build, SHA-256) in {record['load_seconds']:.1f} s."
         )]
         for label, shape in record["shapes"].items():
-            bare16 = next((r for r in shape["runs"] if r["kind"] == "bare" and r["policy"] == "fp16"), {}).get("tokens_per_second")
-            lines += ["", f"### {shape['rows']} x {shape['length']} tokens ({shape['flops_per_token'] / 1e9:.2f} GFLOP per token)", "",
+            bare16 = next((r for r in shape["runs"] if r["kind"] == "bare" and r["policy"] == "fp16"),
+                          {}).get("tokens_per_second")
+            lines += ["", f"### {shape['rows']} x {shape['length']} tokens "
+                          f"({shape['flops_per_token'] / 1e9:.2f} GFLOP per token)", "",
                       "| run | policy | tokens/s | ms per pass | passes | peak memory | MFU | vs bare FP16 |",
                       "|---|---|---|---|---|---|---|---|"]
             for run in shape["runs"]:
@@ -527,7 +554,8 @@ def render_markdown(results: dict) -> str:
                     continue
                 versus = run["tokens_per_second"] / bare16 if bare16 else None
                 lines.append(
-                    f"| {run['kind']} | {run['policy']} | {run['tokens_per_second']:,.0f} | {1000 * run['seconds']:,.1f} | {run['passes']} | "
+                    f"| {run['kind']} | {run['policy']} | {run['tokens_per_second']:,.0f} | "
+                    f"{1000 * run['seconds']:,.1f} | {run['passes']} | "
                     f"{fmt_bytes(run['peak_memory_bytes'])} | {_pct(run.get('mfu'))} | {_num(versus)}x |"
                 )
         validate = record.get("validate")
@@ -538,7 +566,8 @@ def render_markdown(results: dict) -> str:
                 f"{VALIDATE_MAX_TOKENS}). The bare FP32 pass over the same batches: **{bare['seconds']:.2f} s** "
                 f"({bare['tokens_per_second']:,.0f} tokens/s)."
             ), "",
-                      "| run | exit | wall | start-up (interpreter, imports) | weight loading | wall - loading | vs bare FP32 pass |",
+                      "| run | exit | wall | start-up (interpreter, imports) | weight loading | wall - loading "
+                      "| vs bare FP32 pass |",
                       "|---|---|---|---|---|---|---|"]
             for key, run in validate.items():
                 if "wall_seconds" not in run:
@@ -546,15 +575,19 @@ def render_markdown(results: dict) -> str:
                     continue
                 work = run.get("seconds_excluding_load")
                 label = key + (" (also saves the reference)" if run.get("saves_reference") else "")
-                lines.append(f"| {label} | {run['returncode']} | {run['wall_seconds']:.2f} s | {_num(run['startup_seconds'])} s | "
-                             f"{_num(run['load_seconds'])} s | {_num(work)} s | {_num(work / bare['seconds'] if work else None)}x |")
+                lines.append(f"| {label} | {run['returncode']} | {run['wall_seconds']:.2f} s | "
+                             f"{_num(run['startup_seconds'])} s | "
+                             f"{_num(run['load_seconds'])} s | {_num(work)} s | "
+                             f"{_num(work / bare['seconds'] if work else None)}x |")
             for key, run in validate.items():
                 if run.get("stages"):
                     steps = [f"{stage['at']:.1f} s {_short(stage['line'])}" for stage in run["stages"]]
-                    lines += ["", f"{key}, timeline: 0 s start; " + "; ".join(steps) + f"; {run['wall_seconds']:.1f} s exit."]
+                    timeline = "; ".join(steps)
+                    lines += ["", f"{key}, timeline: 0 s start; {timeline}; {run['wall_seconds']:.1f} s exit."]
                 if run.get("attempts"):
-                    parts = [f"{policy}: build {_num(t.get('build_seconds'))} s, warm-up {_num(t.get('warmup_seconds'))} s, "
-                             f"fastest pass {_num(t.get('seconds'))} s of {t.get('passes')}" for policy, t in run["attempts"].items() if t]
+                    parts = [f"{policy}: build {_num(t.get('build_seconds'))} s, warm-up "
+                             f"{_num(t.get('warmup_seconds'))} s, fastest pass {_num(t.get('seconds'))} s of "
+                             f"{t.get('passes')}" for policy, t in run["attempts"].items() if t]
                     lines += ["", f"{key}, per attempt (from its report.json): " + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
@@ -572,6 +605,7 @@ def optional_policy(name: str) -> Policy | None:
 def cli_has_reference_options() -> bool:
     """Whether `fp16guard validate esm2` takes --save-reference and --reference."""
     import typer.main
+
     from fp16guard_cli.main import app
 
     command = typer.main.get_command(app).commands["validate"].commands["esm2"]
@@ -591,7 +625,8 @@ def describe_environment(device: torch.device) -> dict:
     if device.type == "cuda":
         try:
             query = ["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"]
-            env["driver"] = subprocess.run(query, check=False, capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+            env["driver"] = subprocess.run(query, check=False, capture_output=True, text=True,
+                                           timeout=20).stdout.strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
             pass
     return env
@@ -605,12 +640,17 @@ def write_results(out: Path, results: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md and the validate reports")
-    parser.add_argument("--arch", nargs="+", choices=list(ARCHS), help="architectures (default: 650M 3B dnabert; with --quick: tiny dnabert-tiny)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md and "
+                                                                "the validate reports")
+    parser.add_argument("--arch", nargs="+", choices=list(ARCHS), help="architectures (default: 650M 3B dnabert; with "
+                                                                       "--quick: tiny dnabert-tiny)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and matmul: checks every code path, measures nothing useful")
-    parser.add_argument("--no-validate", nargs="*", metavar="ARCH", help="skip the validate runs (of these architectures; all if none named)")
-    parser.add_argument("--tmp", type=Path, help="where to write the checkpoints (default: the system's temporary directory)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and matmul: checks every code path, "
+                                                             "measures nothing useful")
+    parser.add_argument("--no-validate", nargs="*", metavar="ARCH", help="skip the validate runs (of these "
+                                                                         "architectures; all if none named)")
+    parser.add_argument("--tmp", type=Path, help="where to write the checkpoints (default: the system's "
+                                                 "temporary directory)")
     args = parser.parse_args()
     args.arch = args.arch or (["tiny", "dnabert-tiny"] if args.quick else ["650M", "3B", "dnabert"])
     skipped = set(args.arch) if args.no_validate == [] else set(args.no_validate or ())
@@ -637,7 +677,8 @@ def main() -> int:
     results = {
         "schema": 1,
         "environment": env,
-        "settings": {"quick": args.quick, "architectures": args.arch, "validate": args.validate, "min_timed_seconds": MIN_TIMED_SECONDS,
+        "settings": {"quick": args.quick, "architectures": args.arch, "validate": args.validate,
+                     "min_timed_seconds": MIN_TIMED_SECONDS,
                      "max_repeats": MAX_REPEATS, "validate_max_tokens": VALIDATE_MAX_TOKENS, "note": note,
                      "available": {SDPA: sdpa is not None, "--reference": reference_cli}},
         "matmul": matmul,
@@ -647,7 +688,8 @@ def main() -> int:
         for name in args.arch:
             arch_dir = Path(tmp) / name
             arch_dir.mkdir()
-            results["architectures"][name] = bench_arch(name, args, device, policies, matmul["flops"], reference_cli, arch_dir)
+            results["architectures"][name] = bench_arch(name, args, device, policies, matmul["flops"], reference_cli,
+                                                        arch_dir)
             write_results(args.out, results)  # after each architecture, so a cut-off run keeps what it measured
     results["settings"]["wall_seconds"] = time.perf_counter() - _START
     write_results(args.out, results)

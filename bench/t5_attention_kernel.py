@@ -36,8 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     config = T5Config(vocab_size=128, d_model=1024, d_kv=128, d_ff=4096, num_layers=2, num_heads=32,
                       feed_forward_proj="relu", attn_implementation="sdpa")
-    results: dict = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
-    for layout, dtype in [(layout, dtype) for layout in ("transformers", "fp16guard") for dtype in (torch.float32, torch.float16)]:
+    results: dict = {"torch": torch.__version__,
+                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+    for layout, dtype in [(layout, dtype) for layout in ("transformers", "fp16guard") for dtype in (torch.float32,
+                                                                                                    torch.float16)]:
         model = T5EncoderModel(config).to(args.device, dtype).eval()
         if layout == "fp16guard":
             contiguous_position_bias(model)

@@ -45,7 +45,8 @@ def run(
 ) -> int:
     """Write the set, or with --check exit 1 when the file is out of date, or --stats."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--output", type=Path, default=default_output, help="where to write the FASTA (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=default_output, help="where to write the FASTA "
+                                                                            "(default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if the file differs")
     parser.add_argument("--stats", action="store_true", help="print a summary of the set and exit")
     args = parser.parse_args(argv)

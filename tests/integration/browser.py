@@ -54,7 +54,8 @@ class Chromium:
         args = [
             binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
             "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-            "--disable-component-update", "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}", "about:blank",
+            "--disable-component-update", "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}",
+            "about:blank",
         ]
         self.process = subprocess.Popen(
             args, preexec_fn=lambda: _onto_3_and_4(commands_read, events_write), close_fds=False,
@@ -173,7 +174,8 @@ def _record(result: PageLoad, method: str | None, params: dict) -> None:
         details = params["exceptionDetails"]
         result.errors.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
     elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-        result.errors.append("console." + params["type"] + ": " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+        values = " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+        result.errors.append("console." + params["type"] + ": " + values)
     elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
         result.errors.append(f"log ({params['entry'].get('source')}): {params['entry'].get('text')}")
     elif method == "Network.requestWillBeSent":

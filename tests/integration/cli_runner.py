@@ -2,8 +2,9 @@
 
 import json
 
-from fp16guard_cli.main import app
 from typer.testing import CliRunner
+
+from fp16guard_cli.main import app
 
 _runner = CliRunner()
 

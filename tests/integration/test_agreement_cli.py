@@ -66,7 +66,8 @@ def test_neighbour_collapse_passes_cosine_and_fails_the_knn_gate(checkpoints, co
     report = read_report(out)
     fp16 = report["attempts"][1]
     data = agreement(report)
-    print("collapse: min cosine", fp16["metrics"]["min_cosine"], json.dumps({k: data[k] for k in ("neighbours", "ranking")}))
+    print("collapse: min cosine", fp16["metrics"]["min_cosine"],
+          json.dumps({k: data[k] for k in ("neighbours", "ranking")}))
     # Measured: min cosine 1-2.5e-09, mean overlap@10 0.78 (min 0.5), Spearman 0.89.
     assert fp16["metrics"]["min_cosine"] > 0.99999
     assert data["neighbours"]["mean_overlap"] < 0.85 and data["neighbours"]["min_overlap"] <= 0.6
@@ -78,7 +79,8 @@ def test_neighbour_collapse_passes_cosine_and_fails_the_knn_gate(checkpoints, co
 
     gated = tmp_path / "gated"
     env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(tmp_path / "step-summary.md")}
-    result, text = run_cli("validate", "esm2", "--weights", collapse, "--sequences", families, "--out", gated, "--device", "cpu",
+    result, text = run_cli("validate", "esm2", "--weights", collapse, "--sequences", families, "--out", gated,
+                           "--device", "cpu",
                            "--policy", "fp16", "--min-knn-overlap", "0.9", env=env)
     assert result.exit_code == 1, text
     annotation = next(line for line in text.splitlines() if line.startswith("::error"))

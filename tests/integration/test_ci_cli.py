@@ -42,7 +42,8 @@ def test_the_config_file_runs_validate_and_the_report_says_where_each_setting_ca
 
 
 def test_the_command_line_overrides_the_config_file(project):
-    result, text = run_cli("validate", "esm2", "--min-cosine", "0.97", "-o", "elsewhere", env={"FP16GUARD_OFFLINE": "1"})
+    result, text = run_cli("validate", "esm2", "--min-cosine", "0.97", "-o", "elsewhere",
+                           env={"FP16GUARD_OFFLINE": "1"})
     assert result.exit_code == 0, text
     report = read_report(project / "elsewhere")
     assert report["thresholds"]["min_cosine"] == 0.97 and not (project / "reports").exists()
@@ -114,7 +115,8 @@ def test_json_prints_report_json_and_nothing_else_on_stdout(project):
     assert json.loads(quiet.stdout)["passed"] and quiet.stderr == ""
 
 
-def test_diff_of_a_healthy_run_and_a_planted_failure_exits_1_and_names_the_sequences(checkpoints, small_fasta, tmp_path):
+def test_diff_of_a_healthy_run_and_a_planted_failure_exits_1_and_names_the_sequences(checkpoints, small_fasta,
+                                                                                     tmp_path):
     for name in ("healthy", "mlp"):
         result, text = run_cli("validate", "esm2", "--weights", checkpoints[name], "-s", small_fasta, "--device", "cpu",
                                "-o", tmp_path / name, "--no-fallback")
@@ -135,7 +137,8 @@ def test_diff_of_a_healthy_run_and_a_planted_failure_exits_1_and_names_the_seque
 
 
 def test_diff_flags_a_fall_in_neighbour_agreement_and_reads_a_schema_2_report(checkpoints, small_fasta, tmp_path):
-    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "--device", "cpu",
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta,
+                           "--device", "cpu",
                            "-o", tmp_path / "run", "--no-fallback")
     assert result.exit_code == 0, text
     data = read_report(tmp_path / "run")
@@ -168,4 +171,5 @@ def test_no_color_turns_escape_codes_off_even_on_a_terminal():
     forced = run_split("list", env={"FORCE_COLOR": "1", "NO_COLOR": None})
     assert "\x1b[" in forced.stdout  # rich styles a terminal's output...
     plain = run_split("list", env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
-    assert plain.exit_code == 0 and "\x1b[" not in plain.stdout and "Models" in plain.stdout  # ...but not under NO_COLOR
+    # ...but not under NO_COLOR
+    assert plain.exit_code == 0 and "\x1b[" not in plain.stdout and "Models" in plain.stdout

@@ -21,7 +21,8 @@ def annotations(text: str) -> list[str]:
 def test_a_passing_run_appends_its_summary_and_annotates_nothing(checkpoints, small_fasta, tmp_path):
     summary = tmp_path / "step_summary.md"
     summary.write_text("earlier step\n")
-    result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "out", {"GITHUB_STEP_SUMMARY": str(summary)})
+    result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "out",
+                            {"GITHUB_STEP_SUMMARY": str(summary)})
     assert result.exit_code == 0, text
     written = summary.read_text()
     assert written.startswith("earlier step\n")  # appended, never replaced
@@ -48,6 +49,7 @@ def test_outside_github_nothing_is_written_or_printed(checkpoints, small_fasta, 
 
 
 def test_an_unwritable_summary_is_a_warning_and_the_verdict_stands(checkpoints, small_fasta, tmp_path):
-    result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "out", {"GITHUB_STEP_SUMMARY": str(tmp_path)})
+    result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "out",
+                            {"GITHUB_STEP_SUMMARY": str(tmp_path)})
     assert result.exit_code == 0, text
     assert "warning: cannot append to $GITHUB_STEP_SUMMARY" in text

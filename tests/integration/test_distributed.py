@@ -55,15 +55,19 @@ def _stable(report: dict) -> dict:
     for attempt in attempts:  # the search's note ends with its time and speed
         attempt["notes"] = [re.sub(r" \(\d+\.\d s\); speed .*", "", n) for n in attempt["notes"]]
         if (attempt.get("metrics") or {}).get("agreement"):  # the agreement metrics time themselves
-            attempt["metrics"] = {**attempt["metrics"], "agreement": {k: v for k, v in attempt["metrics"]["agreement"].items() if k != "seconds"}}
-    return {"attempts": attempts, **{k: report[k] for k in ("model", "dataset", "thresholds", "passed", "passing_policy", "summary", "notes")}}
+            agreement = {k: v for k, v in attempt["metrics"]["agreement"].items() if k != "seconds"}
+            attempt["metrics"] = {**attempt["metrics"], "agreement": agreement}
+    return {"attempts": attempts,
+            **{k: report[k] for k in ("model", "dataset", "thresholds", "passed", "passing_policy", "summary",
+                                      "notes")}}
 
 
 def test_two_ranks_give_the_single_process_report(checkpoints, tmp_path):
     """Planted MLP overflow: full FP16 fails, --search bisects (its decisions need the
     gathered embeddings), --profile merges per-block statistics from both ranks."""
     fasta = _fasta(tmp_path / "set.fasta")
-    common = ["validate", "esm2", "--weights", checkpoints["mlp"], "-s", fasta, "--device", "cpu", "--max-tokens", "400", "--no-fallback", "--search", "--profile"]
+    common = ["validate", "esm2", "--weights", checkpoints["mlp"], "-s", fasta, "--device", "cpu",
+              "--max-tokens", "400", "--no-fallback", "--search", "--profile"]
     single = _cli(*common, "-o", tmp_path / "one")
     double = _cli(*common, "-o", tmp_path / "two", "--gpus", "2")
     assert single.returncode == double.returncode == 0, double.stderr[-3000:]
@@ -78,7 +82,8 @@ def test_two_ranks_give_the_single_process_report(checkpoints, tmp_path):
     ranks = two["attempts"][1]["ranks"]
     assert len(ranks) == 2 and all(r["batches"] >= 1 for r in ranks)
     assert sum(r["sequences"] for r in ranks) == 30
-    assert sum(r["tokens"] for r in ranks) == one["attempts"][1]["timing"]["tokens"] == two["attempts"][1]["timing"]["tokens"]
+    tokens = one["attempts"][1]["timing"]["tokens"]
+    assert sum(r["tokens"] for r in ranks) == tokens == two["attempts"][1]["timing"]["tokens"]
     # Rank 0 alone printed the summary.
     assert double.stdout.count("PASS: ") == 1 and "PASS: " not in double.stderr
 
@@ -86,7 +91,8 @@ def test_two_ranks_give_the_single_process_report(checkpoints, tmp_path):
 def test_a_failure_on_one_rank_ends_every_rank_with_one_error_and_no_report(checkpoints, tmp_path):
     out = tmp_path / "out"
     proc = _torchrun(
-        HERE / "dist_fault.py", "validate", "esm2", "--weights", checkpoints["healthy"], "-s", _fasta(tmp_path / "s.fasta"),
+        HERE / "dist_fault.py", "validate", "esm2", "--weights", checkpoints["healthy"],
+        "-s", _fasta(tmp_path / "s.fasta"),
         "--device", "cpu", "--max-tokens", "400", "-o", out,
     )
     assert proc.returncode != 0
@@ -108,7 +114,8 @@ def test_a_sequence_that_breaks_fp32_fails_every_rank_through_the_launcher(tmp_p
     fasta = _fasta(tmp_path / "s.fasta", without="W")
     fasta.write_text(fasta.read_text() + ">withW\nMKWWLLA\n")
     out = tmp_path / "out"
-    proc = _cli("validate", "esm2", "--weights", weights, "-s", fasta, "--device", "cpu", "--max-tokens", "400", "-o", out, "--gpus", "2")
+    proc = _cli("validate", "esm2", "--weights", weights, "-s", fasta, "--device", "cpu", "--max-tokens", "400",
+                "-o", out, "--gpus", "2")
     assert proc.returncode == 3, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "withW" in errors[0] and "FP32 reference" in errors[0]
@@ -126,6 +133,7 @@ def test_more_processes_than_gpus_is_one_clear_error(checkpoints, tmp_path):
     )
     assert proc.returncode == 3, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: 2 processes for CUDA, but no CUDA device is visible (--device cpu runs them on the CPU)"], proc.stderr[-3000:]
+    expected = "error: 2 processes for CUDA, but no CUDA device is visible (--device cpu runs them on the CPU)"
+    assert errors == [expected], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists()

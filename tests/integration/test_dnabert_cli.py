@@ -24,7 +24,8 @@ def invoke(*args, env=None):
 @pytest.fixture(scope="module")
 def dnabert_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dnabert")
-    return {plant or "healthy": write_dnabert(root / (plant or "healthy"), plant) for plant in (None, "residual", "mlp")}
+    return {plant or "healthy": write_dnabert(root / (plant or "healthy"), plant) for plant in (None, "residual",
+                                                                                                "mlp")}
 
 
 @pytest.fixture()
@@ -65,7 +66,8 @@ def test_token_truncation_and_ambiguity_codes(dnabert_dirs, tmp_path):
     path = tmp_path / "iupac.fasta"
     path.write_text(DNA + ">ambiguous\nACGTRYKMACGT\n")
     out = tmp_path / "out"
-    result, text = invoke("--model", dnabert_dirs["healthy"], "-s", path, "-o", out, "--max-length", "8", "--device", "cpu")
+    result, text = invoke("--model", dnabert_dirs["healthy"], "-s", path, "-o", out, "--max-length", "8",
+                          "--device", "cpu")
     assert result.exit_code == 0, text
     data = read_report(out)
     assert "gc_mid" in data["dataset"]["truncated"] and "short" not in data["dataset"]["truncated"]

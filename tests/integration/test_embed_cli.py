@@ -21,7 +21,8 @@ RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 def fasta(path, count=25, seed=1, letters=RESIDUES, lengths=(5, 60)):
     rng = random.Random(seed)
-    path.write_text("".join(f">p{i} some description\n{''.join(rng.choices(letters, k=rng.randint(*lengths)))}\n" for i in range(count)))
+    sequences = ("".join(rng.choices(letters, k=rng.randint(*lengths))) for _ in range(count))
+    path.write_text("".join(f">p{i} some description\n{sequence}\n" for i, sequence in enumerate(sequences)))
     return path
 
 
@@ -71,13 +72,15 @@ def test_fp32_output_equals_the_embedder_and_plain_h5py_reads_it(checkpoints, pr
 
 def test_layers_and_per_residue(checkpoints, proteins, tmp_path):
     out = tmp_path / "emb.h5"
-    result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", out, "--layers", "3,1", "--per-residue",
+    result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", out, "--layers", "3,1",
+                         "--per-residue",
                          "--chunk-size", "10")
     assert result.exit_code == 0, text
     ids, seqs = records(proteins)
     embedder = Embedder.load("esm2", weights=checkpoints["healthy"], device="cpu", layer=1)
     with h5py.File(out, "r") as handle:
-        assert {"embeddings", "layer_3", "layer_1", "residues", "residues_layer_3", "residues_layer_1", "residue_offsets"} <= set(handle)
+        assert {"embeddings", "layer_3", "layer_1", "residues", "residues_layer_3", "residues_layer_1",
+                "residue_offsets"} <= set(handle)
         np.testing.assert_array_equal(handle["embeddings"][:], handle["layer_3"][:])
         np.testing.assert_allclose(handle["layer_1"][:], embedder.embed(seqs).numpy(), rtol=1e-5, atol=1e-6)
         offsets = handle["residue_offsets"][:]
@@ -132,7 +135,8 @@ def test_policy_for_other_weights_is_refused_naming_both_checksums(checkpoints, 
     error = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and validated in error[0] and sha(checkpoints["residual"]) in error[0]
     assert "Traceback" not in text and not out.exists() and not (tmp_path / "emb.h5.parts").exists()
-    forced, text = embed("esm2", "-w", checkpoints["residual"], "-s", proteins, "-o", out, "--policy", policy, "--force")
+    forced, text = embed("esm2", "-w", checkpoints["residual"], "-s", proteins, "-o", out, "--policy", policy,
+                         "--force")
     assert forced.exit_code in (0, 1), text  # forced: it runs, and the spot checks judge it
 
 
@@ -192,7 +196,8 @@ def test_foreign_outputs_are_refused(checkpoints, proteins, tmp_path):
 
 def test_parts_of_a_run_with_other_arguments_are_refused(checkpoints, proteins, tmp_path):
     out = tmp_path / "emb.h5"
-    args = ("esm2", "-w", checkpoints["mlp"], "-s", proteins, "-o", out, "--policy", "fp16", "--force", "--chunk-size", "5")
+    args = ("esm2", "-w", checkpoints["mlp"], "-s", proteins, "-o", out, "--policy", "fp16",
+            "--force", "--chunk-size", "5")
     assert embed(*args)[0].exit_code == 1  # leaves OUT.parts
     result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", out)
     assert result.exit_code == 2 and "other arguments" in text and "weights_sha256" in text and "policy" in text
@@ -206,9 +211,9 @@ def _stopped_run(checkpoint, proteins, out, shards, **options):
     """A run of the library's embed stopped after ``shards`` shards' worth of batches (the
     shards already handed to the writer are written, as after a kill)."""
     from fp16guard.core.config import ModelSource
+    from fp16guard.core.progress import Progress
     from fp16guard.workflows.embed import EmbedConfig
     from fp16guard.workflows.embed import embed as run
-    from fp16guard.core.progress import Progress
 
     class StopAfter(Progress):
         calls = 0
@@ -225,7 +230,8 @@ def _stopped_run(checkpoint, proteins, out, shards, **options):
 
 def test_resume_skips_complete_shards_and_redoes_a_corrupt_last_one(checkpoints, proteins, tmp_path):
     whole, resumed = tmp_path / "whole.h5", tmp_path / "resumed.h5"
-    common = ("-w", checkpoints["healthy"], "-s", proteins, "--chunk-size", "2", "--per-residue", "--max-tokens", "1000")
+    common = ("-w", checkpoints["healthy"], "-s", proteins, "--chunk-size", "2",
+              "--per-residue", "--max-tokens", "1000")
     assert embed("esm2", *common, "-o", whole)[0].exit_code == 0
     _stopped_run(checkpoints["healthy"], proteins, resumed, 4, chunk_size=2, per_residue=True, max_tokens=1000)
     parts = tmp_path / "resumed.h5.parts"
@@ -243,19 +249,21 @@ def test_a_corrupt_shard_before_the_last_is_refused(checkpoints, proteins, tmp_p
     _stopped_run(checkpoints["healthy"], proteins, out, 4, chunk_size=2, max_tokens=1000)
     shards = sorted((tmp_path / "emb.h5.parts").glob("shard-*.h5"))
     shards[1].write_bytes(b"garbage")
-    result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", out, "--chunk-size", "2", "--max-tokens", "1000")
+    result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", out, "--chunk-size", "2",
+                         "--max-tokens", "1000")
     assert result.exit_code == 2 and "corrupt" in text and shards[1].name in text
 
 
 def test_a_failing_writer_thread_ends_the_run_with_its_error(checkpoints, proteins, tmp_path, monkeypatch):
-    from fp16guard.workflows.embed import shards
     from fp16guard.errors import OutputError
+    from fp16guard.workflows.embed import shards
 
     def broken(path, part, layers, per_residue):
         raise OutputError(f"cannot write shard {path}: disk full")
 
     monkeypatch.setattr(shards, "write_shard", broken)
-    result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", tmp_path / "emb.h5", "--chunk-size", "3")
+    result, text = embed("esm2", "-w", checkpoints["healthy"], "-s", proteins, "-o", tmp_path / "emb.h5",
+                         "--chunk-size", "3")
     assert result.exit_code == 3 and "disk full" in text and "Traceback" not in text
 
 
@@ -289,7 +297,8 @@ def test_dnabert_fp16_with_spot_checks(tmp_path):
                          "--spot-check-every", "2")
     assert result.exit_code == 0, text
     meta = read_embeddings(out).metadata
-    assert meta["target"] == "dnabert" and meta["spot_checks"]["count"] == 7 and meta["spot_checks"]["min_cosine"] > 0.99
+    assert meta["target"] == "dnabert"
+    assert meta["spot_checks"]["count"] == 7 and meta["spot_checks"]["min_cosine"] > 0.99
 
 
 @pytest.mark.skipif(not PRESETS["antiberty"].available(), reason="pip install '.[antiberty]'")

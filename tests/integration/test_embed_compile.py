@@ -9,10 +9,10 @@ import torch
 from cli_runner import run_cli
 
 from fp16guard import Embedder
-from fp16guard.workflows.embed.plan import COMPILE_MIN_TOKENS, decide_compile
 from fp16guard.errors import InputError
-from fp16guard.numerics.policy import get_policy
 from fp16guard.models import get_target
+from fp16guard.numerics.policy import get_policy
+from fp16guard.workflows.embed.plan import COMPILE_MIN_TOKENS, decide_compile
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 PACKED32 = dataclasses.replace(get_policy("fp16+packed"), dtype="float32", name="fp32+packed")

@@ -55,7 +55,8 @@ def test_sigkill_at_a_random_shard_then_rerun_gives_the_same_bytes(checkpoints, 
     out = tmp_path / "killed.h5"
     parts = tmp_path / "killed.h5.parts"
     wanted = random.Random().randint(2, 12)
-    proc = subprocess.Popen(_command(checkpoints["healthy"], fasta, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command(checkpoints["healthy"], fasta, out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and len(list(parts.glob("shard-*.h5"))) < wanted:
         time.sleep(0.002)

@@ -49,7 +49,8 @@ def test_a_junit_xml_that_is_a_directory_exits_2_before_loading(checkpoints, sma
 
 def test_unwritable_policy_and_reference_paths_exit_2_before_loading(checkpoints, small_fasta, tmp_path):
     (tmp_path / "afile").write_text("")
-    result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "o1", "--save-policy", tmp_path / "afile" / "p.json")
+    result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "o1",
+                            "--save-policy", tmp_path / "afile" / "p.json")
     assert_one_line_before_loading(result, text, 2, "--save-policy", "afile")
     result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "o2", "--save-reference", tmp_path)
     assert_one_line_before_loading(result, text, 2, "--save-reference", "is a directory")
@@ -81,7 +82,8 @@ def test_a_write_that_fails_after_the_check_exits_3_in_one_line(checkpoints, sma
     out = tmp_path / "out"
     result, text = validate(checkpoints["healthy"], small_fasta, out)
     assert result.exit_code == 3, text
-    assert "Traceback" not in text and error_lines(text) == [f"error: cannot write {out / 'junit.xml'}: No space left on device"]
+    assert "Traceback" not in text and error_lines(text) == [f"error: cannot write {out / 'junit.xml'}: No "
+                                                             "space left on device"]
     assert not (out / "report.json").exists()  # this run's half-written report is not left behind
 
 
@@ -99,7 +101,8 @@ def test_a_write_that_fails_after_the_check_exits_3_in_one_line(checkpoints, sma
     ],
 )
 @pytest.mark.parametrize("option", ["--policy", "--try"])
-def test_a_malformed_policy_file_exits_2_naming_the_file_and_field(checkpoints, small_fasta, tmp_path, option, content, words):
+def test_a_malformed_policy_file_exits_2_naming_the_file_and_field(checkpoints, small_fasta, tmp_path, option, content,
+                                                                   words):
     policy = tmp_path / "p.json"
     policy.write_text(content)
     result, text = validate(checkpoints["healthy"], small_fasta, tmp_path / "out", option, policy)

@@ -10,40 +10,45 @@ import torch
 from cli_runner import ladder, read_report, run_cli
 
 from fp16guard import Embedder, apply_policy
-from fp16guard.workflows.validate import ladder as workflow
+from fp16guard.core.config import ModelSource
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.runner import run_policy
+from fp16guard.models.esm2 import TARGET
 from fp16guard.numerics.metrics import masked_mean
 from fp16guard.numerics.policy import get_policy
-from fp16guard.execution.runner import run_policy
-from fp16guard.core.config import ModelSource
-from fp16guard.models.esm2 import TARGET
 from fp16guard.testing import write_dnabert
-from fp16guard.execution.batching import prepare_batches
+from fp16guard.workflows.validate import ladder as workflow
 
 
 def test_fast_variant_is_reported_and_the_recommendation_follows_the_rule(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
-    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out,
+                           "--device", "cpu")
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["passing_policy"] == "fp16" and [a["policy"]["name"] for a in ladder(report)] == ["fp32", "fp16"]
     fast = report["attempts"][-1]
     assert (fast["role"], fast["policy"]["name"], fast["passed"]) == ("fast", "fp16+packed", True)
-    assert fast["policy"]["fast_attention"] and fast["policy"]["fp32_positional"] and fast["policy"]["layout"] == "packed"
+    assert fast["policy"]["fast_attention"] and fast["policy"]["fp32_positional"]
+    assert fast["policy"]["layout"] == "packed"
     assert fast["metrics"]["min_cosine"] > 0.999
     # CPU timings never decide: the simpler policy is recommended, and the report says why.
     assert report["recommended_policy"] == "fp16"
     assert any("CPU timings do not predict GPU speed" in note for note in fast["notes"])
     markdown = (out / "report.md").read_text()
-    assert "**Recommended policy**: `fp16`" in markdown and "PASS (variant)" in markdown and "PASS (fast)" not in markdown
+    assert "**Recommended policy**: `fp16`" in markdown and "PASS (variant)" in markdown
+    assert "PASS (fast)" not in markdown
     # The packed attempt was checked for batch composition, and the check passed.
-    assert fast["composition"]["passed"] and set(fast["composition"]["pairs"]) == {"alone vs padded", "alone vs packed", "padded vs packed"}
+    assert fast["composition"]["passed"] and set(fast["composition"]["pairs"]) == {"alone vs padded", "alone vs packed",
+                                                                                   "padded vs packed"}
     assert "SDPA" in fast["timing"]["attention"] and fast["timing"]["first_pass_seconds"] > 0
     assert report["attempts"][1]["timing"]["attention"] == "unfused (matmul + softmax)"  # fair-esm's own
     # The verdict's CI view is unchanged: the fast variant is no test case.
     assert ET.parse(out / "junit.xml").getroot().get("tests") == "1"
 
 
-def test_recommended_fast_policy_is_saved_and_reapplies_bit_identically(checkpoints, small_fasta, tmp_path, monkeypatch):
+def test_recommended_fast_policy_is_saved_and_reapplies_bit_identically(checkpoints, small_fasta, tmp_path,
+                                                                        monkeypatch):
     # Recommend whenever it passes, as if on a GPU where it measured faster.
     monkeypatch.setattr(workflow, "FAST_MARGIN", 0.0)
     monkeypatch.setattr(workflow, "RECOMMEND_ON_CPU", True)
@@ -68,7 +73,8 @@ def test_recommended_fast_policy_is_saved_and_reapplies_bit_identically(checkpoi
     validated = run_policy(TARGET, loaded, get_policy(policy_file), batches, len(sequences), torch.device("cpu"), 3)
     # In user code: the library embeds with the saved policy, packed as validated, bit for bit.
     embedder = Embedder.load("esm2", weights=checkpoints["residual"], policy=policy_file, device="cpu", max_tokens=64)
-    assert embedder.applied.policy.layout == "packed" and list(embedder.applied.fp32_modules) == document["fp32_modules"]
+    assert embedder.applied.policy.layout == "packed"
+    assert list(embedder.applied.fp32_modules) == document["fp32_modules"]
     mine = embedder.embed(sequences)
     assert torch.equal(mine, validated.pooled) and torch.isfinite(mine).all()
     # apply_policy on a user's own model: its plain forward (padded rows) still works under the
@@ -91,7 +97,8 @@ def test_dnabert_fast_policy_passes(dnabert_dir, tmp_path):
     fasta = tmp_path / "dna.fasta"
     fasta.write_text(">a\nACGTACGTTTGACNNNNACGTAGCTAGCTAGGGCGCGCATATATATTAGCG\n>b\nACGTTGCAAT\n>c\nGGGGCCCCATATATTTTAAAACACA\n")
     out = tmp_path / "out"
-    result, text = run_cli("validate", "dnabert", "--model", dnabert_dir, "-s", fasta, "-o", out, "--device", "cpu", "--policy", "fp16+sdpa")
+    result, text = run_cli("validate", "dnabert", "--model", dnabert_dir, "-s", fasta, "-o", out, "--device", "cpu",
+                           "--policy", "fp16+sdpa")
     assert result.exit_code == 0, text
     report = read_report(out)
     assert [a["policy"]["name"] for a in report["attempts"]] == ["fp32", "fp16+sdpa"]  # --policy: nothing else
@@ -99,7 +106,8 @@ def test_dnabert_fast_policy_passes(dnabert_dir, tmp_path):
     assert any("cast once" in note for note in report["attempts"][1]["notes"])
 
 
-def test_when_packing_is_refused_the_fused_attention_variant_is_tried_instead(checkpoints, small_fasta, tmp_path, monkeypatch):
+def test_when_packing_is_refused_the_fused_attention_variant_is_tried_instead(checkpoints, small_fasta, tmp_path,
+                                                                              monkeypatch):
     from fp16guard.errors import UnsupportedPolicyError
     from fp16guard.models import esm2
 
@@ -108,7 +116,8 @@ def test_when_packing_is_refused_the_fused_attention_variant_is_tried_instead(ch
 
     monkeypatch.setattr(esm2, "require_packing", refuse)
     out = tmp_path / "out"
-    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out,
+                           "--device", "cpu")
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["attempts"][-1]["policy"]["name"] == "fp16+sdpa" and report["attempts"][-1]["role"] == "fast"

@@ -5,8 +5,8 @@ save_pretrained directories with their tokenizers, and the trained AntiBERTy pac
 import pytest
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard.models.catalog import PRESETS
 from fp16guard.io.sequences import read_fasta
+from fp16guard.models.catalog import PRESETS
 from fp16guard.testing import write_hf_bert, write_hf_esm
 
 
@@ -24,7 +24,8 @@ def hf_models(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["bert", "esm"])
 def test_healthy_encoder_passes(hf_models, small_fasta, tmp_path, kind):
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out,
+                           "--device", "cpu")
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["passing_policy"] == "fp16"
@@ -38,7 +39,8 @@ def test_healthy_encoder_passes(hf_models, small_fasta, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["bert-residual", "esm-residual"])
 def test_planted_residual_overflow_climbs_to_fp32_residual_adds(hf_models, small_fasta, tmp_path, kind):
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", hf_models[kind], "-s", small_fasta, "-o", out,
+                           "--device", "cpu")
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["passing_policy"] == "fp16+res32"

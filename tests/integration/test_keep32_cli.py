@@ -14,7 +14,8 @@ def test_esm2_runs_keep32_as_fp16_and_the_report_says_so(checkpoints, small_fast
     runs = {}
     for policy in ("fp16", "fp16+keep32"):
         out = tmp_path / policy
-        result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "--device", "cpu",
+        result, text = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta,
+                               "--device", "cpu",
                                "-o", out, "--policy", policy)
         assert result.exit_code == 0, text
         runs[policy] = read_report(out)["attempts"][1]
@@ -30,7 +31,8 @@ def test_native_dnabert_says_keep32_is_fp16(tmp_path):
     fasta = tmp_path / "dna.fasta"
     fasta.write_text(">a\nACGTACGTTTGACNNNNACGTAGCTAGCTAGGGCGCGCATATATATTAGCG\n>b\nACGTTGCAAT\n>c\nGGGGCCCCATATATTTTAAAACACA\n")
     out = tmp_path / "out"
-    result, text = run_cli("validate", "dnabert", "--model", write_dnabert(tmp_path / "dnabert"), "-s", fasta, "-o", out,
+    result, text = run_cli("validate", "dnabert", "--model", write_dnabert(tmp_path / "dnabert"), "-s", fasta,
+                           "-o", out,
                            "--device", "cpu", "--policy", "fp16+keep32")
     assert result.exit_code == 0, text
     assert any(SAME in note for note in read_report(out)["attempts"][1]["notes"])

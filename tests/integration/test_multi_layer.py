@@ -11,9 +11,9 @@ from cli_runner import run_cli
 
 from fp16guard import Embedder
 from fp16guard.core.config import ModelSource
-from fp16guard.numerics.policy import fast_variant, get_policy
 from fp16guard.execution.forward import Forward, layout_of
 from fp16guard.models import get_target
+from fp16guard.numerics.policy import fast_variant, get_policy
 from fp16guard.testing import synthetic_dna, write_dnabert, write_hf_bert, write_hf_t5
 
 CPU = torch.device("cpu")
@@ -30,7 +30,8 @@ def models(tmp_path_factory, checkpoints):
     root = tmp_path_factory.mktemp("multi_layer")
     return {
         "esm2": ("esm2", ModelSource(weights=checkpoints["healthy"]), proteins()),
-        "dnabert": ("dnabert", ModelSource(model=str(write_dnabert(root / "dnabert"))), synthetic_dna(9, 60, seed=2, with_n=False)),
+        "dnabert": ("dnabert", ModelSource(model=str(write_dnabert(root / "dnabert"))),
+                    synthetic_dna(9, 60, seed=2, with_n=False)),
         "bert": ("hf", ModelSource(model=str(write_hf_bert(root / "bert"))), proteins()),
         "t5": ("hf", ModelSource(model=str(write_hf_t5(root / "t5"))), proteins()),
     }

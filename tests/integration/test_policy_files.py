@@ -8,12 +8,12 @@ import torch
 from cli_runner import ladder, read_report, run_cli
 
 from fp16guard import apply_policy
+from fp16guard.core.config import ModelSource
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.runner import run_policy
+from fp16guard.models.esm2 import TARGET
 from fp16guard.numerics.metrics import masked_mean
 from fp16guard.numerics.policy import get_policy
-from fp16guard.execution.runner import run_policy
-from fp16guard.core.config import ModelSource
-from fp16guard.models.esm2 import TARGET
-from fp16guard.execution.batching import prepare_batches
 
 
 def test_saved_policy_reapplied_to_a_fresh_model_is_bit_identical(checkpoints, small_fasta, tmp_path):
@@ -36,7 +36,8 @@ def test_saved_policy_reapplied_to_a_fresh_model_is_bit_identical(checkpoints, s
     sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY"]
     lengths = TARGET.measure(loaded, sequences)
     batches = prepare_batches(TARGET, loaded, sequences, lengths, max_tokens=64)
-    validated = run_policy(TARGET, loaded, get_policy(document["policy"]), batches, len(sequences), torch.device("cpu"), 3)
+    validated = run_policy(TARGET, loaded, get_policy(document["policy"]), batches, len(sequences), torch.device("cpu"),
+                           3)
 
     model = copy.deepcopy(loaded.module)
     applied = apply_policy(model, str(policy_file))
@@ -79,7 +80,8 @@ def test_try_bf16_is_reported_beside_the_ladder_without_changing_the_verdict(che
 
 def test_try_with_an_unknown_policy_fails_before_any_work(checkpoints, small_fasta, tmp_path):
     result, text = run_cli(
-        "validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", tmp_path / "out", "--try", "fp4",
+        "validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", tmp_path / "out",
+        "--try", "fp4",
     )
     assert result.exit_code == 2 and "unknown policy" in text
     assert not (tmp_path / "out").exists()

@@ -4,13 +4,13 @@ import pytest
 import torch
 from cli_runner import ladder, read_report, run_cli
 
-from fp16guard.numerics.policy import get_policy
-from fp16guard.execution.profile import _capture, first_divergent_layer, profile_policy
 from fp16guard.core.config import ModelSource
-from fp16guard.execution.build import build
-from fp16guard.models.esm2 import TARGET
-from fp16guard.testing import build_model, plant_mlp_overflow, save_checkpoint
 from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.build import build
+from fp16guard.execution.profile import _capture, first_divergent_layer, profile_policy
+from fp16guard.models.esm2 import TARGET
+from fp16guard.numerics.policy import get_policy
+from fp16guard.testing import build_model, plant_mlp_overflow, save_checkpoint
 
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY"]
 
@@ -50,7 +50,8 @@ def test_hooks_do_not_change_the_numbers(checkpoints):
 def test_cli_profile_writes_the_per_layer_table_and_plot(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = run_cli(
-        "validate", "esm2", "--weights", checkpoints["residual"], "-s", small_fasta, "-o", out, "--device", "cpu", "--profile"
+        "validate", "esm2", "--weights", checkpoints["residual"], "-s", small_fasta, "-o", out, "--device", "cpu",
+        "--profile"
     )
     assert result.exit_code == 0, text
     report = read_report(out)

@@ -23,7 +23,8 @@ def saved(checkpoints, tmp_path_factory):
     fasta = root / "small.fasta"
     fasta.write_text(SMALL_FASTA)
     ref = root / "ref.npz"
-    result, text = validate("--weights", checkpoints["residual"], "-s", fasta, "-o", root / "full", "--save-reference", ref)
+    result, text = validate("--weights", checkpoints["residual"], "-s", fasta, "-o", root / "full",
+                            "--save-reference", ref)
     assert result.exit_code == 0, text
     assert "fp32: building the model" in text
     return {"fasta": fasta, "ref": ref, "report": read_report(root / "full")}
@@ -31,7 +32,8 @@ def saved(checkpoints, tmp_path_factory):
 
 def test_rerun_with_the_saved_reference_matches_the_full_run(checkpoints, saved, tmp_path):
     out = tmp_path / "rerun"
-    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", out, "--reference", saved["ref"])
+    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", out,
+                            "--reference", saved["ref"])
     assert result.exit_code == 0, text
     assert "fp32: building the model" not in text  # the FP32 pass did not run
     full, rerun = saved["report"], read_report(out)
@@ -102,7 +104,8 @@ def test_a_reference_for_another_run_is_refused(checkpoints, saved, tmp_path, ca
 
 
 def _pickled(path):
-    np.savez(path, embeddings=np.zeros((5, 32), np.float32), ids=np.array(["a"] * 5, dtype=object), metadata=np.array("{}"))
+    np.savez(path, embeddings=np.zeros((5, 32), np.float32), ids=np.array(["a"] * 5, dtype=object),
+             metadata=np.array("{}"))
 
 
 @pytest.mark.parametrize(
@@ -119,7 +122,8 @@ def _pickled(path):
 def test_a_file_that_is_not_a_reference_is_a_clear_error(checkpoints, saved, tmp_path, make, message):
     ref = tmp_path / "ref.npz"
     make(ref)
-    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", tmp_path / "out", "--reference", ref)
+    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", tmp_path / "out",
+                            "--reference", ref)
     assert result.exit_code == 2, text
     assert message in text and "Traceback" not in text
 
@@ -128,7 +132,8 @@ def test_a_truncated_reference_file_is_a_clear_error(checkpoints, saved, tmp_pat
     ref = tmp_path / "ref.npz"
     data = saved["ref"].read_bytes()
     ref.write_bytes(data[: len(data) // 2])
-    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", tmp_path / "out", "--reference", ref)
+    result, text = validate("--weights", checkpoints["residual"], "-s", saved["fasta"], "-o", tmp_path / "out",
+                            "--reference", ref)
     assert result.exit_code == 2, text
     assert "not a readable fp16guard reference file" in text and "Traceback" not in text
 

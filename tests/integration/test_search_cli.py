@@ -34,13 +34,15 @@ def test_search_finds_exactly_the_planted_layers_and_the_saved_policy_passes(tmp
         "--policy", policy_file,
     )
     assert result.exit_code == 0, text
-    assert read_report(tmp_path / "again")["attempts"][1]["policy"]["fp32_parts"] == {"mlp": [layer + 1 for layer in planted]}
+    again = read_report(tmp_path / "again")
+    assert again["attempts"][1]["policy"]["fp32_parts"] == {"mlp": [layer + 1 for layer in planted]}
 
 
 def test_search_says_when_no_blocks_help(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
     result, text = run_cli(
-        "validate", "esm2", "--weights", checkpoints["residual"], "-s", small_fasta, "-o", out, "--device", "cpu", "--search"
+        "validate", "esm2", "--weights", checkpoints["residual"], "-s", small_fasta, "-o", out, "--device", "cpu",
+        "--search"
     )
     assert result.exit_code == 0, text  # the ladder's fp16+res32 still passes
     report = read_report(out)
@@ -50,6 +52,7 @@ def test_search_says_when_no_blocks_help(checkpoints, small_fasta, tmp_path):
 
 def test_search_skipped_when_fp16_passes(checkpoints, small_fasta, tmp_path):
     out = tmp_path / "out"
-    result, _ = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu", "--search")
+    result, _ = run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out,
+                        "--device", "cpu", "--search")
     assert result.exit_code == 0
     assert any("search skipped: full FP16 passed" in note for note in read_report(out)["notes"])

@@ -18,14 +18,16 @@ def t5_models(tmp_path_factory):
         "encoder": write_hf_t5(root / "encoder"),
         "full": write_hf_t5(root / "full", layout="full"),
         "wo": write_hf_t5(root / "wo", plant="wo"),
-        "wo-full-gated": write_hf_t5(root / "wo-full-gated", plant="wo", layout="full", arch="t5_tiny_gated", spaced=False),
+        "wo-full-gated": write_hf_t5(root / "wo-full-gated", plant="wo", layout="full", arch="t5_tiny_gated",
+                                     spaced=False),
     }
 
 
 @pytest.mark.parametrize("layout", ["encoder", "full"])
 def test_healthy_t5_encoder_passes_in_both_layouts(t5_models, small_fasta, tmp_path, layout):
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", t5_models[layout], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", t5_models[layout], "-s", small_fasta, "-o", out,
+                           "--device", "cpu")
     assert result.exit_code == 0, text
     report = read_report(out)
     assert report["passing_policy"] == "fp16"
@@ -36,7 +38,8 @@ def test_healthy_t5_encoder_passes_in_both_layouts(t5_models, small_fasta, tmp_p
     assert fp16["passed"] and keep32["passed"]
     assert any("model.half()" in n for n in fp16["notes"]) and not fp16["fp32_modules"]
     assert any("from_pretrained(..., dtype=torch.float16)" in n for n in keep32["notes"])
-    assert [m.split()[0] for m in keep32["fp32_modules"]] == [f"encoder.block.{i}.layer.1.DenseReluDense.wo" for i in range(3)]
+    expected = [f"encoder.block.{i}.layer.1.DenseReluDense.wo" for i in range(3)]
+    assert [m.split()[0] for m in keep32["fp32_modules"]] == expected
     decoder_notes = [n for n in report["notes"] if "decoder tensors are ignored" in n]
     assert bool(decoder_notes) == (layout == "full"), report["notes"]
     # One token per residue plus </s>: nothing became <unk>; U, Z, B became X (gamma has them).
@@ -48,7 +51,8 @@ def test_healthy_t5_encoder_passes_in_both_layouts(t5_models, small_fasta, tmp_p
 @pytest.mark.parametrize("kind", ["wo", "wo-full-gated"])
 def test_planted_wo_overflow_fails_fp16_and_the_ladder_keeps_wo_in_fp32(t5_models, small_fasta, tmp_path, kind):
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", t5_models[kind], "-s", small_fasta, "-o", out, "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", t5_models[kind], "-s", small_fasta, "-o", out,
+                           "--device", "cpu")
     assert result.exit_code == 0, text
     report = read_report(out)
     fp16, keep32 = ladder(report)[1:]
@@ -114,7 +118,8 @@ def test_rare_residues_and_lower_case_follow_the_tokenizer(t5_models, tmp_path):
     path = tmp_path / "lower.fasta"
     path.write_text(">upper\nMKVLAAGU\n>lower\nmkvlaagu\n")
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", path, "-o", out, "--device", "cpu", "--no-fallback")
+    result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", path, "-o", out, "--device", "cpu",
+                           "--no-fallback")
     assert result.exit_code == 0, text
     metrics = read_report(out)["attempts"][1]["metrics"]
     assert metrics["min_cosine"] > 0.999
@@ -139,7 +144,8 @@ def test_checkpoint_that_does_not_fit_names_missing_encoder_keys(t5_models, smal
     broken = tmp_path / "broken"
     shutil.copytree(t5_models["encoder"], broken)
     state = load_file(broken / "model.safetensors")
-    save_file({k: v for k, v in state.items() if ".block.2." not in k}, broken / "model.safetensors", metadata={"format": "pt"})
+    save_file({k: v for k, v in state.items() if ".block.2." not in k}, broken / "model.safetensors",
+              metadata={"format": "pt"})
     result, text = run_cli("validate", "hf", "--model", broken, "-s", small_fasta, "-o", tmp_path / "out")
     assert result.exit_code == 3, text
     flat = " ".join(text.split())
@@ -184,7 +190,8 @@ def test_list_recognises_prot_t5_and_ankh_in_the_hf_cache(tmp_path):
 def prot_t5_layout(tmp_path_factory):
     """ProtT5's own tokenizer files: spiece.model and tokenizer_config.json, no tokenizer.json."""
     pytest.importorskip("sentencepiece", reason="the t5 extra (sentencepiece, protobuf) writes and reads spiece.model")
-    pytest.importorskip("google.protobuf", reason="the t5 extra (sentencepiece, protobuf) writes and reads spiece.model")
+    pytest.importorskip("google.protobuf",
+                        reason="the t5 extra (sentencepiece, protobuf) writes and reads spiece.model")
     return write_hf_t5(tmp_path_factory.mktemp("prot_t5") / "prot_t5", plant="wo", tokenizer="sentencepiece")
 
 
@@ -212,12 +219,15 @@ def test_sentencepiece_tokenizer_as_prot_t5_ships_it(prot_t5_layout, small_fasta
     assert report["attempts"][0]["timing"]["tokens"] == residues + 5  # nothing merged, nothing unknown
 
 
-def test_sentencepiece_tokenizer_without_its_packages_says_what_to_install(prot_t5_layout, small_fasta, tmp_path, monkeypatch):
+def test_sentencepiece_tokenizer_without_its_packages_says_what_to_install(prot_t5_layout, small_fasta, tmp_path,
+                                                                           monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real(name, *a))
-    result, text = run_cli("validate", "hf", "--model", prot_t5_layout, "-s", small_fasta, "-o", tmp_path / "out", "--device", "cpu")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "sentencepiece" else real(name, *a))
+    result, text = run_cli("validate", "hf", "--model", prot_t5_layout, "-s", small_fasta, "-o", tmp_path / "out",
+                           "--device", "cpu")
     assert result.exit_code == 3, text
     flat = " ".join(text.split())
     assert "spiece.model" in flat and "sentencepiece package" in flat and "pip install 'fp16guard[t5]'" in flat
@@ -234,12 +244,14 @@ def test_tokenizer_of_another_model_is_refused_by_name(t5_models, small_fasta, t
     small = tmp_path / "small-vocab"
     shutil.copytree(t5_models["encoder"], small)
     state = load_file(small / "model.safetensors")
-    state = {k: (v[:10].clone() if k in ("shared.weight", "encoder.embed_tokens.weight") else v) for k, v in state.items()}
+    state = {k: (v[:10].clone() if k in ("shared.weight",
+                                         "encoder.embed_tokens.weight") else v) for k, v in state.items()}
     save_file(state, small / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((small / "config.json").read_text())
     config["vocab_size"] = 10
     (small / "config.json").write_text(json.dumps(config))
-    result, text = run_cli("validate", "hf", "--model", small, "-s", small_fasta, "-o", tmp_path / "out", "--device", "cpu")
+    result, text = run_cli("validate", "hf", "--model", small, "-s", small_fasta, "-o", tmp_path / "out",
+                           "--device", "cpu")
     assert result.exit_code == 3, text
     flat = " ".join(text.split())
     assert "embedding table has 10 rows" in flat and "do not belong to these weights" in flat
@@ -258,11 +270,13 @@ def test_half_precision_checkpoint_is_said_to_share_its_weight_rounding(t5_model
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(t5_models["encoder"] / name, half / name)
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", half, "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    result, text = run_cli("validate", "hf", "--model", half, "-s", small_fasta, "-o", out, "--device", "cpu",
+                           "--no-fallback")
     assert result.exit_code == 0, text
     assert any("stores its weights in float16" in n for n in read_report(out)["notes"])
     out = tmp_path / "out-fp32"
-    result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    result, text = run_cli("validate", "hf", "--model", t5_models["encoder"], "-s", small_fasta, "-o", out,
+                           "--device", "cpu", "--no-fallback")
     assert not any("stores its weights" in n for n in read_report(out)["notes"])
 
 
@@ -287,7 +301,8 @@ def test_sentencepiece_vocabulary_with_word_start_residues_reads_them_spaced(tmp
 
 
 @pytest.mark.parametrize("islands_pay", [True, False])
-def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, small_fasta, tmp_path, monkeypatch, islands_pay):
+def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, small_fasta, tmp_path, monkeypatch,
+                                                                   islands_pay):
     """The ladder passes at fp16+keep32 (every wo in FP32) and --search finds one FP32 MLP: the
     searched policy's fast variant is recommended and saved when it beats both the ladder's
     policy and the ladder's fast variant. Timings are a GPU's business: here fused attention is
@@ -305,7 +320,8 @@ def test_search_result_is_recommended_over_the_ladders_when_faster(t5_models, sm
 
     monkeypatch.setattr(workflow, "_recommendable", by_rule)
     out, saved = tmp_path / "out", tmp_path / "policy.json"
-    result, text = run_cli("validate", "hf", "--model", t5_models["wo"], "-s", small_fasta, "-o", out, "--device", "cpu",
+    result, text = run_cli("validate", "hf", "--model", t5_models["wo"], "-s", small_fasta, "-o", out,
+                           "--device", "cpu",
                            "--search", "--save-policy", saved)
     assert result.exit_code == 0, text
     report = read_report(out)
@@ -348,7 +364,7 @@ def test_amino_acid_marker_goes_before_every_sequence(tmp_path, small_fasta):
     """A tokenizer with ProstT5's <AA2fold> token: it is put before every sequence as its own
     token, --pooling residues leaves it (and </s>) out of the mean, and the report says so."""
     import torch
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import T5EncoderModel
 
     from fp16guard import Embedder
     from fp16guard.core.config import ModelSource
@@ -368,6 +384,7 @@ def test_amino_acid_marker_goes_before_every_sequence(tmp_path, small_fasta):
     embedder = Embedder.load("hf", model=str(directory), policy="fp32", device="cpu", pooling="residues")
     torch.testing.assert_close(embedder.embed(["MKT"])[0], expected, rtol=1e-5, atol=1e-5)
     out = tmp_path / "out"
-    result, text = run_cli("validate", "hf", "--model", directory, "-s", small_fasta, "-o", out, "--device", "cpu", "--no-fallback")
+    result, text = run_cli("validate", "hf", "--model", directory, "-s", small_fasta, "-o", out, "--device", "cpu",
+                           "--no-fallback")
     assert result.exit_code == 0, text
     assert any("<AA2fold>" in note and "put before every sequence" in note for note in read_report(out)["notes"])

@@ -6,7 +6,8 @@ from cli_runner import read_report, run_cli
 
 
 def validate(checkpoints, small_fasta, out, *args):
-    return run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out, "--device", "cpu", *args)
+    return run_cli("validate", "esm2", "--weights", checkpoints["healthy"], "-s", small_fasta, "-o", out,
+                   "--device", "cpu", *args)
 
 
 @pytest.mark.parametrize(

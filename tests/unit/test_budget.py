@@ -64,7 +64,8 @@ def test_model_dims_of_each_family():
     assert model_dims(build_model(layers=2, dim=32, heads=4)) == ModelDims(32, 4, 128)
     bert = BertModel(BertConfig(hidden_size=48, num_attention_heads=6, intermediate_size=96, num_hidden_layers=1))
     assert model_dims(bert) == ModelDims(48, 6, 96)
-    dnabert = DnaBertModel(DnaBertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1))
+    dnabert = DnaBertModel(DnaBertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                         num_hidden_layers=1))
     assert model_dims(dnabert) == ModelDims(32, 4, 64)
     assert model_dims(torch.nn.Sequential(torch.nn.Embedding(10, 256))) == ModelDims(256, 4, 1024)
 

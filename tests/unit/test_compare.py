@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fp16guard.numerics.compare import WORST_SHOWN, Comparison, compare
 from fp16guard.core.config import Thresholds
 from fp16guard.errors import Fp16GuardError, InputError, NonFiniteReferenceError
+from fp16guard.numerics.compare import WORST_SHOWN, Comparison, compare
 from fp16guard.numerics.metrics import TokenStats
 
 NAN, INF = math.nan, math.inf
@@ -143,7 +143,8 @@ def test_nonfinite_candidate_row_fails_and_is_worst(bad):
     assert math.isnan(result.cosines[2])
     # Summaries do not skip the non-finite row: they are NaN, with the count beside them.
     assert result.nonfinite_sequences == 1
-    for summary in (result.min_cosine, result.mean_cosine, result.p1_cosine, result.max_abs_error, result.relative_l2_error):
+    for summary in (result.min_cosine, result.mean_cosine, result.p1_cosine, result.max_abs_error,
+                    result.relative_l2_error):
         assert math.isnan(summary)
     assert not result.margin >= 0
     assert (result.nan_count, result.inf_count) == ((1, 0) if math.isnan(bad) else (0, 1))

@@ -45,7 +45,8 @@ def test_a_rank_that_fails_alone_stops_the_others_and_keeps_its_code():
 def test_a_crash_is_an_error_never_a_verdict():
     # A traceback exits 1, which would read as an accuracy failure; a signal is negative.
     assert launch(["validate"], 2, worker=_worker("if rank == 1:\n    raise RuntimeError('boom')\ntime.sleep(60)")) == 3
-    assert launch(["validate"], 2, worker=_worker("if rank == 0:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(60)")) == 3
+    assert launch(["validate"], 2, worker=_worker("if rank == 0:\n    os.kill(os.getpid(), "
+                                                  "signal.SIGKILL)\ntime.sleep(60)")) == 3
 
 
 def test_a_workers_internal_error_keeps_its_code():

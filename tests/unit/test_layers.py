@@ -89,7 +89,8 @@ def test_imports_point_down_or_across_never_up():
     for module, targets in graph().items():
         for target in targets:
             if layer_of(target) > layer_of(module) and not module.startswith(target + "."):
-                upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+                upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} "
+                              f"({LAYERS[layer_of(target)][0]})")
     assert not upward, "imports that point up a layer:\n" + "\n".join(sorted(upward))
 
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from fp16guard.numerics.policy import get_policy
-from fp16guard.execution.runner import run_policy
 from fp16guard.core.config import ModelSource
-from fp16guard.models.esm2 import TARGET
 from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.runner import run_policy
+from fp16guard.models.esm2 import TARGET
+from fp16guard.numerics.policy import get_policy
 
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY", "MSTNPKPQRKTKRNTNRRPQD", "GGSGGSGGS"]
 
@@ -50,12 +50,13 @@ def test_a_single_sequence_that_does_not_fit_is_an_error(checkpoints):
     loaded = TARGET.load(ModelSource(weights=checkpoints["healthy"]))
     batches = prepare_batches(TARGET, loaded, SEQUENCES, TARGET.measure(loaded, SEQUENCES), max_tokens=10_000)
     with pytest.raises(torch.OutOfMemoryError):
-        run_policy(SmallMemory(0), loaded, get_policy("fp16"), batches, len(SEQUENCES), torch.device("cpu"), 3, measure=False)
+        run_policy(SmallMemory(0), loaded, get_policy("fp16"), batches, len(SEQUENCES), torch.device("cpu"), 3,
+                   measure=False)
 
 
 def test_the_report_counts_every_input_sequence_after_splits(checkpoints, tmp_path, monkeypatch):
-    from fp16guard.workflows import validate as workflow
     from fp16guard.core.config import ValidationConfig
+    from fp16guard.workflows import validate as workflow
 
     fasta = tmp_path / "five.fasta"
     fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(SEQUENCES)))

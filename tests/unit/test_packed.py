@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from fp16guard import Embedder
-from fp16guard.execution import composition
+from fp16guard.core.config import ModelSource
 from fp16guard.errors import InputError, UnsupportedPolicyError
-from fp16guard.numerics.metrics import cosine_rows, masked_mean, segment_mean
-from fp16guard.numerics.policy import FP16_PACKED, Policy, fast_variant, get_policy
+from fp16guard.execution import composition
+from fp16guard.execution.batching import prepare_batches
+from fp16guard.execution.build import build
 from fp16guard.execution.runner import run_policy
 from fp16guard.models import varlen
-from fp16guard.core.config import ModelSource
 from fp16guard.models.batch import TokenBatch
-from fp16guard.execution.build import build
 from fp16guard.models.esm2 import MAX_RESIDUES, TARGET
-from fp16guard.execution.batching import prepare_batches
+from fp16guard.numerics.metrics import cosine_rows, masked_mean, segment_mean
+from fp16guard.numerics.policy import FP16_PACKED, Policy, fast_variant, get_policy
 
 CPU = torch.device("cpu")
 #: FP32 with the packed layout: on the CPU both layouts run the same mathematics, so they must
@@ -52,7 +52,8 @@ def test_pack_concatenates_rows_without_padding(loaded):
     hidden = torch.randn(*batch.tokens.shape, 5)
     flat = hidden[batch.tokens != pad]
     assert torch.equal(batch.unpack(flat)[batch.tokens != pad], flat)
-    assert torch.allclose(segment_mean(flat, packed.pool_mask, packed.segments, 3), masked_mean(hidden, batch.pool_mask))
+    assert torch.allclose(segment_mean(flat, packed.pool_mask, packed.segments, 3),
+                          masked_mean(hidden, batch.pool_mask))
 
 
 @pytest.mark.parametrize("layer", [0, 2, 3])
@@ -73,7 +74,8 @@ def test_packed_and_padded_agree_on_the_cpu(loaded, layer):
 def test_packed_fp16_token_statistics_compare_with_a_padded_reference(loaded):
     sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MKVLAAGIVG", "ACDEFGHIKLMNPQRSTVWY"]
     batches = batches_of(loaded, sequences)
-    reference = run_policy(TARGET, loaded, get_policy("fp32"), batches, 3, CPU, 3, keep_states_bytes=1 << 30, measure=False)
+    reference = run_policy(TARGET, loaded, get_policy("fp32"), batches, 3, CPU, 3, keep_states_bytes=1 << 30,
+                           measure=False)
     packed = run_policy(TARGET, loaded, FP16_PACKED, batches, 3, CPU, 3, reference=reference, measure=False)
     assert packed.token_stats.tokens == sum(len(s) for s in sequences)
     assert packed.token_stats.min_cosine > 0.999 and packed.token_nonfinite == (0, 0)

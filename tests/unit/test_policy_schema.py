@@ -106,7 +106,8 @@ json_values = st.recursive(
     max_leaves=12,
 )
 field_names = st.sampled_from(
-    ["name", "dtype", "fp32_layer_norms", "fp32_positional", "fp32_residual", "fp32_blocks", "fp32_parts", "fast_attention"]
+    ["name", "dtype", "fp32_layer_norms", "fp32_positional", "fp32_residual", "fp32_blocks", "fp32_parts",
+     "fast_attention"]
 )
 # Objects with the policy's own keys and arbitrary values reach the type checks, not just the
 # unknown-field check.

@@ -11,7 +11,8 @@ from fp16guard.workflows.validate import saved_reference_result
 META = {
     "target": "esm2", "weights_sha256": "a" * 64, "dataset_sha256": "b" * 64, "layer": 3, "pooling": "mean",
     "max_length": 1022, "max_tokens": 8192, "versions": {"fp16guard": "0.1.0", "torch": "2.13.0", "fair-esm": "2.0.0"},
-    "timing": {"build_seconds": 0.1, "warmup_seconds": 0.2, "seconds": 1.5, "tokens": 40, "padded_tokens": 48, "passes": 1},
+    "timing": {"build_seconds": 0.1, "warmup_seconds": 0.2, "seconds": 1.5, "tokens": 40, "padded_tokens": 48,
+               "passes": 1},
     "peak_memory_bytes": 123,
 }
 
@@ -34,7 +35,8 @@ def test_every_difference_is_named_in_one_line(tmp_path):
     saved = load_reference(save_reference(tmp_path / "ref.npz", torch.zeros(2, 3), ["a", "b"], META))
     with pytest.raises(InputError) as caught:
         saved.check(
-            weights_sha256="c" * 64, layer=5, versions={**META["versions"], "torch": "2.14.0"}, pooling="mean", ids=["b", "a"]
+            weights_sha256="c" * 64, layer=5, versions={**META["versions"], "torch": "2.14.0"}, pooling="mean",
+            ids=["b", "a"]
         )
     message = str(caught.value)
     assert "\n" not in message and caught.value.exit_code == 2

@@ -5,8 +5,8 @@ import builtins
 import pytest
 import torch
 
-from fp16guard.execution.distributed import shard
 from fp16guard.errors import Fp16GuardError, InputError
+from fp16guard.execution.distributed import shard
 from fp16guard.execution.launch import from_env, strip_option
 from fp16guard.execution.placement import describe, device_map, spread
 from fp16guard.testing import build_model
