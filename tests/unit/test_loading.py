@@ -45,10 +45,28 @@ def test_esm2_tokens_equal_fair_esms_batch_converter(tmp_path):
     loaded = get_target("esm2").load(ModelSource(weights=save_checkpoint(build_model(layers=1), tmp_path / "m.pt")))
     rng = random.Random(1)
     sequences = ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 60))) for _ in range(25)]
+    sequences += [ALPHABET, ALPHABET[::-1], "X", "O" * 70]  # every letter, rare ones alone and in runs
     tokens, mask, used = get_target("esm2").tokenize(loaded, sequences)
     _, _, expected = loaded.encoding.alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(sequences)])
     assert torch.equal(tokens, expected)
     assert mask.sum().item() == sum(map(len, sequences)) and used == mask.sum().item() + 2 * len(sequences)
+
+
+def test_esm2_tokens_equal_fair_esms_batch_converter_on_the_bundled_set(tmp_path):
+    from fp16guard.io.sequences import bundled_path, read_fasta
+    from fp16guard.models.esm2 import ALPHABET
+
+    target = get_target("esm2")
+    loaded = target.load(ModelSource(weights=save_checkpoint(build_model(layers=1), tmp_path / "m.pt")))
+    records = read_fasta(bundled_path(target.default_sequences), ALPHABET).records
+    sequences = [r.sequence[:1022] for r in records]
+    converter = loaded.encoding.alphabet.get_batch_converter()
+    for start in range(0, len(sequences), 16):  # batches of mixed lengths, as validate forms them
+        batch = sequences[start : start + 16]
+        tokens, mask, _ = target.tokenize(loaded, batch)
+        _, _, expected = converter([(str(i), s) for i, s in enumerate(batch)])
+        assert torch.equal(tokens, expected)
+        assert mask.tolist() == [[0 < j <= len(s) for j in range(tokens.shape[1])] for s in batch]
 
 
 def test_load_failure_never_passes_on_advice_to_load_unsafely(tmp_path):
