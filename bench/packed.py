@@ -11,7 +11,9 @@ In one process on one GPU, random weights at the real sizes (speed and memory on
    - ``sdpa``: fp16guard's ``fp16+sdpa`` on padded rows, PyTorch's own backend choice;
    - ``sdpa-flash-eff``: the same restricted to the flash and memory-efficient kernels;
    - ``packed``: fp16guard's ``fp16+packed`` (variable-length flash attention, no padding);
-   - ``packed-compiled`` (with --compile): the same, each block under torch.compile(dynamic=True);
+   - ``packed-compiled`` (with --compile): the same, the whole stack under one torch.compile
+     (``Esm2Target.compile_packed``, what ``embed --compile`` runs), and ``packed-compiled-blocks``,
+     each block compiled on its own (the earlier design), for comparison;
    - ``runner``: ``fp16guard.execution.runner.run_policy`` under ``fp16+packed``, the figures validate reports;
    agreement with the FP32 loop (on every --fp32-every-th batch) and between packed and padded;
 3. fixed shapes (650M: 16 x 1024 and 64 x 256): stock vs packed vs sdpa;
@@ -230,15 +232,21 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         del model, step, probe_run
         free(device)
     if args.compile:
-        model, _ = build(TARGET, loaded, FP16_PACKED, device)
-        for block in TARGET.blocks(model):
-            block.compile(dynamic=True)
-        step = fp16guard_step(loaded, model, device, layer, True)
-        pooled["packed-compiled"] = record("packed-compiled", step, lambda: step(probe))
-        timing = result["paths"]["packed-compiled"]
-        timing["compile_seconds"] = timing["first_seconds"] - timing["steady_seconds"]
-        del model, step
-        free(device)
+        for label, whole in (("packed-compiled-blocks", False), ("packed-compiled", True)):
+            model, _ = build(TARGET, loaded, FP16_PACKED, device)
+            if whole:  # what embed --compile runs: the whole stack in one graph
+                TARGET.compile_packed(loaded, model)
+            else:  # the earlier design, for comparison: each block its own compiled module
+                model.fp16guard_pack.compiled_max_seqlen = (loaded.max_length or 1024) + 2
+                for block in TARGET.blocks(model):
+                    block.compile(dynamic=True)
+            torch._dynamo.reset()
+            step = fp16guard_step(loaded, model, device, layer, True)
+            pooled[label] = record(label, step, lambda s=step: s(probe))
+            timing = result["paths"][label]
+            timing["compile_seconds"] = timing["first_seconds"] - timing["steady_seconds"]
+            del model, step
+            free(device)
     log(f"{name}: runner (run_policy, fp16+packed)")
     run = run_policy(TARGET, loaded, FP16_PACKED, batches, len(texts), device, layer)
     result["runner"] = {"first_tokens_per_second": run.timing.first_pass_tokens_per_second,
@@ -254,6 +262,10 @@ def bench_arch(name: str, args, device: torch.device, matmul_flops: float) -> di
         timing["memory_vs_stock"] = (timing["peak_memory_bytes"] / result["paths"]["stock"]["peak_memory_bytes"]
                                      if timing["peak_memory_bytes"] else None)
         timing["min_cosine_vs_fp32"] = float(cosine_rows(reference, pooled[label][ref_index]).min())
+    if "packed" in pooled and "packed-compiled" in pooled:
+        paths = result["paths"]
+        result["compiled_min_cosine_change"] = (paths["packed-compiled"]["min_cosine_vs_fp32"]
+                                                - paths["packed"]["min_cosine_vs_fp32"])
     if "sdpa" in pooled:
         result["packed_vs_padded_min_cosine"] = float(cosine_rows(pooled["sdpa"], pooled["packed"]).min())
 

@@ -3,7 +3,7 @@ forward (padded or packed, as the policy says) that ``validate`` timed and compa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ class Embedder:
             self.compile()
 
     def compile(self) -> None:
-        """Put the model's blocks under torch.compile (a packed policy on ESM-2; InputError
+        """Put the model's packed stack under torch.compile (a packed policy on ESM-2; InputError
         otherwise). The first batch compiles them; if that fails, the run goes on eager and
         ``notes`` says why."""
         if self.compiled:
@@ -67,7 +67,7 @@ class Embedder:
         """Load ``target``'s weights (a model name or id, or local ``weights``) and build the
         model under ``policy`` (a name, a policy file written by ``--save-policy``, a dict or a
         Policy) on ``device`` (auto: CUDA when present); ``compile`` puts a packed ESM-2's
-        blocks under torch.compile (pays off from tens of millions of tokens on a GPU)."""
+        whole stack under torch.compile (pays off from tens of millions of tokens on a GPU)."""
         chosen = get_target(target)
         if isinstance(device, str):
             device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -85,8 +85,8 @@ class Embedder:
             return torch.empty(0, 0)
         lengths = self._lengths(texts)
         out: torch.Tensor | None = None
-        for batch in self.batches(texts, lengths):
-            rows = self.run(batch).pooled[self.layer]
+        for batch, output in self.stream(self.batches(texts, lengths)):
+            rows = output.pooled[self.layer]
             if out is None:
                 out = torch.empty(len(texts), rows.shape[-1], dtype=torch.float32)
             out[list(batch.indices)] = rows
@@ -112,16 +112,38 @@ class Embedder:
 
     def batches(self, texts: Sequence[str], lengths: Sequence[int]) -> list[TokenBatch]:
         """``texts`` (validated, ``lengths`` tokens each without special tokens) tokenised in
-        token-budget batches, longest first, as ``embed`` runs them."""
+        token-budget batches, longest first, as ``embed`` runs them (on a GPU, in page-locked
+        memory)."""
         batches = prepare_batches(self.target, self.loaded, texts, lengths, self.max_tokens)
+        pin = self.device.type == "cuda"
         for batch in batches:
-            self._forward.layout.prepare(batch)  # here (embed's reader thread), not between two forwards
+            self._forward.layout.prepare(batch, pin)  # here (embed's reader thread), not between two forwards
         return batches
 
     def run(self, batch: TokenBatch, layers: Sequence[int] | None = None, per_residue: bool = False) -> BatchOutput:
         """One batch's outputs on the host in FP32, rows in the batch's order: pooled rows for
         each of ``layers`` (default: this embedder's layer), all from one forward pass, and,
         with ``per_residue``, the hidden states of every pooled position."""
+        return self.launch(batch, layers, per_residue).result()
+
+    def stream(self, batches: Iterable[TokenBatch], layers: Sequence[int] | None = None,
+               per_residue: bool = False) -> Iterator[tuple[TokenBatch, BatchOutput]]:
+        """Each batch with its outputs (as ``run`` gives them), in order; on a GPU the next
+        batch is queued before the previous one's outputs are waited for, so the GPU does not
+        idle while the host takes a batch's results and starts the next."""
+        pending: tuple[TokenBatch, PendingOutput] | None = None
+        for batch in batches:
+            launched = (batch, self.launch(batch, layers, per_residue))
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = launched
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+    def launch(self, batch: TokenBatch, layers: Sequence[int] | None = None,
+               per_residue: bool = False) -> PendingOutput:
+        """Queue one batch's forward pass and the copies of its outputs to the host; the
+        outputs are ready once ``result()`` returns (``run`` is ``launch(...).result()``)."""
         layers = (self.layer,) if layers is None else tuple(dict.fromkeys(layers))
         for layer in layers:
             if not 0 <= layer <= self.loaded.num_layers:
@@ -131,12 +153,17 @@ class Embedder:
             states = self._states(batch, layers)
             for layer in layers:
                 pooled = self._forward.pool(batch, states.hidden[layer])
-                out.pooled[layer] = pooled.rows.cpu()
+                # To page-locked host memory without waiting: read only after result().
+                out.pooled[layer] = pooled.rows.to("cpu", non_blocking=True)
                 if per_residue:
-                    out.residues[layer] = pooled.residues().float().cpu()
-            if per_residue:
-                out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
-        return out
+                    out.residues[layer] = pooled.residues().float().to("cpu", non_blocking=True)
+        if per_residue:
+            out.counts = [int(n) for n in (batch.pool_mask.sum(-1))]
+        done = None
+        if self.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+        return PendingOutput(out, done)
 
     def _states(self, batch: TokenBatch, layers: tuple[int, ...]) -> States:
         """The batch's hidden states (``Forward.states``); a compiled model whose first batch
@@ -151,8 +178,7 @@ class Embedder:
         except Exception as exc:  # torch.compile's failures come in many types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             self.notes.append(f"torch.compile failed ({type(exc).__name__}: {first}); running uncompiled")
-            for block in self.target.blocks(self.model):
-                block._compiled_call_impl = None  # undoes nn.Module.compile()
+            self.target.uncompile_packed(self.model)
             self.compiled = False
             states = self._forward.states(batch, layers)
         self._proven = True
@@ -163,6 +189,20 @@ def can_compile(target: Target, policy: Policy) -> bool:
     """Whether ``Embedder(..., compile=True)`` is possible: a packed policy on a target whose
     blocks compile (ESM-2)."""
     return policy.layout == "packed" and target.supports_compile
+
+
+@dataclass
+class PendingOutput:
+    """A batch's outputs on their way to the host (``Embedder.launch``)."""
+
+    output: BatchOutput
+    done: torch.cuda.Event | None  # recorded after the copies; None on the CPU (nothing pending)
+
+    def result(self) -> BatchOutput:
+        """The outputs, once their copies have landed."""
+        if self.done is not None:
+            self.done.synchronize()
+        return self.output
 
 
 @dataclass

@@ -60,8 +60,11 @@ class Layout(ABC):
     def tokens(self, batch: TokenBatch) -> int:
         """The positions the model computes for ``batch`` (padding included where it pads)."""
 
-    def prepare(self, batch: TokenBatch) -> None:
-        """Build on the host, ahead of the forward, what this layout needs of ``batch``."""
+    def prepare(self, batch: TokenBatch, pin: bool = False) -> None:
+        """Build on the host, ahead of the forward, what this layout needs of ``batch``; with
+        ``pin``, in page-locked memory, so that copying it to a GPU does not wait for the GPU."""
+        if pin:
+            batch.pin_memory()
 
 
 class Padded(Layout):
@@ -120,7 +123,8 @@ class Packed(Layout):
     def pool(self, batch: TokenBatch, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pack = batch.pack()
         segments = pack.segments.to(mask.device, non_blocking=True)
-        return segment_mean(hidden, mask, segments, pack.sequences, pack.max_seqlen)
+        columns = pack.positions.to(mask.device, non_blocking=True)
+        return segment_mean(hidden, mask, segments, pack.sequences, pack.max_seqlen, columns)
 
     def padded(self, batch: TokenBatch, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.unpack(hidden), batch.pool_mask.to(mask.device)
@@ -128,8 +132,10 @@ class Packed(Layout):
     def tokens(self, batch: TokenBatch) -> int:
         return batch.tokens_used
 
-    def prepare(self, batch: TokenBatch) -> None:
+    def prepare(self, batch: TokenBatch, pin: bool = False) -> None:
         batch.pack()
+        if pin:
+            batch.pin_memory()
 
 
 PADDED, PADDED_FLOAT64, PACKED = Padded(), PaddedFloat64(), Packed()

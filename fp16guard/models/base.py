@@ -135,6 +135,9 @@ class Target(ABC):
         """Put ``module`` (built under a packed policy) under torch.compile."""
         raise UnsupportedPolicyError(f"{self.name} cannot compile its packed layout")
 
+    def uncompile_packed(self, module: nn.Module) -> None:
+        """Undo ``compile_packed``: ``module`` runs eagerly again (after a failed compilation)."""
+
     def read_as_unknown(self, loaded: LoadedModel) -> str:
         """Letters of the input alphabet that ``loaded``'s vocabulary reads as its unknown token
         (accepted with a warning instead of refused); "" for none."""

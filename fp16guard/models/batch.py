@@ -53,6 +53,14 @@ class TokenBatch:
             max_seqlen=max(self.row_lengths),
         )
 
+    def pin_memory(self) -> None:
+        """Move the batch's host tensors (and its pack, once built) to page-locked memory, in
+        place: a copy to the GPU from there is queued without waiting for the GPU to finish
+        earlier work (from ordinary memory it waits for the stream)."""
+        self.tokens, self.pool_mask = self.tokens.pin_memory(), self.pool_mask.pin_memory()
+        if self._packed is not None:
+            self._packed = self._packed.pinned()
+
     def unpack(self, flat: torch.Tensor) -> torch.Tensor:
         """Hidden states of the packed layout [N, D] laid out as this batch's rows [B, T, D]
         (zeros at padding), for comparisons with a padded reference."""
@@ -85,6 +93,12 @@ class PackedBatch:
     def sequences(self) -> int:
         """How many sequences the pack holds."""
         return len(self.offsets) - 1
+
+    def pinned(self) -> PackedBatch:
+        """The same batch with its tensors in page-locked host memory."""
+        pin = lambda t: t.pin_memory()  # noqa: E731
+        return PackedBatch(pin(self.tokens), pin(self.pool_mask), pin(self.segments), pin(self.positions),
+                           pin(self.cu_seqlens), self.offsets, self.max_seqlen)
 
     def to(self, device: torch.device) -> PackedBatch:
         """The same batch with every tensor on ``device``."""

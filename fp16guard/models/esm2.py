@@ -158,7 +158,7 @@ class PackState:
     ``Esm2Target.packed_hidden_states`` for one forward), and the rotary tables of that pack,
     computed once per pack rather than once per layer.
 
-    ``compiled_max_seqlen`` is set when the blocks run under torch.compile
+    ``compiled_max_seqlen`` is set when the stack runs under torch.compile
     (``Esm2Target.compile_packed``): the attention kernel is then told one fixed bound on the
     sequence length instead of each pack's longest, so that one compiled graph serves every pack.
     The bound only sizes the kernel's launch grid (surplus tiles have no rows and exit); each
@@ -168,6 +168,7 @@ class PackState:
         self.batch: PackedBatch | None = None
         self.max_seqlen = 0
         self.compiled_max_seqlen: int | None = None
+        self.compiled = None  # packed_stack under torch.compile, once compile_packed has run
         self._tables: dict = {}
 
     def start(self, batch: PackedBatch) -> None:
@@ -425,56 +426,42 @@ class Esm2Target(Target):
         ``ESM2.forward`` computes it for each sequence alone (token dropout scaling per
         sequence, the last layer through ``emb_layer_norm_after``); the language-model head,
         unused for embeddings, is skipped, and so are the blocks after the deepest layer asked
-        for. ``module`` must have been built under a packed policy."""
+        for. ``module`` must have been built under a packed policy; compiled
+        (``compile_packed``), the whole stack runs as one graph."""
         state = getattr(module, "fp16guard_pack", None)
         if state is None:
             raise UnsupportedPolicyError("this model was not built under a packed policy")
-        x = module.embed_scale * module.embed_tokens(packed.tokens)
-        if module.token_dropout:
-            # fair-esm rescales by the share of <mask> tokens in each sequence (none in validated
-            # input, but the arithmetic is kept exact): per sequence, not per pack.
-            is_mask = packed.tokens == module.mask_idx
-            x = x.masked_fill(is_mask[:, None], 0.0)
-            lengths = torch.diff(packed.cu_seqlens).to(x.dtype)
-            masked = torch.zeros(packed.sequences, dtype=x.dtype, device=x.device)
-            masked.index_add_(0, packed.segments, is_mask.to(x.dtype))
-            observed = (masked / lengths)[packed.segments]
-            x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None]
-        out = {0: x} if 0 in layers else {}
-        deepest, last = max(layers), len(module.layers)
-        if deepest == 0:
-            return out
-        x = x[:, None, :]
-        if state.compiled_max_seqlen is not None:
-            # One graph for packs of any size: the token and sequence counts are symbolic.
-            for tensor in (x, packed.positions, packed.cu_seqlens):
-                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        wanted = tuple(sorted(set(layers)))
+        stack = state.compiled or packed_stack
         state.start(packed)
         try:
-            for number, block in enumerate(module.layers[:deepest], start=1):
-                x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
-                if number in layers and number < last:
-                    out[number] = x[:, 0]
-            if deepest == last:
-                out[last] = module.emb_layer_norm_after(x)[:, 0]
+            outputs = stack(module, packed.tokens, packed.cu_seqlens, packed.segments, wanted)
         finally:
             state.finish()
-        return {layer: out[layer] for layer in layers}
+        by_layer = dict(zip(wanted, outputs))
+        return {layer: by_layer[layer] for layer in layers}
 
     def compile_packed(self, loaded: LoadedModel, module: nn.Module) -> None:
-        """Put each block of ``module`` (built under a packed policy) under torch.compile.
-
-        The blocks share their code, so one compiled graph serves them all; the pack's sizes
-        are symbolic and the attention kernel gets a fixed length bound (see PackState), so
-        packs of any composition reuse it. Compiled kernels fuse element-wise work (rotary
-        tables, GELU, residual adds) and so round differently from the eager policy in the
-        last bits: embed's spot checks compare the compiled run with FP32."""
+        """Put the whole packed stack of ``module`` (built under a packed policy) under one
+        torch.compile: embedding, every block and the final layer norm in one graph, so that
+        the compiler fuses across block boundaries (residual add into the next layer norm) and
+        no Python runs between blocks. The pack's sizes are symbolic and the attention kernel
+        gets a fixed length bound (see PackState), so packs of any composition reuse the graph.
+        Compiled kernels fuse element-wise work (rotary tables, GELU, residual adds) and so
+        round differently from the eager policy in the last bits: embed's spot checks compare
+        the compiled run with FP32."""
         state = getattr(module, "fp16guard_pack", None)
         if state is None:
             raise UnsupportedPolicyError("only a model built under a packed policy can be compiled")
         state.compiled_max_seqlen = (loaded.max_length or 1024) + self.special_tokens_per_row
-        for block in module.layers:
-            block.compile()
+        state.compiled = torch.compile(packed_stack, dynamic=True)
+
+    def uncompile_packed(self, module: nn.Module) -> None:
+        """Run ``module``'s packed stack eagerly again (after a failed compilation)."""
+        state = getattr(module, "fp16guard_pack", None)
+        if state is not None:
+            state.compiled = None
+            state.compiled_max_seqlen = None
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
         """fair-esm's transformer layers."""
@@ -545,6 +532,33 @@ class Esm2Target(Target):
         kept = [m for m in module.modules() if isinstance(m, (Fp32LayerNorm, Fp32Rotary))]
         cast_except(module, dtype, kept + blocks + parts)
         return AppliedPolicy(policy, tuple(islands), tuple(notes))
+
+
+def packed_stack(module: nn.Module, tokens: torch.Tensor, cu_seqlens: torch.Tensor, segments: torch.Tensor,
+                 layers: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """fair-esm's ESM2 forward over one pack (its PackState already started): the hidden states
+    [N, D] of each of ``layers`` (ascending), the last through ``emb_layer_norm_after``.
+
+    A function of tensors and the module only, so that torch.compile can take it whole."""
+    x = module.embed_scale * module.embed_tokens(tokens)
+    if module.token_dropout:
+        # fair-esm rescales by the share of <mask> tokens in each sequence (none in validated
+        # input, but the arithmetic is kept exact): per sequence, not per pack.
+        is_mask = tokens == module.mask_idx
+        x = x.masked_fill(is_mask[:, None], 0.0)
+        lengths = torch.diff(cu_seqlens).to(x.dtype)
+        masked = torch.zeros(lengths.shape[0], dtype=x.dtype, device=x.device)
+        masked.index_add_(0, segments, is_mask.to(x.dtype))
+        observed = (masked / lengths)[segments]
+        x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None]
+    out = {0: x} if 0 in layers else {}
+    last = len(module.layers)
+    x = x[:, None, :]
+    for number, block in enumerate(module.layers[: max(layers)], start=1):
+        x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
+        if number in layers:
+            out[number] = module.emb_layer_norm_after(x)[:, 0] if number == last else x[:, 0]
+    return tuple(out[layer] for layer in layers)
 
 
 def _id_table(alphabet) -> np.ndarray:

@@ -40,7 +40,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def segment_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor, count: int,
-                 longest: int | None = None) -> torch.Tensor:
+                 longest: int | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
     """Mean per sequence of a packed batch, over the tokens where ``mask`` is True, accumulated
     in FP32: hidden [N, D], mask and segment numbers [N] (sequences contiguous, in order) ->
     [count, D] (``masked_mean`` for the packed layout).
@@ -48,16 +48,22 @@ def segment_mean(hidden: torch.Tensor, mask: torch.Tensor, segments: torch.Tenso
     The tokens are laid out as padded rows and summed along them, as ``masked_mean`` sums: a
     scatter-add (index_add_) would accumulate with atomics on CUDA, in an order that changes from
     run to run, and the same sequence would not get the same bits twice (measured on an H200:
-    1-GPU and 2-GPU embed outputs differing by up to 7e-7). ``longest``, the longest sequence
-    when the caller knows it (a PackedBatch does), saves reading it back from the device."""
-    lengths = torch.bincount(segments, minlength=count)
-    starts = torch.cumsum(lengths, 0) - lengths
-    column = torch.arange(segments.shape[0], device=segments.device) - starts[segments]
-    width = longest if longest is not None else (int(lengths.max()) if count else 0)
-    rows = hidden.new_zeros(count, width, hidden.shape[-1], dtype=torch.float32)
-    keep = torch.zeros(count, width, dtype=torch.bool, device=hidden.device)
-    rows[segments, column] = hidden.float()
-    keep[segments, column] = mask
+    1-GPU and 2-GPU embed outputs differing by up to 7e-7). ``longest`` (the longest sequence)
+    and ``columns`` (each token's position in its sequence), when the caller knows them (a
+    PackedBatch does), save reading sizes back from the device: with both, nothing here waits
+    for the GPU, so the next batch can be queued while this one runs."""
+    if columns is None:
+        lengths = torch.bincount(segments, minlength=count)
+        starts = torch.cumsum(lengths, 0) - lengths
+        columns = torch.arange(segments.shape[0], device=segments.device) - starts[segments]
+        if longest is None:
+            longest = int(lengths.max()) if count else 0
+    elif longest is None:
+        raise ValueError("segment_mean needs the longest sequence along with the columns")
+    rows = hidden.new_zeros(count, longest, hidden.shape[-1], dtype=torch.float32)
+    keep = torch.zeros(count, longest, dtype=torch.bool, device=hidden.device)
+    rows[segments, columns] = hidden.float()
+    keep[segments, columns] = mask
     return masked_mean(rows, keep)
 
 

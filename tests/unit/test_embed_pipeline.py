@@ -40,6 +40,10 @@ class StandIn:
             return BatchOutput(pooled, {}, [])
         return BatchOutput(pooled, residues, [len(t) for t in batch.texts])
 
+    def stream(self, batches, layers=(6,), per_residue=False):
+        for batch in batches:
+            yield batch, self.run(batch, layers, per_residue)
+
 
 def chunk(embedder: StandIn, texts: list[str], start: int = 0, number: int = 0) -> Chunk:
     lengths = [len(t) + 2 for t in texts]

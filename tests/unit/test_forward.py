@@ -167,3 +167,19 @@ def test_attention_kernel_names_sdpa_and_unfused_attention():
     assert fused in {label for _, label in ATTENTION_OPERATORS}
     unfused = attention_kernel(lambda: torch.softmax(q @ q.transpose(-1, -2), -1) @ q)
     assert unfused == "unfused (matmul + softmax)"
+
+
+@pytest.mark.parametrize("policy", ["fp32", "fp16+packed"])
+def test_embedder_stream_gives_each_batch_what_run_gives_in_order(checkpoints, policy):
+    embedder = Embedder.load("esm2", weights=checkpoints["healthy"], policy=policy, device="cpu", max_tokens=64)
+    texts = ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQD", "ACDEFGHIKLMNPQRSTVWY" * 2, "MKV"]
+    batches = embedder.batches(texts, [len(t) for t in texts])
+    assert len(batches) > 1
+    streamed = list(embedder.stream(batches, layers=(1, 2), per_residue=True))
+    assert [b for b, _ in streamed] == batches
+    for batch, output in streamed:
+        expected = embedder.run(batch, layers=(1, 2), per_residue=True)
+        assert output.counts == expected.counts
+        for layer in (1, 2):
+            assert torch.equal(output.pooled[layer], expected.pooled[layer])
+            assert torch.equal(output.residues[layer], expected.residues[layer])

@@ -313,4 +313,8 @@ def test_segment_mean_sums_as_masked_mean_does_bit_for_bit():
         start += n
     packed, padded = segment_mean(hidden, mask, segments, len(lengths)), masked_mean(rows, keep)
     assert torch.equal(packed[1:], padded[1:])
+    # Given each token's column and the longest sequence (as a pack knows them), the same bits.
+    columns = torch.cat([torch.arange(n) for n in lengths])
+    told = segment_mean(hidden, mask, segments, len(lengths), max(lengths), columns)
+    assert torch.equal(told[1:], packed[1:]) and (torch.isinf(told[0]) == torch.isinf(packed[0])).all()
     assert torch.isfinite(packed[1:]).all() and (torch.isinf(packed[0]) == torch.isinf(padded[0])).all()

@@ -190,8 +190,7 @@ def _embedded(pipeline: Pipeline, chunk: Chunk, progress: Progress, stats: Stats
     """Every batch of ``chunk`` run under the policy, each layer checked for NaN/Inf as it comes."""
     count = len(chunk.ids)
     outputs = _Outputs(residues={layer: [None] * count for layer in pipeline.layers}, counts=[0] * count)
-    for batch in chunk.batches:
-        output = pipeline.embedder.run(batch, pipeline.layers, pipeline.per_residue)
+    for batch, output in pipeline.embedder.stream(chunk.batches, pipeline.layers, pipeline.per_residue):
         if stats.first_batch is None:
             stats.first_batch = time.perf_counter() - stats.began
         rows = list(batch.indices)
