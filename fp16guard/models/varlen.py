@@ -85,14 +85,16 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
         return torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, longest, longest, 0.0, False, False, alibi_slopes=alibi_slopes
         )[0]
-    return _attention_by_sequence(q, k, v, packed.offsets, alibi_slopes)
+    return _attention_by_sequence(q, k, v, packed, alibi_slopes)
 
 
 @torch.compiler.disable
-def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: tuple[int, ...],
+def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
                            alibi_slopes: torch.Tensor | None) -> torch.Tensor:
     """packed_attention without the fused kernel: SDPA on each sequence in turn (kept out of
-    compiled graphs, which would otherwise unroll one loop per pack)."""
+    compiled graphs, which would otherwise unroll one loop per pack; the pack is handed over
+    whole, so that the compiler does not specialise on its number of sequences)."""
+    bounds = packed.offsets
     out = torch.empty_like(q)
     for start, end in zip(bounds[:-1], bounds[1:]):
         # [L, H, Dh] -> [1, H, L, Dh] for SDPA, and back
