@@ -46,7 +46,7 @@ class Embedder:
             self.compile()
 
     def compile(self) -> None:
-        """Put the model's packed stack under torch.compile (a packed policy on ESM-2; InputError
+        """Put the model's packed blocks under torch.compile (a packed policy on ESM-2; InputError
         otherwise). The first batch compiles them; if that fails, the run goes on eager and
         ``notes`` says why."""
         if self.compiled:
@@ -67,7 +67,7 @@ class Embedder:
         """Load ``target``'s weights (a model name or id, or local ``weights``) and build the
         model under ``policy`` (a name, a policy file written by ``--save-policy``, a dict or a
         Policy) on ``device`` (auto: CUDA when present); ``compile`` puts a packed ESM-2's
-        whole stack under torch.compile (pays off from tens of millions of tokens on a GPU)."""
+        blocks under torch.compile (pays off from tens of millions of tokens on a GPU)."""
         chosen = get_target(target)
         if isinstance(device, str):
             device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

@@ -158,7 +158,7 @@ class PackState:
     ``Esm2Target.packed_hidden_states`` for one forward), and the rotary tables of that pack,
     computed once per pack rather than once per layer.
 
-    ``compiled_max_seqlen`` is set when the stack runs under torch.compile
+    ``compiled_max_seqlen`` is set when the blocks run under torch.compile
     (``Esm2Target.compile_packed``): the attention kernel is then told one fixed bound on the
     sequence length instead of each pack's longest, so that one compiled graph serves every pack.
     The bound only sizes the kernel's launch grid (surplus tiles have no rows and exit); each
@@ -168,7 +168,6 @@ class PackState:
         self.batch: PackedBatch | None = None
         self.max_seqlen = 0
         self.compiled_max_seqlen: int | None = None
-        self.compiled = None  # packed_stack under torch.compile, once compile_packed has run
         self._tables: dict = {}
 
     def start(self, batch: PackedBatch) -> None:
@@ -426,41 +425,43 @@ class Esm2Target(Target):
         ``ESM2.forward`` computes it for each sequence alone (token dropout scaling per
         sequence, the last layer through ``emb_layer_norm_after``); the language-model head,
         unused for embeddings, is skipped, and so are the blocks after the deepest layer asked
-        for. ``module`` must have been built under a packed policy; compiled
-        (``compile_packed``), the whole stack runs as one graph."""
+        for. ``module`` must have been built under a packed policy."""
         state = getattr(module, "fp16guard_pack", None)
         if state is None:
             raise UnsupportedPolicyError("this model was not built under a packed policy")
         wanted = tuple(sorted(set(layers)))
-        stack = state.compiled or packed_stack
         state.start(packed)
         try:
-            outputs = stack(module, packed.tokens, packed.cu_seqlens, packed.segments, wanted)
+            outputs = packed_stack(module, packed.tokens, packed.cu_seqlens, packed.segments, wanted)
         finally:
             state.finish()
         by_layer = dict(zip(wanted, outputs))
         return {layer: by_layer[layer] for layer in layers}
 
     def compile_packed(self, loaded: LoadedModel, module: nn.Module) -> None:
-        """Put the whole packed stack of ``module`` (built under a packed policy) under one
-        torch.compile: embedding, every block and the final layer norm in one graph, so that
-        the compiler fuses across block boundaries (residual add into the next layer norm) and
-        no Python runs between blocks. The pack's sizes are symbolic and the attention kernel
-        gets a fixed length bound (see PackState), so packs of any composition reuse the graph.
-        Compiled kernels fuse element-wise work (rotary tables, GELU, residual adds) and so
-        round differently from the eager policy in the last bits: embed's spot checks compare
-        the compiled run with FP32."""
+        """Put each block of ``module`` (built under a packed policy) under torch.compile.
+
+        The blocks share their code, so one compiled graph serves them all; the pack's sizes
+        are symbolic and the attention kernel gets a fixed length bound (see PackState), so
+        packs of any composition reuse it. Block by block rather than the whole stack as one
+        graph: measured on an H100 (docs/benchmarks.md), the two ran at the same steady rate
+        (293k and 290k tokens/s on ESM-2 650M), and one block traces and compiles in a fraction
+        of the time of 33. Compiled kernels fuse element-wise work (rotary tables, GELU,
+        residual adds) and so round differently from the eager policy in the last bits: embed's
+        spot checks compare the compiled run with FP32."""
         state = getattr(module, "fp16guard_pack", None)
         if state is None:
             raise UnsupportedPolicyError("only a model built under a packed policy can be compiled")
         state.compiled_max_seqlen = (loaded.max_length or 1024) + self.special_tokens_per_row
-        state.compiled = torch.compile(packed_stack, dynamic=True)
+        for block in module.layers:
+            block.compile(dynamic=True)
 
     def uncompile_packed(self, module: nn.Module) -> None:
-        """Run ``module``'s packed stack eagerly again (after a failed compilation)."""
+        """Run ``module``'s blocks eagerly again (after a failed compilation)."""
+        for block in module.layers:
+            block._compiled_call_impl = None  # undoes nn.Module.compile()
         state = getattr(module, "fp16guard_pack", None)
         if state is not None:
-            state.compiled = None
             state.compiled_max_seqlen = None
 
     def blocks(self, module: nn.Module) -> list[nn.Module]:
@@ -539,7 +540,8 @@ def packed_stack(module: nn.Module, tokens: torch.Tensor, cu_seqlens: torch.Tens
     """fair-esm's ESM2 forward over one pack (its PackState already started): the hidden states
     [N, D] of each of ``layers`` (ascending), the last through ``emb_layer_norm_after``.
 
-    A function of tensors and the module only, so that torch.compile can take it whole."""
+    A function of tensors and the module only (what torch.compile can take whole; bench/packed.py
+    times it so against the blocks compiled one by one)."""
     x = module.embed_scale * module.embed_tokens(tokens)
     if module.token_dropout:
         # fair-esm rescales by the share of <mask> tokens in each sequence (none in validated
