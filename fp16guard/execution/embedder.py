@@ -3,6 +3,7 @@ forward (padded or packed, as the policy says) that ``validate`` timed and compa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class Embedder:
         self.notes: list[str] = []
         self.compiled = False
         self._proven = True  # a compiled model has run one batch
+        #: How the first compiled batch went (None until it has run compiled).
+        self.compilation: Compilation | None = None
         if compile:
             self.compile()
 
@@ -171,8 +174,10 @@ class Embedder:
         eager, with a note."""
         if self._proven:
             return self._forward.states(batch, layers)
+        began, before = time.perf_counter(), _compile_cache_counts()
         try:
             states = self._forward.states(batch, layers)
+            self.compilation = Compilation.measured(time.perf_counter() - began, before, _compile_cache_counts())
         except (torch.OutOfMemoryError, Fp16GuardError, KeyboardInterrupt):
             raise
         except Exception as exc:  # torch.compile's failures come in many types
@@ -183,6 +188,35 @@ class Embedder:
             states = self._forward.states(batch, layers)
         self._proven = True
         return states
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """The first compiled batch: its seconds on the host (tracing, compiling or loading the
+    compiled kernels) and whether torch's compile caches served it: ``hit`` (every graph from
+    the cache), ``miss`` (every graph compiled afresh), ``partial`` or ``unknown`` (the caches
+    were not consulted, as when they are switched off)."""
+
+    seconds: float
+    cache: str
+
+    @classmethod
+    def measured(cls, seconds: float, before: tuple[int, int], after: tuple[int, int]) -> Compilation:
+        """From the compile caches' hit and miss counts before and after the batch."""
+        hits, misses = after[0] - before[0], after[1] - before[1]
+        cache = {(True, False): "hit", (False, True): "miss", (True, True): "partial"}.get((hits > 0, misses > 0))
+        return cls(seconds, cache or "unknown")
+
+    def describe(self) -> str:
+        """One phrase for a summary line."""
+        return f"first batch compiled in {self.seconds:.1f} s, compile cache {self.cache}"
+
+
+def _compile_cache_counts() -> tuple[int, int]:
+    """Inductor's compiled-graph cache: hits and misses so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
 
 
 def can_compile(target: Target, policy: Policy) -> bool:

@@ -3,6 +3,7 @@ eager one (one graph for every block and pack), and the fall-back when compiling
 
 import dataclasses
 import random
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from cli_runner import run_cli
 
 from fp16guard import Embedder
 from fp16guard.errors import InputError
+from fp16guard.execution.embedder import Compilation
 from fp16guard.models import get_target
 from fp16guard.numerics.policy import get_policy
 from fp16guard.workflows.embed.plan import COMPILE_MIN_TOKENS, decide_compile
@@ -83,6 +85,7 @@ def test_embed_cli_compile_on_the_cpu(checkpoints, tmp_path):
                            "-o", tmp_path / "e.h5", "--policy", "fp16+packed", "--force", "--compile", "on")
     assert result.exit_code == 0, text
     assert "execution: compiled with torch.compile (--compile on)" in result.stdout
+    assert re.search(r"first batch compiled in [0-9.]+ s, compile cache (hit|miss|partial)", result.stdout)
     result, text = run_cli("embed", "esm2", "--device", "cpu", "-w", checkpoints["healthy"], "-s", fasta,
                            "-o", tmp_path / "f.h5", "--policy", "fp16+sdpa", "--force", "--compile", "on")
     assert result.exit_code == 2 and "--compile on needs a packed policy" in text
@@ -97,3 +100,11 @@ def test_a_stopped_compiled_run_is_not_resumed_uncompiled(checkpoints, tmp_path)
     assert run_cli(*common, "--compile", "on")[0].exit_code == 1  # the planted failure stops it; parts stay
     result, text = run_cli(*common, "--compile", "off")
     assert result.exit_code == 2 and "other arguments" in text and "compiled" in text
+
+
+def test_the_first_compiled_batch_says_whether_the_compile_cache_served_it():
+    assert Compilation.measured(2.0, (3, 1), (5, 1)).cache == "hit"
+    assert Compilation.measured(2.0, (3, 1), (3, 4)).cache == "miss"
+    assert Compilation.measured(2.0, (0, 0), (1, 1)).cache == "partial"
+    assert Compilation.measured(2.0, (3, 1), (3, 1)).cache == "unknown"
+    assert Compilation(12.34, "hit").describe() == "first batch compiled in 12.3 s, compile cache hit"

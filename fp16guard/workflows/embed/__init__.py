@@ -276,6 +276,8 @@ def _compile_note(run: _Run) -> str:
     """The summary's line on compiling, once the run has shown whether compiling worked."""
     if run.compile.compiled and not run.embedder.compiled:
         return "not compiled (torch.compile failed; see the warning)"
+    if run.embedder.compilation is not None:
+        return f"{run.compile.note}; {run.embedder.compilation.describe()}"
     return run.compile.note
 
 
