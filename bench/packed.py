@@ -121,7 +121,9 @@ def whole_stack_step(loaded, model, device, layer):
     """fp16+packed with fair-esm's whole packed stack under one torch.compile (not what the
     library runs: measured against its block-by-block compiling)."""
     from fp16guard.models.esm2 import packed_stack
+    from fp16guard.models.varlen import keep_loops_out_of_compiled_graphs
 
+    keep_loops_out_of_compiled_graphs()
     state = model.fp16guard_pack
     state.compiled_max_seqlen = (loaded.max_length or 1024) + 2
     stack = torch.compile(packed_stack, dynamic=True)

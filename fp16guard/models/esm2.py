@@ -21,7 +21,7 @@ from fp16guard.models.batch import PackedBatch
 from fp16guard.models.catalog import ESM2_CHECKPOINTS as CHECKPOINTS
 from fp16guard.models.catalog import ESM2_SPEC, esm2_checkpoint_path
 from fp16guard.models.loading import hash_in_background, load_failure, skipped_init
-from fp16guard.models.varlen import packed_attention, require_packing, rotate_half
+from fp16guard.models.varlen import keep_loops_out_of_compiled_graphs, packed_attention, require_packing, rotate_half
 from fp16guard.numerics.policy import Policy
 from fp16guard.numerics.precision import (
     AppliedPolicy,
@@ -453,6 +453,7 @@ class Esm2Target(Target):
         if state is None:
             raise UnsupportedPolicyError("only a model built under a packed policy can be compiled")
         state.compiled_max_seqlen = (loaded.max_length or 1024) + self.special_tokens_per_row
+        keep_loops_out_of_compiled_graphs()
         for block in module.layers:
             block.compile(dynamic=True)
 

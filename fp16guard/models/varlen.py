@@ -85,15 +85,22 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
         return torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, longest, longest, 0.0, False, False, alibi_slopes=alibi_slopes
         )[0]
-    return _attention_by_sequence(q, k, v, packed, alibi_slopes)
+    return _by_sequence(q, k, v, packed, alibi_slopes)
 
 
-@torch.compiler.disable
+def keep_loops_out_of_compiled_graphs() -> None:
+    """Keep the per-sequence attention loop out of compiled graphs (which would otherwise unroll
+    one loop per pack). Called when a model is compiled, rather than decorating the function at
+    import: ``torch.compiler.disable`` imports the compiler, about a second of start-up for a run
+    that never compiles (measured on a CPU machine with torch 2.13)."""
+    global _by_sequence
+    _by_sequence = torch.compiler.disable(_attention_by_sequence)
+
+
 def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed,
                            alibi_slopes: torch.Tensor | None) -> torch.Tensor:
-    """packed_attention without the fused kernel: SDPA on each sequence in turn (kept out of
-    compiled graphs, which would otherwise unroll one loop per pack; the pack is handed over
-    whole, so that the compiler does not specialise on its number of sequences)."""
+    """packed_attention without the fused kernel: SDPA on each sequence in turn (the pack is
+    handed over whole, so that a compiler does not specialise on its number of sequences)."""
     bounds = packed.offsets
     out = torch.empty_like(q)
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -106,6 +113,9 @@ def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
             bias = (alibi_slopes.float()[:, None, None] * distance[None])[None].to(q.dtype)
         out[start:end] = F.scaled_dot_product_attention(*part, attn_mask=bias)[0].transpose(0, 1)
     return out
+
+
+_by_sequence = _attention_by_sequence
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

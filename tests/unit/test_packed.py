@@ -210,3 +210,21 @@ def test_dnabert_packed_on_cuda_runs_the_flash_kernel_or_says_the_build_lacks_al
     packed = run_policy(target, loaded, FP16_PACKED, batches, len(DNA), gpu, loaded.num_layers)
     assert packed.timing.attention.startswith("flash, variable-length"), packed.timing.attention
     assert cosine_rows(padded.pooled, packed.pooled).min() > 0.9999
+
+
+def test_an_eager_padded_run_leaves_the_compiler_unimported(checkpoints):
+    """torch.compile's machinery costs about a second to import: fp16guard loads it only to
+    compile (torch's own variable-length attention module imports it, so packed runs do)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fp16guard import Embedder\n"
+        f"e = Embedder.load('esm2', weights={str(checkpoints['healthy'])!r}, policy='fp16', device='cpu')\n"
+        "assert e.embed(['MKTAYIAKQR', 'MSTNPK']).shape[0] == 2\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
