@@ -5,9 +5,10 @@ arithmetic is then a small share of each batch, so what is timed is mostly fp16g
 around the forward pass (batching, the forward path, pooling, statistics, timing). Run it under
 two installations, alternating, and compare the medians measured in the same session:
 
+    pip install --target tree-old fp16guard-OLD.whl; pip install --target tree-new fp16guard-NEW.whl
     for i in 1 2 3 4 5; do
-        PYTHONPATH=/tmp/tree-old python bench/overhead.py --out old-$i.json
-        PYTHONPATH=/tmp/tree-new python bench/overhead.py --out new-$i.json
+        PYTHONPATH=tree-old python bench/overhead.py --out old-$i.json
+        PYTHONPATH=tree-new python bench/overhead.py --out new-$i.json
     done
 
 It measures, on the CPU in FP32 and under fp16+packed (padded rows and packed rows; the CPU runs

@@ -134,8 +134,7 @@ class Packed(Layout):
 
     def prepare(self, batch: TokenBatch, pin: bool = False) -> None:
         batch.pack()
-        if pin:
-            batch.pin_memory()
+        super().prepare(batch, pin)
 
 
 PADDED, PADDED_FLOAT64, PACKED = Padded(), PaddedFloat64(), Packed()
