@@ -489,7 +489,9 @@ def _checkpoint_notes(model_dir: Path, config, weight_files: Sequence[Path]) -> 
             f"{model_dir.name}: the checkpoint holds a full encoder-decoder ({saved_as}); its {len(decoder)} "
             f"decoder tensors are ignored and only the encoder ({encoder_only}) is validated"
         )
-    stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").removeprefix("torch.")
+    # transformers >= 4.56 names it dtype (torch_dtype is then a deprecated alias that logs a warning).
+    stored = getattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", None)
+    stored = str(stored or "").removeprefix("torch.")
     if stored in ("float16", "bfloat16"):  # ProtT5's half-precision encoder release, for one
         notes.append(
             f"{model_dir.name}: the checkpoint stores its weights in {stored}; the FP32 reference computes in FP32 "
